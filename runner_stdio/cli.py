@@ -1,0 +1,180 @@
+"""`iac-runner`: read one JSON request on stdin, run the tool, answer on stdout.
+
+Exit statuses: 0 the tool succeeded; 1 it ran and failed, timed out or was
+canceled; 2 the request was refused (invalid, disallowed, tool missing);
+3 iac-runner itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from runner_stdio.executor import Execution, Outcome
+from runner_stdio.output import BoundedOutput, NdjsonSink, write_all
+from runner_stdio.protocol import (
+    EXIT_INTERNAL,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_TOOL_FAILED,
+    MAX_REQUEST_BYTES,
+    RequestError,
+    now_iso,
+    parse_request,
+    response,
+)
+from runner_stdio.tools import ToolError, check_command, find_binary, get_spec
+from runner_stdio.workdir import resolve_work_dir
+
+EPILOG = """\
+request (stdin):  {"tool": "terraform", "work_dir": "/tmp/iac-deployments/run-1",
+                   "command": "plan", "args": ["-out=tfplan"],
+                   "env_vars": {"TF_VAR_region": "us-east-1"}, "timeout": 30,
+                   "sensitive_env": ["TF_VAR_password"]}
+response (stdout): {"success": true, "output": "...", "exit_code": 0, "error_msg": "",
+                    "started_at": "...Z", "ended_at": "...Z"}
+
+exit status: 0 tool succeeded, 1 tool failed / timed out / canceled,
+             2 request refused, 3 internal error
+
+signals: SIGINT or SIGTERM cancels gracefully (SIGINT to the tool's process group,
+         SIGTERM after the grace period, SIGKILL 5 s later); a second one, or
+         SIGUSR1, kills the group at once. A response is always written.
+
+example:
+  echo '{"tool":"terraform","work_dir":"/tmp","command":"version","args":[],"env_vars":{},"timeout":5}' | iac-runner
+"""
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
+    return number
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="iac-runner",
+        description="Run one terraform/tofu command described by a JSON request on stdin.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="write NDJSON events (started, output, result) as they happen instead of one response",
+    )
+    p.add_argument(
+        "--workspace-root",
+        default=os.environ.get("IAC_RUNNER_WORKSPACE_ROOT") or None,
+        help="work_dir must resolve inside this directory [env IAC_RUNNER_WORKSPACE_ROOT]",
+    )
+    p.add_argument(
+        "--grace",
+        type=_positive,
+        default=_env("IAC_RUNNER_GRACE", "20"),
+        help="seconds between SIGINT and SIGTERM on cancel/timeout [env IAC_RUNNER_GRACE, 20]",
+    )
+    p.add_argument(
+        "--default-timeout",
+        type=_positive,
+        default=_env("IAC_RUNNER_DEFAULT_TIMEOUT", "3600"),
+        help="timeout when the request gives 0 or none [env IAC_RUNNER_DEFAULT_TIMEOUT, 3600]",
+    )
+    p.add_argument(
+        "--max-timeout",
+        type=_positive,
+        default=_env("IAC_RUNNER_MAX_TIMEOUT", "86400"),
+        help="largest timeout a request may ask for [env IAC_RUNNER_MAX_TIMEOUT, 86400]",
+    )
+    p.add_argument(
+        "--output-cap",
+        type=_positive,
+        default=_env("IAC_RUNNER_OUTPUT_CAP", str(10 * 1024 * 1024)),
+        help="bytes of output kept in the response, head and tail [env IAC_RUNNER_OUTPUT_CAP, 10 MiB]",
+    )
+    return p.parse_args(argv)
+
+
+def _answer(stream: bool, fields: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    if stream:
+        event = {"type": "result", **{k: v for k, v in fields.items() if k != "output"}}
+        event.update(extra or {})
+        NdjsonSink(1).event(event)
+    else:
+        write_all(1, (json.dumps(fields, ensure_ascii=False) + "\n").encode())
+
+
+def _refuse(stream: bool, message: str, code: int) -> int:
+    now = now_iso()
+    fields = response(
+        success=False, output="", exit_code=-1, error_msg=message, started_at=now, ended_at=now
+    )
+    _answer(stream, fields, {"outcome": "refused" if code == EXIT_INVALID else "error"})
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+    try:
+        request = parse_request(raw, max_timeout=args.max_timeout)
+        spec = get_spec(request.tool)
+        check_command(spec, request.command)
+        binary = find_binary(spec)
+        work_dir = resolve_work_dir(request.work_dir, args.workspace_root)
+    except (RequestError, ToolError) as exc:
+        return _refuse(args.stream, str(exc), EXIT_INVALID)
+
+    sink: NdjsonSink | BoundedOutput
+    if args.stream:
+        sink = NdjsonSink(1)
+
+        def on_start(pid: int, started_at: str) -> None:
+            sink.event({"type": "started", "pid": pid, "started_at": started_at})
+    else:
+        sink = BoundedOutput(int(args.output_cap))
+        on_start = None  # type: ignore[assignment]
+
+    execution = Execution(
+        request,
+        spec,
+        binary,
+        work_dir,
+        sink,
+        timeout=request.timeout or args.default_timeout,
+        grace=args.grace,
+        on_start=on_start,
+    )
+    try:
+        outcome: Outcome = execution.run()
+    except OSError as exc:
+        return _refuse(args.stream, f"could not run {spec.name}: {exc}", EXIT_INTERNAL)
+
+    output = sink.text() if isinstance(sink, BoundedOutput) else ""
+    fields = response(
+        success=outcome.success,
+        output=output,
+        exit_code=outcome.exit_code,
+        error_msg=outcome.error_msg,
+        started_at=outcome.started_at,
+        ended_at=outcome.ended_at,
+    )
+    truncated = isinstance(sink, BoundedOutput) and sink.truncated
+    _answer(args.stream, fields, {"outcome": outcome.status, "output_truncated": truncated})
+    return EXIT_OK if outcome.success else EXIT_TOOL_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

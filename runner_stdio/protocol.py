@@ -1,0 +1,176 @@
+"""The stdio wire format: parsing and validating a request, shaping a response.
+
+Request (one JSON object on stdin):
+    {"tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env"}
+Response (one JSON object on stdout), exactly these fields:
+    {"success", "output", "exit_code", "error_msg", "started_at", "ended_at"}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+# Exit statuses of `iac-runner` itself.
+EXIT_OK = 0  # the tool ran and succeeded
+EXIT_TOOL_FAILED = 1  # the tool ran and failed, timed out or was canceled
+EXIT_INVALID = 2  # the request was refused: malformed, disallowed, or the tool is missing
+EXIT_INTERNAL = 3  # iac-runner itself failed
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Variables that would let a request inject code into the tool process.
+FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"})
+# Arguments that would move the tool out of work_dir.
+_FORBIDDEN_ARG = re.compile(r"-{1,2}chdir(=|\Z)")
+
+FIELDS = ("tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env")
+MAX_ARGS = 1000
+MAX_ENV_VARS = 1000
+
+
+class RequestError(Exception):
+    """The request is invalid; the message names the field and what was wrong."""
+
+
+@dataclass(frozen=True)
+class Request:
+    tool: str
+    command: str
+    work_dir: str | None = None
+    args: list[str] = field(default_factory=list)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    timeout: float = 0
+    sensitive_env: list[str] = field(default_factory=list)
+
+    def secrets(self) -> list[str]:
+        """The values to mask in every line of output."""
+        return [self.env_vars[name] for name in self.sensitive_env if self.env_vars[name]]
+
+
+def now_iso() -> str:
+    """UTC timestamp in RFC 3339 with milliseconds, e.g. 2025-12-16T10:00:00.123Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _no_nul(value: str, where: str) -> str:
+    if "\x00" in value:
+        raise RequestError(f"{where} must not contain NUL bytes")
+    return value
+
+
+def _string(obj: dict[str, Any], key: str, *, required: bool) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise RequestError(f"missing required field {key!r}")
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"field {key!r} must be a string, got {type(value).__name__}")
+    if required and not value:
+        raise RequestError(f"field {key!r} must not be empty")
+    return _no_nul(value, f"field {key!r}")
+
+
+def parse_request(raw: bytes, *, max_timeout: float) -> Request:
+    """Parse and validate one request. Raises RequestError with a specific message."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise RequestError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+    if not raw.strip():
+        raise RequestError("empty request: send one JSON object on stdin")
+    try:
+        obj = json.loads(raw)
+    except UnicodeDecodeError:
+        raise RequestError("request is not valid UTF-8") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RequestError(f"request is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RequestError(f"request must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(FIELDS))
+    if unknown:
+        raise RequestError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(FIELDS)}"
+        )
+
+    tool = _string(obj, "tool", required=True)
+    command = _string(obj, "command", required=True)
+    work_dir = _string(obj, "work_dir", required=False) or None
+    assert tool is not None and command is not None
+
+    args = obj.get("args") or []
+    if not isinstance(args, list):
+        raise RequestError(f"field 'args' must be a list of strings, got {type(args).__name__}")
+    if len(args) > MAX_ARGS:
+        raise RequestError(f"field 'args' has more than {MAX_ARGS} items")
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str):
+            raise RequestError(f"args[{i}] must be a string, got {type(arg).__name__}")
+        _no_nul(arg, f"args[{i}]")
+        if _FORBIDDEN_ARG.match(arg):
+            raise RequestError(f"args[{i}] {arg!r} is not allowed: work_dir sets the directory")
+
+    env_vars = obj.get("env_vars") or {}
+    if not isinstance(env_vars, dict):
+        raise RequestError(
+            f"field 'env_vars' must be an object of strings, got {type(env_vars).__name__}"
+        )
+    if len(env_vars) > MAX_ENV_VARS:
+        raise RequestError(f"field 'env_vars' has more than {MAX_ENV_VARS} entries")
+    for name, value in env_vars.items():
+        if not _ENV_NAME.match(name):
+            raise RequestError(f"env_vars name {name!r} is not a valid identifier")
+        if name in FORBIDDEN_ENV:
+            raise RequestError(f"env_vars name {name!r} is not allowed")
+        if not isinstance(value, str):
+            raise RequestError(f"env_vars[{name!r}] must be a string, got {type(value).__name__}")
+        _no_nul(value, f"env_vars[{name!r}]")
+
+    timeout = obj.get("timeout") or 0
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise RequestError(f"field 'timeout' must be a number of seconds, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise RequestError(f"field 'timeout' must be a positive number of seconds, got {timeout}")
+    if timeout > max_timeout:
+        raise RequestError(f"field 'timeout' {timeout} exceeds the maximum of {max_timeout:g} s")
+
+    sensitive = obj.get("sensitive_env") or []
+    if not isinstance(sensitive, list) or not all(isinstance(s, str) for s in sensitive):
+        raise RequestError("field 'sensitive_env' must be a list of env_vars names")
+    missing = [name for name in sensitive if name not in env_vars]
+    if missing:
+        raise RequestError(f"sensitive_env names {missing} are not in env_vars")
+
+    return Request(
+        tool=tool,
+        command=command,
+        work_dir=work_dir,
+        args=list(args),
+        env_vars=dict(env_vars),
+        timeout=float(timeout),
+        sensitive_env=list(sensitive),
+    )
+
+
+def response(
+    *,
+    success: bool,
+    output: str,
+    exit_code: int,
+    error_msg: str,
+    started_at: str,
+    ended_at: str,
+) -> dict[str, Any]:
+    """The seed's response object, field for field."""
+    return {
+        "success": success,
+        "output": output,
+        "exit_code": exit_code,
+        "error_msg": error_msg,
+        "started_at": started_at,
+        "ended_at": ended_at,
+    }
