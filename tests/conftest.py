@@ -1,0 +1,107 @@
+"""Shared fixtures: the environment real tools run in, and paths to the project's executables."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+IAC_RUNNER = str(BIN / "iac-runner")
+IAC_RUNNER_SERVER = str(BIN / "iac-runner-server")
+IAC_BACKEND = str(BIN / "iac-backend")
+GRPCURL = str(BIN / "grpcurl")
+
+OFFLINE_CONFIG = """\
+terraform {
+  required_version = ">= 1.5"
+}
+
+variable "greeting" {
+  type    = string
+  default = "hello"
+}
+
+resource "terraform_data" "example" {
+  input = var.greeting
+
+  provisioner "local-exec" {
+    command = "echo provisioned ${self.input}"
+  }
+}
+
+output "greeting" {
+  value = terraform_data.example.output
+}
+"""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def tf_cli_config(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("tfcli") / "empty.tfrc"
+    path.write_text("")
+    return str(path)
+
+
+@pytest.fixture
+def tool_env(tf_cli_config: str) -> Iterator[dict[str, str]]:
+    """Environment for processes that run terraform: independent of the machine's
+    TF_CLI_CONFIG_FILE and PYTHONUNBUFFERED settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IAC_", "TF_"))}
+    env.pop("PYTHONUNBUFFERED", None)
+    env["TF_CLI_CONFIG_FILE"] = tf_cli_config
+    env["CHECKPOINT_DISABLE"] = "1"
+    yield env
+
+
+@pytest.fixture
+def tf_dir(tmp_path: Path) -> Path:
+    """A directory holding an offline terraform configuration."""
+    d = tmp_path / "config"
+    d.mkdir()
+    (d / "main.tf").write_text(OFFLINE_CONFIG)
+    return d
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    """The pids among `pids` that still exist and are not zombies."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def pids_matching(fragment: str) -> list[int]:
+    """Pids whose command line contains `fragment`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fragment in cmdline:
+            found.append(int(entry.name))
+    return pids_alive(found)
