@@ -214,7 +214,9 @@ class Execution:
         sink_lines = self.sink.lines
         feed = self.splitter.feed
         try:
-            while pipes:
+            # Until the tool has exited, even if it closed its pipes early: the deadlines
+            # and signals must still be handled while it runs.
+            while pipes or returncode is None:
                 now = time.monotonic()
                 wait = min(run_deadline, self._stage_deadline, drain_deadline) - now
                 events = sel.select(None if wait == float("inf") else max(wait, 0))

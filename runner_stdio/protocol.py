@@ -59,8 +59,14 @@ def now_iso() -> str:
 
 
 def _no_nul(value: str, where: str) -> str:
+    """`value`, checked to be passable to the OS: no NUL bytes, no lone surrogates
+    (JSON allows "\\ud800"; it cannot be encoded into an argv, env or path)."""
     if "\x00" in value:
         raise RequestError(f"{where} must not contain NUL bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{where} is not valid Unicode (lone surrogate)") from None
     return value
 
 
@@ -87,7 +93,7 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
         obj = json.loads(raw)
     except UnicodeDecodeError:
         raise RequestError("request is not valid UTF-8") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an int of >4300 digits
         raise RequestError(f"request is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RequestError(f"request must be a JSON object, got {type(obj).__name__}")
@@ -102,7 +108,9 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
     work_dir = _string(obj, "work_dir", required=False) or None
     assert tool is not None and command is not None
 
-    args = obj.get("args") or []
+    # Absent or null means the default; any other falsy value ("", 0, false) is a type error.
+    args = obj.get("args")
+    args = [] if args is None else args
     if not isinstance(args, list):
         raise RequestError(f"field 'args' must be a list of strings, got {type(args).__name__}")
     if len(args) > MAX_ARGS:
@@ -114,7 +122,8 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
         if _FORBIDDEN_ARG.match(arg):
             raise RequestError(f"args[{i}] {arg!r} is not allowed: work_dir sets the directory")
 
-    env_vars = obj.get("env_vars") or {}
+    env_vars = obj.get("env_vars")
+    env_vars = {} if env_vars is None else env_vars
     if not isinstance(env_vars, dict):
         raise RequestError(
             f"field 'env_vars' must be an object of strings, got {type(env_vars).__name__}"
@@ -130,15 +139,21 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
             raise RequestError(f"env_vars[{name!r}] must be a string, got {type(value).__name__}")
         _no_nul(value, f"env_vars[{name!r}]")
 
-    timeout = obj.get("timeout") or 0
+    timeout = obj.get("timeout")
+    timeout = 0 if timeout is None else timeout
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise RequestError(f"field 'timeout' must be a number of seconds, got {type(timeout).__name__}")
-    if not math.isfinite(timeout) or timeout < 0:
-        raise RequestError(f"field 'timeout' must be a positive number of seconds, got {timeout}")
-    if timeout > max_timeout:
-        raise RequestError(f"field 'timeout' {timeout} exceeds the maximum of {max_timeout:g} s")
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an integer of hundreds of digits
+        raise RequestError("field 'timeout' is out of range") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise RequestError(f"field 'timeout' must be a positive number of seconds, got {seconds:g}")
+    if seconds > max_timeout:
+        raise RequestError(f"field 'timeout' {seconds:g} exceeds the maximum of {max_timeout:g} s")
 
-    sensitive = obj.get("sensitive_env") or []
+    sensitive = obj.get("sensitive_env")
+    sensitive = [] if sensitive is None else sensitive
     if not isinstance(sensitive, list) or not all(isinstance(s, str) for s in sensitive):
         raise RequestError("field 'sensitive_env' must be a list of env_vars names")
     missing = [name for name in sensitive if name not in env_vars]
@@ -151,7 +166,7 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
         work_dir=work_dir,
         args=list(args),
         env_vars=dict(env_vars),
-        timeout=float(timeout),
+        timeout=seconds,
         sensitive_env=list(sensitive),
     )
 
