@@ -46,7 +46,7 @@ signals: SIGINT or SIGTERM cancels gracefully (SIGINT to the tool's process grou
 
 example:
   echo '{"tool":"terraform","work_dir":"/tmp","command":"version","args":[],"env_vars":{},"timeout":5}' | iac-runner
-"""
+"""  # noqa: E501 - the README example, verbatim
 
 
 def _positive(value: str) -> float:
@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output-cap",
         type=_positive,
         default=_env("IAC_RUNNER_OUTPUT_CAP", str(10 * 1024 * 1024)),
-        help="bytes of output kept in the response, head and tail [env IAC_RUNNER_OUTPUT_CAP, 10 MiB]",
+        help="bytes of output kept in the response, head and tail "
+        "[env IAC_RUNNER_OUTPUT_CAP, 10 MiB]",
     )
     return p.parse_args(argv)
 
@@ -139,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sink: NdjsonSink | BoundedOutput
     if args.stream:
-        sink = NdjsonSink(1)
+        sink = events = NdjsonSink(1)
 
         def on_start(pid: int, started_at: str) -> None:
-            sink.event({"type": "started", "pid": pid, "started_at": started_at})
+            events.event({"type": "started", "pid": pid, "started_at": started_at})
     else:
         sink = BoundedOutput(int(args.output_cap))
         on_start = None  # type: ignore[assignment]

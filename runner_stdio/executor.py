@@ -9,6 +9,7 @@ guard process does the same if `iac-runner` itself is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -78,10 +79,8 @@ def _start_guard(pgid: int) -> tuple[int, int]:
             os.closerange(read_fd + 1, 1024)
             while os.read(read_fd, 1):
                 pass
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
-            except OSError:
-                pass
         finally:
             os._exit(0)
     os.close(read_fd)
@@ -123,10 +122,8 @@ class Execution:
         self._signals.append(signum)
 
     def _signal_group(self, pgid: int, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pgid, sig)
-        except OSError:
-            pass
         self._last_signal = sig.name
 
     def _escalate(self, pgid: int, now: float, *, force: bool = False) -> None:
@@ -166,7 +163,7 @@ class Execution:
             tmp = tempfile.TemporaryDirectory(prefix="iac-runner-")
             cwd = tmp.name
         try:
-            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            proc = subprocess.Popen(  # argv list, no shell
                 [self.binary, self.request.command, *self.request.args],
                 cwd=cwd,
                 env=tool_environment(self.spec, self.request.env_vars),
@@ -183,10 +180,8 @@ class Execution:
                 returncode = self._pump(proc, wake_r)
             finally:
                 # No child of the tool outlives the run.
-                try:
+                with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
                 os.close(guard_fd)
                 os.waitpid(guard_pid, 0)
         finally:
@@ -223,10 +218,8 @@ class Execution:
                 for key, _ in events:
                     fd = key.fd
                     if fd == wake_r:
-                        try:
+                        with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 4096)
-                        except BlockingIOError:
-                            pass
                         continue
                     try:
                         data = os.read(fd, READ_SIZE)
@@ -250,10 +243,8 @@ class Execution:
                     returncode = proc.poll()
                     if returncode is not None:
                         # Leftover children may hold the pipes open: stop them, drain briefly.
-                        try:
+                        with contextlib.suppress(OSError):
                             os.killpg(proc.pid, signal.SIGKILL)
-                        except OSError:
-                            pass
                         drain_deadline = now + DRAIN_AFTER_EXIT
                 if now >= drain_deadline:
                     break

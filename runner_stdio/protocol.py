@@ -142,7 +142,9 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
     timeout = obj.get("timeout")
     timeout = 0 if timeout is None else timeout
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise RequestError(f"field 'timeout' must be a number of seconds, got {type(timeout).__name__}")
+        raise RequestError(
+            f"field 'timeout' must be a number of seconds, got {type(timeout).__name__}"
+        )
     try:
         seconds = float(timeout)
     except OverflowError:  # an integer of hundreds of digits

@@ -57,7 +57,12 @@ _AUTOMATION_ENV = {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE
 
 TOOLS: dict[str, ToolSpec] = {
     "terraform": ToolSpec(
-        "terraform", "terraform", "IAC_RUNNER_TERRAFORM_BIN", _TF_COMMANDS, _TF_REFUSED, _AUTOMATION_ENV
+        "terraform",
+        "terraform",
+        "IAC_RUNNER_TERRAFORM_BIN",
+        _TF_COMMANDS,
+        _TF_REFUSED,
+        _AUTOMATION_ENV,
     ),
     "tofu": ToolSpec(
         "tofu", "tofu", "IAC_RUNNER_TOFU_BIN", _TF_COMMANDS, _TF_REFUSED, _AUTOMATION_ENV
@@ -73,7 +78,9 @@ def check_command(spec: ToolSpec, command: str) -> None:
     if command in spec.commands:
         return
     if command in spec.refused:
-        raise ToolError(f"command {command!r} is not allowed for {spec.name}: {spec.refused[command]}")
+        raise ToolError(
+            f"command {command!r} is not allowed for {spec.name}: {spec.refused[command]}"
+        )
     allowed = ", ".join(sorted(spec.commands))
     raise ToolError(f"command {command!r} is not allowed for {spec.name}; allowed: {allowed}")
 
