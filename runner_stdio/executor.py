@@ -72,8 +72,12 @@ def _start_guard(pgid: int) -> tuple[int, int]:
     pid = os.fork()
     if pid == 0:  # the guard
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            # The guard shares iac-runner's command line, so `pkill -USR1 iac-runner` and
+            # the like reach it too: it ignores them all (SIGUSR1 would otherwise end it)
+            # and drops the wakeup fd it inherited, which it closes below.
+            signal.set_wakeup_fd(-1)
+            for sig in (*CANCEL_SIGNALS, FORCE_SIGNAL):
+                signal.signal(sig, signal.SIG_IGN)
             os.close(write_fd)
             os.closerange(3, read_fd)
             os.closerange(read_fd + 1, 1024)
