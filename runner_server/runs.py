@@ -1,0 +1,201 @@
+"""A live run: the `iac-runner --stream` process, its output retained for followers.
+
+One pump task per run reads whatever one read of the child's stdout returns (up to
+64 KiB of NDJSON events), turns it into one `Output` message and appends it to the
+run's buffer. Followers (the Execute caller, Attach callers) read the buffer from their
+own position. The buffer is bounded: past `retention_bytes` the oldest batch is
+dropped once every follower has sent it; while a follower still needs it, the pump
+waits, which stops reading the pipe, which makes the tool wait (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from protos.iacrunner.v1 import runner_pb2 as pb
+
+READ_SIZE = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """iac-runner wrote something that is not one of its NDJSON events."""
+
+
+class RetentionError(Exception):
+    """The lines asked for are no longer retained."""
+
+
+@dataclass
+class Batch:
+    first_seq: int
+    last_seq: int
+    message: pb.Output
+    size: int
+
+
+@dataclass
+class Follower:
+    next_seq: int
+
+
+@dataclass
+class Run:
+    run_id: str
+    tool: str
+    command: str
+    work_dir: str
+    retention_bytes: int
+    started_at: str = ""
+    tool_version: str = ""
+    proc: asyncio.subprocess.Process | None = None
+    tool_pid: int = 0
+    result: pb.Result | None = None
+    ended_monotonic: float = 0.0
+    started_monotonic: float = field(default_factory=time.monotonic)
+    last_seq: int = 0
+    batches: deque[Batch] = field(default_factory=deque)
+    buffered: int = 0
+    followers: list[Follower] = field(default_factory=list)
+    cancel_requested: bool = False
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def first_retained_seq(self) -> int:
+        return self.batches[0].first_seq if self.batches else self.last_seq + 1
+
+    # -- producing -------------------------------------------------------------
+    async def _append(self, message: pb.Output, first: int, last: int, size: int) -> None:
+        async with self._changed:
+            self.batches.append(Batch(first, last, message, size))
+            self.buffered += size
+            self.last_seq = last
+            self._changed.notify_all()
+            while self.buffered > self.retention_bytes and len(self.batches) > 1:
+                oldest = self.batches[0]
+                if any(f.next_seq <= oldest.last_seq for f in self.followers):
+                    # A follower still needs it: stop reading the pipe until it catches up.
+                    await self._changed.wait()
+                    continue
+                self.batches.popleft()
+                self.buffered -= oldest.size
+
+    async def finish(self, result: pb.Result) -> None:
+        async with self._changed:
+            result.last_seq = self.last_seq
+            self.result = result
+            self.ended_monotonic = time.monotonic()
+            self._changed.notify_all()
+
+    async def pump(self, stdout: asyncio.StreamReader) -> dict[str, Any] | None:
+        """Relay the child's events until EOF. Returns its result event, if it sent one."""
+        carry = b""
+        result: dict[str, Any] | None = None
+        while True:
+            chunk = await stdout.read(READ_SIZE)
+            if not chunk:
+                break
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1 :]
+            message = pb.Output()
+            add = message.lines.add
+            first = self.last_seq + 1
+            seq = self.last_seq
+            for raw in data[:cut].split(b"\n"):
+                try:
+                    event = json.loads(raw)
+                    kind = event["type"]
+                except (ValueError, TypeError, KeyError):
+                    raise ProtocolError(
+                        f"iac-runner sent an event that is not parseable: {raw[:200]!r}"
+                    ) from None
+                if kind == "output":
+                    stream = event["stream"]
+                    seq = event["seq"]
+                    if "line" in event:
+                        add(seq=seq, stream=stream, text=event["line"])
+                    else:
+                        for text in event["lines"]:
+                            add(seq=seq, stream=stream, text=text)
+                            seq += 1
+                        seq -= 1
+                elif kind == "started":
+                    self.tool_pid = event["pid"]
+                    self.started_at = event["started_at"]
+                elif kind == "result":
+                    result = event
+            if seq >= first:
+                await self._append(message, first, seq, cut)
+        return result
+
+    # -- consuming -------------------------------------------------------------
+    async def follow(self, from_seq: int) -> AsyncIterator[pb.Output]:
+        """Output batches from `from_seq` on, live, until the run has finished."""
+        follower = Follower(max(from_seq, 1))
+        async with self._changed:
+            if follower.next_seq < self.first_retained_seq:
+                raise RetentionError(
+                    f"lines before seq {self.first_retained_seq} of run {self.run_id} "
+                    "are no longer retained"
+                )
+            self.followers.append(follower)
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(
+                        lambda: self.last_seq >= follower.next_seq or self.finished
+                    )
+                    pending = [b for b in self.batches if b.last_seq >= follower.next_seq]
+                    finished = self.finished
+                for batch in pending:
+                    if batch.first_seq >= follower.next_seq:
+                        yield batch.message
+                    else:
+                        part = pb.Output()
+                        part.lines.extend(
+                            line for line in batch.message.lines if line.seq >= follower.next_seq
+                        )
+                        yield part
+                    follower.next_seq = batch.last_seq + 1
+                    if self.buffered > self.retention_bytes:
+                        async with self._changed:  # the pump may be waiting for us
+                            self._changed.notify_all()
+                if finished and follower.next_seq > self.last_seq:
+                    return
+        finally:
+            async with self._changed:
+                self.followers.remove(follower)
+                self._changed.notify_all()
+
+    async def wait(self) -> pb.Result:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.finished)
+        assert self.result is not None
+        return self.result
+
+    # -- stopping --------------------------------------------------------------
+    def cancel(self, *, force: bool) -> None:
+        """Ask iac-runner to stop the tool: SIGINT starts the graceful escalation,
+        SIGUSR1 kills the tool's process group at once."""
+        self.cancel_requested = True
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1 if force else signal.SIGINT)
+        except ProcessLookupError:
+            pass

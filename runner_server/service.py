@@ -1,0 +1,339 @@
+"""The runner's domain: start, follow, cancel and describe runs. Knows nothing of gRPC.
+
+Each run spawns `iac-runner --stream` in its own process group and relays its events
+(see runs.py). Errors are `RunnerError`s with a kind the transport maps to a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from protos.iacrunner.v1 import runner_pb2 as pb
+from runner_server import __version__, metrics, workspace
+from runner_server.config import ServerConfig
+from runner_server.runs import ProtocolError, RetentionError, Run
+from runner_server.toolinfo import ToolInfo
+from runner_stdio.protocol import RequestError, now_iso, parse_request
+from runner_stdio.tools import ToolError, check_command, get_spec
+
+log = logging.getLogger("iac_runner_server")
+
+_RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class RunnerError(Exception):
+    """A call that cannot be served. `kind` names the class of problem."""
+
+    # invalid | precondition | exhausted | unavailable | not_found | exists | out_of_range
+    # | permission
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Prepared:
+    run_id: str
+    tool: ToolInfo
+    work_dir: str
+    stdin: bytes
+    request: pb.ExecuteRequest
+
+
+class RunnerService:
+    def __init__(self, config: ServerConfig, tools: list[ToolInfo]) -> None:
+        self.config = config
+        self.tools = tools
+        self.runs: dict[str, Run] = {}
+        self.active = 0
+        self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- Execute ---------------------------------------------------------------
+    def _prepare(self, req: pb.ExecuteRequest) -> Prepared:
+        run_id = req.run_id or uuid.uuid4().hex
+        if len(run_id) > 128 or not set(run_id) <= _RUN_ID_OK:
+            raise RunnerError("invalid", "run_id must be 1-128 characters of [A-Za-z0-9._-]")
+        if run_id in self.runs:
+            raise RunnerError("exists", f"run_id {run_id!r} is already in use on this runner")
+        # The same validation as iac-runner's stdin, so both entry points refuse alike.
+        body: dict[str, Any] = {
+            "tool": req.tool,
+            "command": req.command,
+            "args": list(req.args),
+            "env_vars": dict(req.env_vars),
+            "timeout": req.timeout,
+            "sensitive_env": list(req.sensitive_env),
+        }
+        try:
+            parse_request(json.dumps(body).encode(), max_timeout=float("inf"))
+            spec = get_spec(req.tool)
+            check_command(spec, req.command)
+            work_dir = workspace.work_dir_path(
+                self.config.workspace_root, req.work_dir, f"run-{run_id}"
+            )
+        except (RequestError, ToolError) as exc:
+            raise RunnerError("invalid", str(exc)) from None
+        if self.config.accept and req.command not in self.config.accept:
+            raise RunnerError(
+                "permission",
+                f"this runner does not accept {req.command!r}; it accepts: "
+                + ", ".join(self.config.accept),
+            )
+        tool = next((t for t in self.tools if t.name == spec.name), None)
+        if tool is None:
+            raise RunnerError("precondition", f"{spec.name} is not installed on this runner")
+        for rel in req.collect:
+            if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
+                raise RunnerError("invalid", f"collect path {rel!r} must be relative to work_dir")
+        body["work_dir"] = work_dir
+        return Prepared(run_id, tool, work_dir, json.dumps(body).encode(), req)
+
+    async def start(self, req: pb.ExecuteRequest) -> Run:
+        """Validate, reserve a slot, unpack the workspace and spawn iac-runner."""
+        if self.draining:
+            raise RunnerError("unavailable", "runner is draining: it accepts no new runs")
+        prepared = self._prepare(req)
+        if self.active >= self.config.max_concurrent:
+            raise RunnerError(
+                "exhausted",
+                f"runner is full: {self.active}/{self.config.max_concurrent} runs active",
+            )
+        run = Run(
+            run_id=prepared.run_id,
+            tool=req.tool,
+            command=req.command,
+            work_dir=prepared.work_dir,
+            retention_bytes=self.config.retention_bytes,
+            tool_version=prepared.tool.version,
+            started_at=now_iso(),
+        )
+        # Reserve the slot and the id before the first await.
+        self.runs[run.run_id] = run
+        self.active += 1
+        self._idle.clear()
+        metrics.ACTIVE_RUNS.inc()
+        try:
+            await asyncio.to_thread(self._make_work_dir, prepared)
+            run.proc = await asyncio.create_subprocess_exec(
+                self.config.runner_binary(),
+                "--stream",
+                "--workspace-root",
+                self.config.workspace_root,
+                "--grace",
+                str(self.config.grace),
+                "--default-timeout",
+                str(self.config.default_timeout),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=256 * 1024,
+            )
+        except BaseException as exc:
+            self.runs.pop(run.run_id, None)
+            self._release_slot()
+            if isinstance(exc, workspace.WorkspaceError):
+                raise RunnerError("invalid", str(exc)) from None
+            if isinstance(exc, OSError):
+                raise RunnerError("precondition", f"could not start iac-runner: {exc}") from None
+            raise
+        metrics.RUNS_STARTED.labels(req.tool, req.command).inc()
+        log.info(
+            json.dumps(
+                {
+                    "event": "run_start",
+                    "run_id": run.run_id,
+                    "tool": run.tool,
+                    "command": run.command,
+                    "tool_version": run.tool_version,
+                }
+            )
+        )
+        task = asyncio.create_task(self._supervise(run, prepared))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if run.cancel_requested:
+            run.cancel(force=False)
+        return run
+
+    def _make_work_dir(self, prepared: Prepared) -> None:
+        os.makedirs(prepared.work_dir, exist_ok=True)
+        if prepared.request.workspace:
+            workspace.unpack(prepared.request.workspace, prepared.work_dir, self.config.limits)
+
+    def _release_slot(self) -> None:
+        self.active -= 1
+        metrics.ACTIVE_RUNS.dec()
+        if self.active == 0:
+            self._idle.set()
+
+    async def _supervise(self, run: Run, prepared: Prepared) -> None:
+        proc = run.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        event: dict[str, Any] | None = None
+        problem = ""
+        try:
+            proc.stdin.write(prepared.stdin)
+            await proc.stdin.drain()
+            proc.stdin.close()
+            event = await run.pump(proc.stdout)
+        except ProtocolError as exc:
+            problem = str(exc)
+            run.cancel(force=True)
+        except (BrokenPipeError, ConnectionResetError):
+            problem = "iac-runner closed its input early"
+        returncode = await proc.wait()
+        if run.tool_pid:
+            # Whatever happened to iac-runner, nothing of the tool outlives the run.
+            try:
+                os.killpg(run.tool_pid, signal.SIGKILL)
+            except OSError:
+                pass
+        result = self._result(event, returncode, problem, run)
+        if prepared.request.collect:
+            artifacts, note = await asyncio.to_thread(
+                workspace.collect, run.work_dir, list(prepared.request.collect), self.config.limits
+            )
+            for path, content in artifacts:
+                result.artifacts.add(path=path, content=content)
+            if note:
+                result.error_msg = f"{result.error_msg}; {note}" if result.error_msg else note
+        if prepared.request.cleanup:
+            await asyncio.to_thread(workspace.remove, self.config.workspace_root, run.work_dir)
+        await run.finish(result)
+        self._release_slot()
+        duration = time.monotonic() - run.started_monotonic
+        metrics.RUNS_FINISHED.labels(run.tool, run.command, result.outcome).inc()
+        metrics.RUN_DURATION.labels(run.tool, run.command).observe(duration)
+        metrics.LINES_STREAMED.inc(run.last_seq)
+        log.info(
+            json.dumps(
+                {
+                    "event": "run_end",
+                    "run_id": run.run_id,
+                    "tool": run.tool,
+                    "command": run.command,
+                    "duration_s": round(duration, 3),
+                    "outcome": result.outcome,
+                    "exit_code": result.exit_code,
+                    "lines": run.last_seq,
+                }
+            )
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.config.retention_seconds, self._forget, run.run_id, run)
+
+    def _forget(self, run_id: str, run: Run) -> None:
+        if self.runs.get(run_id) is run:
+            del self.runs[run_id]
+
+    @staticmethod
+    def _result(event: dict[str, Any] | None, returncode: int, problem: str, run: Run) -> pb.Result:
+        if event is not None and not problem:
+            return pb.Result(
+                success=bool(event.get("success")),
+                exit_code=int(event.get("exit_code", -1)),
+                error_msg=str(event.get("error_msg", "")),
+                started_at=str(event.get("started_at", run.started_at)),
+                ended_at=str(event.get("ended_at", now_iso())),
+                outcome=str(event.get("outcome", "")),
+                output_truncated=bool(event.get("output_truncated")),
+                tool_version=run.tool_version,
+            )
+        if not problem:
+            how = (
+                f"killed by {signal.Signals(-returncode).name}"
+                if returncode < 0
+                else f"exit code {returncode}"
+            )
+            problem = f"iac-runner ended without a result ({how})"
+        return pb.Result(
+            success=False,
+            exit_code=-1,
+            error_msg=problem,
+            started_at=run.started_at,
+            ended_at=now_iso(),
+            outcome="error",
+            tool_version=run.tool_version,
+        )
+
+    def started_event(self, run: Run) -> pb.ExecuteEvent:
+        return pb.ExecuteEvent(
+            started=pb.Started(
+                run_id=run.run_id,
+                runner_id=self.config.runner_id,
+                started_at=run.started_at,
+                tool_version=run.tool_version,
+            )
+        )
+
+    async def events(self, run: Run, from_seq: int = 1) -> AsyncIterator[pb.ExecuteEvent]:
+        """started, then output batches from `from_seq`, then the result."""
+        yield self.started_event(run)
+        try:
+            async for batch in run.follow(from_seq):
+                yield pb.ExecuteEvent(output=batch)
+        except RetentionError as exc:
+            raise RunnerError("out_of_range", str(exc)) from None
+        yield pb.ExecuteEvent(result=await run.wait())
+
+    # -- Attach / Cancel / GetInfo --------------------------------------------------
+    def get(self, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise RunnerError("not_found", f"no run {run_id!r} on this runner")
+        return run
+
+    def cancel(self, run_id: str, *, force: bool) -> str:
+        run = self.get(run_id)
+        if run.finished:
+            return "already_finished"
+        run.cancel(force=force)
+        return "canceling"
+
+    def info(self) -> pb.RunnerInfo:
+        return pb.RunnerInfo(
+            runner_id=self.config.runner_id,
+            labels=self.config.labels,
+            tools=[
+                pb.Tool(name=t.name, version=t.version, path=t.path, is_default=t.is_default)
+                for t in self.tools
+            ],
+            max_concurrent=self.config.max_concurrent,
+            active=self.active,
+            draining=self.draining,
+            version=__version__,
+            accept=self.config.accept,
+            active_runs=[r.run_id for r in self.runs.values() if not r.finished],
+        )
+
+    # -- drain -------------------------------------------------------------------------
+    def cancel_all(self, *, force: bool) -> None:
+        for run in self.runs.values():
+            if not run.finished:
+                run.cancel(force=force)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new runs, let active ones finish up to `timeout`, then cancel them."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            self.cancel_all(force=False)
+            await self._idle.wait()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
