@@ -1,0 +1,179 @@
+"""Backend configuration: one pydantic-settings class read from env vars and ``.env``.
+
+The class is the configuration's documentation: every field says what it does, and
+``iac-backend serve`` prints the effective values (secrets hidden) on start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from backend.crypto import MalformedKey, parse_key
+
+MiB = 1024 * 1024
+
+
+def normalize_database_url(url: str) -> str:
+    """Map the URL spellings people write to the async drivers the backend uses.
+
+    ``postgresql://`` and ``postgres://`` become asyncpg, ``sqlite:///`` becomes aiosqlite;
+    anything else is refused, because the engine must never block the event loop.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"DATABASE_URL {url!r} is not a database URL") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres"):
+        if driver not in ("", "asyncpg", "psycopg2", "psycopg"):
+            raise ValueError(f"DATABASE_URL driver {driver!r} is not supported; use asyncpg")
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        if driver not in ("", "aiosqlite", "pysqlite"):
+            raise ValueError(f"DATABASE_URL driver {driver!r} is not supported; use aiosqlite")
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ValueError(
+            f"DATABASE_URL scheme {parsed.drivername!r} is not supported: "
+            "use postgresql://... or sqlite:///path"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+class Settings(BaseSettings):
+    """iac-backend settings; env var names are given in each field's description."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_prefix="IAC_",
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("DATABASE_URL", "IAC_DATABASE_URL"),
+        description=(
+            "DATABASE_URL: postgresql://user:pass@host/db or sqlite:///path; normalised to "
+            "the asyncpg / aiosqlite drivers. Default: sqlite file iac.db in the data dir."
+        ),
+    )
+    data_dir: Path = Field(
+        default=Path("./.data"),
+        description="IAC_DATA_DIR: where the default SQLite database lives.",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ENCRYPTION_KEY", "IAC_ENCRYPTION_KEY"),
+        description=(
+            "ENCRYPTION_KEY: Fernet key encrypting secrets at rest (comma-separated keys "
+            "rotate: first encrypts, all decrypt). Make one with ./generate-encryption-key.sh."
+        ),
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="IAC_API_TOKEN: the first admin API token, stored hashed on start.",
+    )
+    host: str = Field(default="127.0.0.1", description="IAC_HOST: address the API listens on.")
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="IAC_PORT: port the API listens on."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description=(
+            "IAC_PUBLIC_URL: the backend's URL as runners reach it; the state endpoint "
+            "address handed to terraform is built from it."
+        ),
+    )
+    max_config_bytes: int = Field(
+        default=10 * MiB, gt=0, description="IAC_MAX_CONFIG_BYTES: largest config archive upload."
+    )
+    max_config_unpacked_bytes: int = Field(
+        default=100 * MiB,
+        gt=0,
+        description="IAC_MAX_CONFIG_UNPACKED_BYTES: largest total size of an archive's files.",
+    )
+    max_config_files: int = Field(
+        default=10_000, gt=0, description="IAC_MAX_CONFIG_FILES: most entries in a config archive."
+    )
+    max_state_bytes: int = Field(
+        default=64 * MiB, gt=0, description="IAC_MAX_STATE_BYTES: largest Terraform state accepted."
+    )
+    runners_file: Path | None = Field(
+        default=None,
+        description=(
+            "IAC_RUNNERS_FILE: JSON file of runner registrations, a list of "
+            '{"name", "address", "token", "tls_ca_pem", "labels"} objects (or '
+            '{"runners": [...]}) upserted on start.'
+        ),
+    )
+    plan_timeout: int = Field(
+        default=3600, gt=0, description="IAC_PLAN_TIMEOUT: seconds a plan may run."
+    )
+    apply_timeout: int = Field(
+        default=3600, gt=0, description="IAC_APPLY_TIMEOUT: seconds an apply may run."
+    )
+    destroy_timeout: int = Field(
+        default=3600, gt=0, description="IAC_DESTROY_TIMEOUT: seconds a destroy may run."
+    )
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key_is_fernet(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            parse_key(value.get_secret_value())
+        except MalformedKey as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"IAC_PUBLIC_URL {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'iac.db').resolve()}"
+        self.database_url = normalize_database_url(self.database_url)
+        return self
+
+    def timeout_for(self, operation: str) -> int:
+        """Seconds a run of ``operation`` ('plan', 'apply', 'destroy') may take."""
+        timeouts = {
+            "plan": self.plan_timeout,
+            "apply": self.apply_timeout,
+            "destroy": self.destroy_timeout,
+        }
+        return timeouts[operation]
+
+    def display(self) -> dict[str, Any]:
+        """The effective settings with secrets hidden, for printing on start."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif name == "database_url":
+                value = make_url(value).render_as_string(hide_password=True)
+            shown[name] = value
+        return shown

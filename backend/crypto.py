@@ -1,0 +1,79 @@
+"""Encryption at rest for secrets (sensitive variables, runner tokens and TLS keys).
+
+Owns the Fernet key handling: parsing ``ENCRYPTION_KEY`` (one key, or several separated by
+commas for rotation: the first encrypts, all decrypt) and the start-up check that refuses to
+run when encrypted data exists but no key, or the wrong key, is configured.
+"""
+
+from __future__ import annotations
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from backend.errors import Invalid
+
+KEY_HINT = "generate one with ./generate-encryption-key.sh"
+
+
+class MalformedKey(ValueError):
+    """ENCRYPTION_KEY is set but is not a valid Fernet key (list)."""
+
+
+class EncryptionUnavailable(Invalid):
+    """A secret must be stored but no ENCRYPTION_KEY is configured."""
+
+
+class DecryptionFailed(Exception):
+    """Stored ciphertext does not decrypt with the configured key(s)."""
+
+
+def parse_key(raw: str) -> MultiFernet:
+    """Build the cipher from ENCRYPTION_KEY; raise MalformedKey with a one-line reason if malformed."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if not parts:
+        raise MalformedKey(f"ENCRYPTION_KEY is empty; {KEY_HINT}")
+    fernets = []
+    for i, part in enumerate(parts, start=1):
+        try:
+            fernets.append(Fernet(part.encode()))
+        except ValueError:
+            which = "ENCRYPTION_KEY" if len(parts) == 1 else f"key {i} of ENCRYPTION_KEY"
+            raise MalformedKey(
+                f"{which} is malformed: a Fernet key is 32 url-safe base64-encoded bytes "
+                f"(44 characters); {KEY_HINT}"
+            ) from None
+    return MultiFernet(fernets)
+
+
+def generate_key() -> str:
+    """A new random Fernet key."""
+    return Fernet.generate_key().decode()
+
+
+class Cipher:
+    """Encrypts and decrypts secrets; usable without a key until a secret must be stored."""
+
+    def __init__(self, key: str | None) -> None:
+        self._fernet = parse_key(key) if key else None
+
+    @property
+    def available(self) -> bool:
+        return self._fernet is not None
+
+    def encrypt(self, plaintext: str | bytes, what: str = "a sensitive value") -> bytes:
+        if self._fernet is None:
+            raise EncryptionUnavailable(
+                f"storing {what} needs ENCRYPTION_KEY to be set on the backend; {KEY_HINT}"
+            )
+        data = plaintext.encode() if isinstance(plaintext, str) else plaintext
+        return self._fernet.encrypt(data)
+
+    def decrypt(self, ciphertext: bytes) -> str:
+        if self._fernet is None:
+            raise DecryptionFailed(f"ENCRYPTION_KEY is not set; {KEY_HINT}")
+        try:
+            return self._fernet.decrypt(ciphertext).decode()
+        except InvalidToken:
+            raise DecryptionFailed(
+                "stored secrets do not decrypt with ENCRYPTION_KEY (wrong key?); set the key "
+                "they were encrypted with"
+            ) from None

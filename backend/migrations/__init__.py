@@ -1,0 +1,1 @@
+"""Alembic migrations of the backend's database (applied by ``backend.db.migrate``)."""

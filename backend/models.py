@@ -1,0 +1,271 @@
+"""The database schema: SQLAlchemy 2.0 typed declarative models and the status vocabularies.
+
+Alembic migrations under ``backend/migrations`` create exactly these tables; a test
+compares the migrated schema with this module on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database.
+
+    SQLite keeps no offset, so values come back naive; this puts UTC back on them, and
+    refuses naive input so no local time ever gets stored by mistake.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PLANNED = "planned"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPLYING = "applying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMED_OUT = "timed_out"
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TIMED_OUT}
+)
+# A run in any other status still holds its deployment (queued, executing or waiting for
+# approval), so the deployment cannot be deleted under it.
+ACTIVE_STATUSES = frozenset(set(RunStatus) - TERMINAL_STATUSES)
+# Statuses in which a run's terraform is executing and may talk to the state endpoint.
+STATE_ACCESS_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.APPLYING})
+
+
+class Operation(StrEnum):
+    PLAN = "plan"
+    APPLY = "apply"
+    DESTROY = "destroy"
+
+
+class Tool(StrEnum):
+    TERRAFORM = "terraform"
+    TOFU = "tofu"
+
+
+class RunnerStatus(StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"
+
+
+class VariableCategory(StrEnum):
+    TERRAFORM = "terraform"
+    ENV = "env"
+
+
+class CancelMode(StrEnum):
+    GRACEFUL = "graceful"
+    FORCE = "force"
+
+
+# Named constraints, so Alembic's batch mode on SQLite can find and alter them later.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        dict[str, str]: JSON(),
+        bytes: LargeBinary(),
+    }
+
+
+class Runner(Base):
+    __tablename__ = "runners"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the runner's name
+    address: Mapped[str] = mapped_column(String(255))
+    token_encrypted: Mapped[bytes | None]
+    tls_ca_pem: Mapped[str | None] = mapped_column(Text)
+    tls_cert_pem: Mapped[str | None] = mapped_column(Text)
+    tls_key_encrypted: Mapped[bytes | None]
+    labels: Mapped[dict[str, str]] = mapped_column(default=dict)
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the last GetInfo answer
+    status: Mapped[str] = mapped_column(String(16), default=RunnerStatus.UNKNOWN.value)
+    last_seen: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    tool: Mapped[str] = mapped_column(String(16))
+    required_labels: Mapped[dict[str, str]] = mapped_column(default=dict)
+    default_priority: Mapped[int] = mapped_column(default=0)
+    version_constraint: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConfigVersion(Base):
+    __tablename__ = "config_versions"
+    __table_args__ = (UniqueConstraint("deployment_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    archive: Mapped[bytes]  # always a normalised tar.gz
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Variable(Base):
+    __tablename__ = "variables"
+    __table_args__ = (UniqueConstraint("deployment_id", "key", "category"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    value: Mapped[str | None] = mapped_column(Text)  # plaintext, only when not sensitive
+    value_encrypted: Mapped[bytes | None]
+    category: Mapped[str] = mapped_column(String(16))
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_queue", "status", "priority", "created_at"),
+        Index("ix_runs_deployment_id", "deployment_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    config_version_id: Mapped[int] = mapped_column(
+        ForeignKey("config_versions.id", ondelete="CASCADE")
+    )
+    operation: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32), default=RunStatus.QUEUED.value)
+    priority: Mapped[int] = mapped_column(default=0)
+    auto_approve: Mapped[bool] = mapped_column(Boolean, default=False)
+    plan_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    plan_file: Mapped[bytes | None]
+    # Not a foreign key: a run's history keeps naming its runner after the runner is removed.
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    tool_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    exit_code: Mapped[int | None]
+    error_msg: Mapped[str] = mapped_column(Text, default="")
+    wait_reason: Mapped[str] = mapped_column(Text, default="")
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    state_token_hash: Mapped[str | None] = mapped_column(String(64))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    cancel_requested: Mapped[str | None] = mapped_column(String(16))
+    dispatch_count: Mapped[int] = mapped_column(default=0)
+
+
+class RunEvent(Base):
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class LogChunk(Base):
+    __tablename__ = "log_chunks"
+    __table_args__ = (Index("ix_log_chunks_run_seq", "run_id", "first_seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    first_seq: Mapped[int]
+    last_seq: Mapped[int]
+    data: Mapped[str] = mapped_column(Text)  # the chunk's lines joined with '\n'
+
+
+class StateVersion(Base):
+    __tablename__ = "state_versions"
+    __table_args__ = (Index("ix_state_versions_deployment", "deployment_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    serial: Mapped[int]
+    lineage: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes]  # empty for the marker a DELETE leaves
+    md5: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StateLock(Base):
+    __tablename__ = "state_locks"
+
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    lock_id: Mapped[str] = mapped_column(String(255))
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)  # terraform's lock info JSON
+    run_id: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
