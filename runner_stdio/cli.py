@@ -8,13 +8,13 @@ canceled; 2 the request was refused (invalid, disallowed, tool missing);
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from runner_stdio.executor import Execution, Outcome
-from runner_stdio.output import BoundedOutput, NdjsonSink, write_all
+from runner_stdio.output import BoundedOutput, NdjsonSink, write_response
 from runner_stdio.protocol import (
     EXIT_INTERNAL,
     EXIT_INVALID,
@@ -108,13 +108,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _answer(stream: bool, fields: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+def _answer(
+    stream: bool,
+    fields: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    output: Iterable[str] = (),
+) -> None:
     if stream:
         event = {"type": "result", **{k: v for k, v in fields.items() if k != "output"}}
         event.update(extra or {})
         NdjsonSink(1).event(event)
     else:
-        write_all(1, (json.dumps(fields, ensure_ascii=False) + "\n").encode())
+        write_response(1, fields, output)
 
 
 def _refuse(stream: bool, message: str, code: int) -> int:
@@ -163,17 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _refuse(args.stream, f"could not run {spec.name}: {exc}", EXIT_INTERNAL)
 
-    output = sink.text() if isinstance(sink, BoundedOutput) else ""
     fields = response(
         success=outcome.success,
-        output=output,
+        output="",  # written from the sink by _answer
         exit_code=outcome.exit_code,
         error_msg=outcome.error_msg,
         started_at=outcome.started_at,
         ended_at=outcome.ended_at,
     )
     truncated = isinstance(sink, BoundedOutput) and sink.truncated
-    _answer(args.stream, fields, {"outcome": outcome.status, "output_truncated": truncated})
+    output = sink.pieces() if isinstance(sink, BoundedOutput) else ()
+    _answer(args.stream, fields, {"outcome": outcome.status, "output_truncated": truncated}, output)
     return EXIT_OK if outcome.success else EXIT_TOOL_FAILED
 
 

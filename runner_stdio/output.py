@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 STREAMS = ("stdout", "stderr")
@@ -55,6 +56,33 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_response(fd: int, fields: dict[str, Any], output: Iterable[str]) -> None:
+    """Write `fields` as one JSON line, byte for byte what `json.dumps(fields,
+    ensure_ascii=False)` gives, with the value of "output" (which must be a key of
+    `fields`) taken from `output`: pieces ending at line boundaries, encoded in
+    batches. A 10 MiB output is then not held three more times over (joined text,
+    JSON text, bytes) while the response is written.
+    """
+    before: list[str] = []
+    after: list[str] = []
+    for key, value in fields.items():
+        if key == "output":
+            before, after = after, before
+            continue
+        after.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    write_all(fd, ("{" + "".join(f + ", " for f in before) + '"output": "').encode())
+    batch: list[str] = []
+    size = 0
+    for piece in output:
+        batch.append(piece)
+        size += len(piece)
+        if size >= 256 * 1024:
+            write_all(fd, json.dumps("".join(batch), ensure_ascii=False)[1:-1].encode())
+            batch, size = [], 0
+    tail = json.dumps("".join(batch), ensure_ascii=False)[1:-1]
+    write_all(fd, (tail + '"' + "".join(", " + f for f in after) + "}\n").encode())
 
 
 class NdjsonSink:
@@ -114,13 +142,17 @@ class BoundedOutput:
     def truncated(self) -> bool:
         return self.dropped_lines > 0
 
-    def text(self) -> str:
-        parts = self.head
+    def pieces(self) -> Iterator[str]:
+        """The kept output line by line, each with its newline: head, marker, tail."""
+        for line in self.head:
+            yield line + "\n"
         if self.dropped_lines:
-            marker = (
+            yield (
                 f"[... iac-runner: {self.dropped_lines} lines ({self.dropped_bytes} bytes) "
-                "of output left out here ...]"
+                "of output left out here ...]\n"
             )
-            parts = [*self.head, marker]
-        parts = [*parts, *self.tail]
-        return "".join(line + "\n" for line in parts)
+        for line in self.tail:
+            yield line + "\n"
+
+    def text(self) -> str:
+        return "".join(self.pieces())
