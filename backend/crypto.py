@@ -8,8 +8,11 @@ run when encrypted data exists but no key, or the wrong key, is configured.
 from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import Invalid
+from backend.models import Runner, Variable
 
 KEY_HINT = "generate one with ./generate-encryption-key.sh"
 
@@ -27,7 +30,7 @@ class DecryptionFailed(Exception):
 
 
 def parse_key(raw: str) -> MultiFernet:
-    """Build the cipher from ENCRYPTION_KEY; raise MalformedKey with a one-line reason if malformed."""
+    """Build the cipher from ENCRYPTION_KEY; raise MalformedKey with a one-line reason."""
     parts = [p.strip() for p in raw.split(",") if p.strip()]
     if not parts:
         raise MalformedKey(f"ENCRYPTION_KEY is empty; {KEY_HINT}")
@@ -76,4 +79,42 @@ class Cipher:
             raise DecryptionFailed(
                 "stored secrets do not decrypt with ENCRYPTION_KEY (wrong key?); set the key "
                 "they were encrypted with"
+            ) from None
+
+
+class SecretsUnreadable(Exception):
+    """Encrypted data exists that the configured key cannot read; the backend must not start."""
+
+
+async def check_encryption(session: AsyncSession, cipher: Cipher) -> None:
+    """Refuse to start when secrets are stored but no key, or the wrong key, is configured.
+
+    One sample per table is enough to catch a missing or swapped key; the check stays cheap
+    however many secrets there are.
+    """
+    samples: list[tuple[str, bytes]] = []
+    variable = await session.scalar(
+        select(Variable.value_encrypted).where(Variable.value_encrypted.is_not(None)).limit(1)
+    )
+    if variable is not None:
+        samples.append(("sensitive variables", variable))
+    for column in (Runner.token_encrypted, Runner.tls_key_encrypted):
+        value = await session.scalar(select(column).where(column.is_not(None)).limit(1))
+        if value is not None:
+            samples.append(("runner credentials", value))
+    if not samples:
+        return
+    what = samples[0][0]
+    if not cipher.available:
+        raise SecretsUnreadable(
+            f"the database holds encrypted {what} but ENCRYPTION_KEY is not set; set the key "
+            f"they were encrypted with ({KEY_HINT} only for a new installation)"
+        )
+    for what, ciphertext in samples:
+        try:
+            cipher.decrypt(ciphertext)
+        except DecryptionFailed:
+            raise SecretsUnreadable(
+                f"ENCRYPTION_KEY does not decrypt the stored {what}; set the key they were "
+                f"encrypted with (to rotate, list the new key first: NEW,OLD; {KEY_HINT})"
             ) from None

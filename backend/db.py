@@ -65,6 +65,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
+    # A bounded connect timeout: an unreachable server fails start-up in seconds, not minutes.
+    kwargs.setdefault("connect_args", {"timeout": 10})
     return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -35,3 +35,11 @@ class StateLocked(DomainError):
     def __init__(self, message: str, holder: dict[str, Any]) -> None:
         super().__init__(message)
         self.holder = holder
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that match nothing."""
+
+
+class Forbidden(DomainError):
+    """Valid credentials that may not do this."""

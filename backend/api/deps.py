@@ -1,0 +1,78 @@
+"""FastAPI dependencies as ``Annotated`` aliases: the DB session, settings, cipher, the API
+token check, and looking up a deployment named in the path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.config import Settings
+from backend.crypto import Cipher
+from backend.db import Database
+from backend.models import ApiToken, Deployment
+from backend.store import deployments, tokens
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    database: Database = request.app.state.db
+    async with database.session() as session:
+        yield session
+
+
+# scope="function": the transaction commits before the response is sent, so a client that
+# got a 2xx always finds its write in place, and a failed commit is an error, not a lie.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_cipher(request: Request) -> Cipher:
+    cipher: Cipher = request.app.state.cipher
+    return cipher
+
+
+CipherDep = Annotated[Cipher, Depends(get_cipher)]
+
+bearer = HTTPBearer(auto_error=False, description="An API token: Authorization: Bearer <token>")
+
+
+async def require_token(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> ApiToken:
+    if credentials is None:
+        raise HTTPException(
+            401,
+            "missing API token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = await tokens.authenticate(session, credentials.credentials)
+    if token is None:
+        raise HTTPException(
+            401,
+            "invalid, expired or revoked API token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return token
+
+
+TokenDep = Annotated[ApiToken, Depends(require_token)]
+
+
+async def deployment_from_path(
+    session: SessionDep, name: Annotated[str, Path(description="Deployment name.")]
+) -> Deployment:
+    return await deployments.get_deployment(session, name)
+
+
+DeploymentDep = Annotated[Deployment, Depends(deployment_from_path)]

@@ -1,0 +1,120 @@
+"""Deployment endpoints: create, list, show, delete, and configuration archive uploads."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from starlette.datastructures import UploadFile
+
+from backend.api.deps import DeploymentDep, SessionDep, SettingsDep
+from backend.archive import Limits
+from backend.errors import Invalid, TooLarge
+from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut
+from backend.store import configs, deployments
+
+router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+# Room for multipart boundaries and part headers on top of the archive itself.
+MULTIPART_SLACK = 64 * 1024
+
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "A tar.gz or zip archive: the raw body, or multipart field 'file'.",
+        "content": {
+            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The uploaded archive's bytes, reading no more than ``limit`` + 1 of them."""
+    too_large = TooLarge(f"configuration archive is larger than the limit of {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
+        raise too_large
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise Invalid("multipart upload needs the archive in a file field named 'file'")
+            data = await upload.read(limit + 1)
+    else:
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise too_large
+        data = bytes(buf)
+    if len(data) > limit:
+        raise too_large
+    if not data:
+        raise Invalid(
+            "empty upload: send the tar.gz or zip archive as the request body or as the "
+            "multipart field 'file'"
+        )
+    return data
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_deployment(body: DeploymentCreate, session: SessionDep) -> DeploymentOut:
+    row = await deployments.create_deployment(session, **body.model_dump())
+    return DeploymentOut.model_validate(row)
+
+
+@router.get("")
+async def list_deployments(session: SessionDep) -> list[DeploymentOut]:
+    return [DeploymentOut.model_validate(d) for d in await deployments.list_deployments(session)]
+
+
+@router.get("/{name}")
+async def get_deployment(deployment: DeploymentDep) -> DeploymentOut:
+    return DeploymentOut.model_validate(deployment)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_deployment(name: str, session: SessionDep) -> None:
+    await deployments.delete_deployment(session, name)
+
+
+@router.post("/{name}/config", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_DOC)
+async def upload_config(
+    name: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> ConfigVersionOut:
+    await deployments.get_deployment(session, name)  # 404 before reading a large body
+    data = await read_upload(request, settings.max_config_bytes)
+    limits = Limits(settings.max_config_files, settings.max_config_unpacked_bytes)
+    row = await configs.add_config_version(session, name, data, limits)
+    return ConfigVersionOut.model_validate(row)
+
+
+@router.get("/{name}/config")
+async def list_config_versions(
+    deployment: DeploymentDep, session: SessionDep
+) -> list[ConfigVersionOut]:
+    rows = await configs.list_config_versions(session, deployment)
+    return [ConfigVersionOut.model_validate(r) for r in rows]
+
+
+@router.get(
+    "/{name}/config/{version}",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+async def download_config(version: int, deployment: DeploymentDep, session: SessionDep) -> Response:
+    row = await configs.get_config_version(session, deployment, version)
+    filename = f"{deployment.name}-v{row.version}.tar.gz"
+    return Response(
+        row.archive,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

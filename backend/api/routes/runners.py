@@ -1,0 +1,47 @@
+"""Runner registry endpoints: register, list, show, remove."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from backend.api.deps import CipherDep, SessionDep
+from backend.models import Runner
+from backend.schemas import RunnerCreate, RunnerOut
+from backend.store import runners
+
+router = APIRouter(prefix="/runners", tags=["runners"])
+
+
+def runner_out(row: Runner) -> RunnerOut:
+    return RunnerOut(
+        name=row.id,
+        address=row.address,
+        labels=row.labels,
+        status=row.status,
+        info=row.info,
+        has_token=row.token_encrypted is not None,
+        tls=row.tls_ca_pem is not None or row.tls_cert_pem is not None,
+        last_seen=row.last_seen,
+        created_at=row.created_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def register_runner(body: RunnerCreate, session: SessionDep, cipher: CipherDep) -> RunnerOut:
+    spec = runners.RunnerSpec(**body.model_dump())
+    return runner_out(await runners.register_runner(session, cipher, spec))
+
+
+@router.get("")
+async def list_runners(session: SessionDep) -> list[RunnerOut]:
+    return [runner_out(r) for r in await runners.list_runners(session)]
+
+
+@router.get("/{name}")
+async def get_runner(name: str, session: SessionDep) -> RunnerOut:
+    return runner_out(await runners.get_runner(session, name))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_runner(name: str, session: SessionDep) -> None:
+    await runners.delete_runner(session, name)

@@ -1,0 +1,60 @@
+"""Variable endpoints of a deployment: set, list (sensitive values never shown), delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+
+from backend.api.deps import CipherDep, DeploymentDep, SessionDep
+from backend.models import Variable
+from backend.schemas import VariableOut, VariableSet
+from backend.store import variables
+
+router = APIRouter(prefix="/deployments/{name}/variables", tags=["variables"])
+
+
+def variable_out(row: Variable) -> VariableOut:
+    return VariableOut(
+        key=row.key,
+        category=row.category,
+        sensitive=row.sensitive,
+        value=None if row.sensitive else row.value,
+    )
+
+
+@router.put("/{key}")
+async def set_variable(
+    key: str,
+    body: VariableSet,
+    deployment: DeploymentDep,
+    session: SessionDep,
+    cipher: CipherDep,
+    response: Response,
+) -> VariableOut:
+    row, created = await variables.set_variable(
+        session,
+        cipher,
+        deployment,
+        key,
+        body.value,
+        sensitive=body.sensitive,
+        category=body.category,
+    )
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return variable_out(row)
+
+
+@router.get("")
+async def list_variables(deployment: DeploymentDep, session: SessionDep) -> list[VariableOut]:
+    return [variable_out(v) for v in await variables.list_variables(session, deployment)]
+
+
+@router.delete("/{key}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_variable(
+    key: str,
+    deployment: DeploymentDep,
+    session: SessionDep,
+    category: Annotated[Literal["terraform", "env"], Query()] = "terraform",
+) -> None:
+    await variables.delete_variable(session, deployment, key, category)

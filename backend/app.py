@@ -1,0 +1,83 @@
+"""The FastAPI application: ``create_app(settings)`` and the start-up sequence it runs.
+
+Start-up (``prepare``): migrate the database, check that stored secrets are readable with
+the configured key, store the bootstrap API token, apply the runners file. The CLI runs the
+same sequence before starting uvicorn, to fail fast with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from backend.api import errors
+from backend.api.deps import require_token
+from backend.api.routes import deployments, health, runners, state, variables
+from backend.config import Settings
+from backend.crypto import Cipher, check_encryption
+from backend.db import Database, migrate
+from backend.store import runners as runner_store
+from backend.store import tokens
+
+log = logging.getLogger("iac.backend")
+API_PREFIX = "/api/v1"
+BOOTSTRAP_TOKEN_NAME = "bootstrap (IAC_API_TOKEN)"
+
+
+async def prepare(settings: Settings) -> tuple[Database, Cipher]:
+    """Bring the database and secrets into a state the API can serve from."""
+    cipher = Cipher(settings.encryption_key.get_secret_value() if settings.encryption_key else None)
+    await migrate(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        async with database.session() as session:
+            await check_encryption(session, cipher)
+            if settings.api_token is not None:
+                await tokens.ensure_token(
+                    session, BOOTSTRAP_TOKEN_NAME, settings.api_token.get_secret_value()
+                )
+            if settings.runners_file is not None:
+                await runner_store.apply_runners_file(session, cipher, settings.runners_file)
+    except BaseException:
+        await database.dispose()
+        raise
+    return database, cipher
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database, cipher = await prepare(settings)
+        app.state.db = database
+        app.state.cipher = cipher
+        if settings.api_token is None:
+            log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
+        try:
+            yield
+        finally:
+            await database.dispose()
+
+    app = FastAPI(
+        title="iac-runner backend",
+        version="0.1.0",
+        summary="Queue, dispatch and watch Terraform/OpenTofu runs on a remote runner pool.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    api.include_router(runners.router)
+    api.include_router(deployments.router)
+    api.include_router(variables.router)
+    api.include_router(state.api_router)
+    app.include_router(api)
+    # Terraform authenticates with per-run credentials, not API tokens.
+    app.include_router(state.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    return app

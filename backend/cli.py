@@ -1,0 +1,119 @@
+"""``iac-backend``: ``serve`` (the default) runs the API under uvicorn; ``migrate`` only
+migrates. Bad configuration ends the process at once with one line saying why (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from backend.app import create_app, prepare
+from backend.config import Settings
+from backend.crypto import SecretsUnreadable
+from backend.db import migrate
+from backend.errors import Invalid
+
+EXIT_CONFIG = 2
+
+
+def fail(reason: str) -> NoReturn:
+    print(f"iac-backend: {reason}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "settings"
+            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        fail("bad configuration: " + "; ".join(problems))
+
+
+def _db_reason(exc: BaseException, url: str) -> str:
+    shown = make_url(url).render_as_string(hide_password=True)
+    original = getattr(exc, "orig", None) or exc
+    text = " ".join(str(original).split()) or type(original).__name__
+    return f"database {shown} is unreachable or unusable: {text}"
+
+
+def run_checked(coro: Any, settings: Settings) -> Any:
+    """Run start-up work, turning the failures a user can fix into one line and exit 2."""
+    try:
+        return asyncio.run(coro)
+    except SecretsUnreadable as exc:
+        fail(str(exc))
+    except Invalid as exc:
+        fail(str(exc))
+    except (DBAPIError, SQLAlchemyError, OSError, TimeoutError) as exc:
+        fail(_db_reason(exc, settings.database_url))
+
+
+def print_config(settings: Settings) -> None:
+    print("iac-backend configuration:", flush=True)
+    for name, value in settings.display().items():
+        print(f"  {name} = {value}", flush=True)
+
+
+def serve(settings: Settings) -> int:
+    print_config(settings)
+
+    async def preflight() -> None:
+        database, _ = await prepare(settings)
+        await database.dispose()
+
+    run_checked(preflight(), settings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iac-backend",
+        description="The iac-runner control plane. Settings come from env vars and .env; "
+        "see the printed configuration on start.",
+    )
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", default=argparse.SUPPRESS, help="listen address (IAC_HOST)")
+    listen.add_argument(
+        "--port", type=int, default=argparse.SUPPRESS, help="listen port (IAC_PORT)"
+    )
+    parser.add_argument("--host", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", parents=[listen], help="run the API (default)")
+    sub.add_parser("migrate", help="migrate the database to the latest schema and exit")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    settings = load_settings(host=args.host, port=args.port)
+    if command == "migrate":
+        run_checked(migrate(settings.database_url), settings)
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        print(f"iac-backend: database {shown} is at the latest schema", flush=True)
+        return 0
+    return serve(settings)
+
+
+def main() -> None:
+    sys.exit(run())

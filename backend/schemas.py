@@ -1,0 +1,118 @@
+"""Pydantic v2 request and response bodies of the REST API.
+
+Requests check shape and types; the domain functions check the rules (names, labels,
+archive contents) so the same rules hold for every caller, not only the API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunnerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique runner name, e.g. 'aws-1'.", max_length=64)
+    address: str = Field(description="gRPC address host:port.", max_length=255)
+    token: str | None = Field(default=None, description="Bearer token the runner expects.")
+    tls_ca_pem: str | None = Field(default=None, description="CA certificate (PEM) for TLS.")
+    tls_cert_pem: str | None = Field(default=None, description="Client certificate for mTLS.")
+    tls_key_pem: str | None = Field(default=None, description="Client key (PEM) for mTLS.")
+    labels: dict[str, str] = Field(default_factory=dict, description="e.g. {'provider': 'aws'}")
+
+
+class RunnerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    address: str
+    labels: dict[str, str]
+    status: str = Field(description="unknown, healthy, unhealthy or draining")
+    info: dict[str, Any] = Field(description="The runner's last GetInfo answer.")
+    has_token: bool
+    tls: bool
+    last_seen: datetime | None
+    created_at: datetime
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=64, description="Unique name, used in URLs.")
+    tool: Literal["terraform", "tofu"] = "terraform"
+    required_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a runner must have, e.g. {'provider': 'aws'}."
+    )
+    default_priority: int = Field(default=0, description="Priority of runs that set none.")
+    version_constraint: str | None = Field(
+        default=None, description="Tool version constraint, e.g. '>= 1.5'."
+    )
+
+
+class ConfigVersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int
+    sha256: str
+    size: int
+    created_at: datetime
+
+
+class DeploymentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    tool: str
+    required_labels: dict[str, str]
+    default_priority: int
+    version_constraint: str | None
+    created_at: datetime
+
+
+class VariableSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(description="The value; stored encrypted when sensitive.")
+    sensitive: bool = Field(default=False, description="Encrypt at rest, never return, mask.")
+    category: Literal["terraform", "env"] = Field(
+        default="terraform", description="'terraform' (TF_VAR_<key>) or 'env'."
+    )
+
+
+class VariableOut(BaseModel):
+    key: str
+    category: str
+    sensitive: bool
+    value: str | None = Field(description="Null for sensitive variables.")
+
+
+class StateVersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    serial: int
+    lineage: str
+    md5: str
+    run_id: int | None
+    created_at: datetime
+    deleted: bool = Field(default=False, description="A DELETE marker, not a state.")
+
+
+class StateLockOut(BaseModel):
+    lock_id: str
+    run_id: int | None
+    runner_id: str | None
+    created_at: datetime
+    info: dict[str, Any]
+
+
+class StateOut(BaseModel):
+    lock: StateLockOut | None
+    versions: list[StateVersionOut]
+
+
+class Message(BaseModel):
+    detail: str

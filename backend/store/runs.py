@@ -1,0 +1,82 @@
+"""Runs: the minimal persistence the rest of the backend builds on (create, look up, history,
+per-run state credentials). The queue, dispatch and lifecycle live elsewhere."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.errors import Invalid, NotFound
+from backend.models import Deployment, Operation, Run, RunEvent, RunStatus
+from backend.store.configs import get_config_version
+from backend.store.deployments import check_priority
+
+
+def hash_state_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_run(
+    session: AsyncSession,
+    deployment: Deployment,
+    operation: str,
+    *,
+    priority: int | None = None,
+    auto_approve: bool = False,
+    plan_run_id: int | None = None,
+    config_version: int | None = None,
+) -> Run:
+    """Queue a run on the deployment's latest (or the given) config version."""
+    if operation not in {o.value for o in Operation}:
+        raise Invalid(f"operation {operation!r} is invalid: use 'plan', 'apply' or 'destroy'")
+    config = await get_config_version(session, deployment, config_version)
+    run = Run(
+        deployment_id=deployment.id,
+        config_version_id=config.id,
+        operation=operation,
+        status=RunStatus.QUEUED.value,
+        priority=check_priority(deployment.default_priority if priority is None else priority),
+        auto_approve=auto_approve,
+        plan_run_id=plan_run_id,
+    )
+    session.add(run)
+    await session.flush()
+    await add_event(session, run.id, "queued", f"{operation} queued (config v{config.version})")
+    return run
+
+
+async def get_run(session: AsyncSession, run_id: int, *, for_update: bool = False) -> Run:
+    query = select(Run).where(Run.id == run_id)
+    if for_update:
+        query = query.with_for_update()
+    run = await session.scalar(query)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+async def add_event(session: AsyncSession, run_id: int, kind: str, message: str = "") -> RunEvent:
+    """Append an entry to the run's history."""
+    event = RunEvent(run_id=run_id, kind=kind, message=message)
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def list_events(session: AsyncSession, run_id: int) -> Sequence[RunEvent]:
+    rows = await session.scalars(
+        select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)
+    )
+    return rows.all()
+
+
+def issue_state_token(run: Run) -> str:
+    """Give the run fresh state-endpoint credentials; returns the plaintext token (the
+    password of HTTP basic auth, with the run id as user name), of which only a hash is kept."""
+    token = secrets.token_urlsafe(32)
+    run.state_token_hash = hash_state_token(token)
+    return token

@@ -1,0 +1,293 @@
+"""Terraform state: versions, locks and the per-run access check behind the ``http`` backend.
+
+Every write is a new ``state_versions`` row; a DELETE writes an empty marker version, so the
+history survives. The lock is one ``state_locks`` row per deployment: its primary key makes
+taking it atomic on every database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+
+from backend.errors import Conflict, Forbidden, Invalid, NotFound, StateLocked, Unauthenticated
+from backend.models import STATE_ACCESS_STATUSES, Deployment, Run, StateLock, StateVersion
+from backend.store.runs import add_event, hash_state_token
+
+MAX_LOCK_ID_CHARS = 255
+# The md5 of the empty marker version a DELETE leaves (no real state is empty).
+EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class StateAccess:
+    """Who is talking to the state endpoint: a run, on its own deployment."""
+
+    run: Run
+    deployment: Deployment
+
+
+async def authorize_run(
+    session: AsyncSession, deployment_name: str, username: str, password: str
+) -> StateAccess:
+    """Check per-run credentials (user = run id, password = the run's state token).
+
+    Unauthenticated when they match no run; Forbidden when the run is real but is not
+    executing on this deployment.
+    """
+    if not username.isdigit() or not password:
+        raise Unauthenticated("state access needs the run id and the run's state token")
+    run = await session.get(Run, int(username))
+    expected = run.state_token_hash if run is not None else None
+    if run is None or expected is None:
+        raise Unauthenticated("unknown run or wrong state token")
+    if not hmac.compare_digest(expected, hash_state_token(password)):
+        raise Unauthenticated("unknown run or wrong state token")
+    deployment = await session.scalar(select(Deployment).where(Deployment.name == deployment_name))
+    if deployment is None or deployment.id != run.deployment_id:
+        raise Forbidden(f"run {run.id} may not access the state of {deployment_name!r}")
+    if run.status not in STATE_ACCESS_STATUSES:
+        raise Forbidden(f"run {run.id} is {run.status}; only an executing run may access state")
+    return StateAccess(run, deployment)
+
+
+async def get_lock(session: AsyncSession, deployment_id: int) -> StateLock | None:
+    return await session.get(StateLock, deployment_id)
+
+
+def _holder(lock: StateLock) -> dict[str, Any]:
+    return dict(lock.info) if lock.info else {"ID": lock.lock_id}
+
+
+def parse_lock_info(body: bytes) -> dict[str, Any]:
+    """Terraform's lock info JSON ({"ID": ..., "Operation": ..., "Who": ...})."""
+    try:
+        info = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Invalid("lock info must be a JSON object with an 'ID'") from None
+    if not isinstance(info, dict):
+        raise Invalid("lock info must be a JSON object with an 'ID'")
+    lock_id = info.get("ID")
+    if not isinstance(lock_id, str) or not lock_id or len(lock_id) > MAX_LOCK_ID_CHARS:
+        raise Invalid(f"lock info needs an 'ID' string of 1 to {MAX_LOCK_ID_CHARS} characters")
+    return info
+
+
+async def lock_state(
+    session: AsyncSession, deployment: Deployment, info: dict[str, Any], run_id: int | None
+) -> StateLock:
+    """Take the deployment's state lock; StateLocked with the holder's info if taken."""
+    lock_id = info["ID"]
+    existing = await get_lock(session, deployment.id)
+    if existing is not None:
+        if existing.lock_id == lock_id and existing.run_id == run_id:
+            return existing  # the same client retrying its own lock
+        raise StateLocked(f"state of {deployment.name!r} is locked", _holder(existing))
+    lock = StateLock(deployment_id=deployment.id, lock_id=lock_id, info=info, run_id=run_id)
+    session.add(lock)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        session.expunge(lock)
+        holder = await get_lock(session, deployment.id)
+        raise StateLocked(
+            f"state of {deployment.name!r} is locked",
+            _holder(holder) if holder is not None else {},
+        ) from None
+    if run_id is not None:
+        await add_event(
+            session, run_id, "state_locked", f"lock {lock_id} ({info.get('Operation', '?')})"
+        )
+    return lock
+
+
+async def unlock_state(
+    session: AsyncSession, deployment: Deployment, lock_id: str | None, run_id: int | None
+) -> None:
+    """Release the lock ``lock_id``. Without an id (terraform force-unlock sends no body),
+    only the run holding the lock may release it. Unlocking an unlocked state is a no-op."""
+    lock = await get_lock(session, deployment.id)
+    if lock is None:
+        return
+    if lock_id is None:
+        if run_id is None or lock.run_id != run_id:
+            raise Conflict(f"state of {deployment.name!r} is locked by lock {lock.lock_id}")
+    elif lock.lock_id != lock_id:
+        raise Conflict(
+            f"lock id mismatch: state of {deployment.name!r} is locked by {lock.lock_id}, "
+            f"not {lock_id}"
+        )
+    await session.delete(lock)
+    await session.flush()
+    if run_id is not None:
+        await add_event(session, run_id, "state_unlocked", f"lock {lock.lock_id}")
+
+
+async def _check_writer(session: AsyncSession, deployment: Deployment, lock_id: str | None) -> None:
+    lock = await get_lock(session, deployment.id)
+    if lock is None:
+        if lock_id:
+            # The writer believes it holds a lock that is gone (released after a forced
+            # kill, say): its state may be stale, so refuse rather than overwrite.
+            raise Conflict(f"lock {lock_id} is not held on the state of {deployment.name!r}")
+        return
+    if lock_id is None:
+        raise StateLocked(f"state of {deployment.name!r} is locked", _holder(lock))
+    if lock.lock_id != lock_id:
+        raise Conflict(
+            f"lock id mismatch: state of {deployment.name!r} is locked by {lock.lock_id}, "
+            f"not {lock_id}"
+        )
+
+
+def parse_state(data: bytes, content_md5: str | None) -> tuple[int, str, str]:
+    """Check a state document; returns (serial, lineage, md5 hex)."""
+    digest = hashlib.md5(data, usedforsecurity=False)
+    if content_md5:
+        try:
+            sent = base64.b64decode(content_md5, validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid("Content-MD5 header is not base64") from None
+        if sent != digest.digest():
+            raise Invalid("Content-MD5 does not match the body: the state was damaged in transit")
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Invalid("state must be a JSON document") from None
+    if not isinstance(doc, dict):
+        raise Invalid("state must be a JSON object")
+    serial, lineage = doc.get("serial"), doc.get("lineage")
+    if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+        raise Invalid("state needs a non-negative integer 'serial'")
+    if not isinstance(lineage, str) or not lineage or len(lineage) > 64:
+        raise Invalid("state needs a 'lineage' string of 1 to 64 characters")
+    return serial, lineage, digest.hexdigest()
+
+
+async def current_state(session: AsyncSession, deployment_id: int) -> StateVersion | None:
+    """The latest state version, or None when there is none or it was deleted."""
+    row = await session.scalar(
+        select(StateVersion)
+        .where(StateVersion.deployment_id == deployment_id)
+        .order_by(StateVersion.id.desc())
+        .limit(1)
+    )
+    if row is None or not row.data:
+        return None
+    return row
+
+
+async def write_state(
+    session: AsyncSession,
+    deployment: Deployment,
+    data: bytes,
+    *,
+    lock_id: str | None,
+    run_id: int | None,
+    content_md5: str | None = None,
+    parsed: tuple[int, str, str] | None = None,
+) -> StateVersion:
+    """Store a new state version, honouring the lock (StateLocked / Conflict)."""
+    serial, lineage, md5 = parsed or parse_state(data, content_md5)
+    await _check_writer(session, deployment, lock_id)
+    latest = await current_state(session, deployment.id)
+    if latest is not None and latest.lineage == lineage and serial < latest.serial:
+        raise Conflict(
+            f"state serial {serial} is older than the stored serial {latest.serial}: "
+            "refusing to overwrite newer state"
+        )
+    row = StateVersion(
+        deployment_id=deployment.id,
+        serial=serial,
+        lineage=lineage,
+        data=data,
+        md5=md5,
+        run_id=run_id,
+    )
+    session.add(row)
+    await session.flush()
+    if run_id is not None:
+        await add_event(session, run_id, "state_written", f"state serial {serial}")
+    return row
+
+
+async def delete_state(
+    session: AsyncSession, deployment: Deployment, *, lock_id: str | None, run_id: int | None
+) -> None:
+    """Mark the state deleted with an empty version, keeping the history."""
+    await _check_writer(session, deployment, lock_id)
+    latest = await current_state(session, deployment.id)
+    if latest is None:
+        return
+    session.add(
+        StateVersion(
+            deployment_id=deployment.id,
+            serial=latest.serial,
+            lineage=latest.lineage,
+            data=b"",
+            md5=EMPTY_MD5,
+            run_id=run_id,
+        )
+    )
+    await session.flush()
+    if run_id is not None:
+        await add_event(session, run_id, "state_deleted", "")
+
+
+async def release_lock(
+    session: AsyncSession, deployment_id: int, reason: str, run_id: int | None = None
+) -> StateLock | None:
+    """Force-release the deployment's state lock (after a forced kill or a lost runner) and
+    record why in the history of ``run_id`` (default: the run that held the lock).
+    Returns the released lock, or None when nothing was locked."""
+    lock = await get_lock(session, deployment_id)
+    if lock is None:
+        return None
+    await session.execute(delete(StateLock).where(StateLock.deployment_id == deployment_id))
+    session.expunge(lock)
+    target = run_id if run_id is not None else lock.run_id
+    if target is not None and await session.get(Run, target) is not None:
+        holder = f"run {lock.run_id}" if lock.run_id is not None else "no run"
+        await add_event(
+            session,
+            target,
+            "state_lock_released",
+            f"lock {lock.lock_id} held by {holder} force-released: {reason}",
+        )
+    return lock
+
+
+async def list_state_versions(session: AsyncSession, deployment_id: int) -> Sequence[StateVersion]:
+    """All versions, newest first, without their data."""
+    rows = await session.scalars(
+        select(StateVersion)
+        .options(defer(StateVersion.data, raiseload=True))
+        .where(StateVersion.deployment_id == deployment_id)
+        .order_by(StateVersion.id.desc())
+    )
+    return rows.all()
+
+
+async def get_state_version(
+    session: AsyncSession, deployment: Deployment, version_id: int
+) -> StateVersion:
+    row = await session.scalar(
+        select(StateVersion).where(
+            StateVersion.deployment_id == deployment.id, StateVersion.id == version_id
+        )
+    )
+    if row is None:
+        raise NotFound(f"deployment {deployment.name!r} has no state version {version_id}")
+    return row

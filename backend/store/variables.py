@@ -1,0 +1,145 @@
+"""Deployment variables: terraform variables (``TF_VAR_<key>``) and environment variables.
+
+Sensitive values are encrypted at rest and never leave the backend except in a run's
+environment, where their names go into ``sensitive_env`` so the runner masks them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.crypto import Cipher
+from backend.errors import Invalid, NotFound
+from backend.models import Deployment, Variable, VariableCategory
+
+_TF_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# The backend sets these itself for every run (state access, per-run credentials).
+RESERVED_ENV_PREFIXES = ("TF_HTTP_", "IAC_")
+MAX_VALUE_CHARS = 256 * 1024
+
+
+@dataclass
+class RunEnvironment:
+    """A deployment's variables as a runner receives them."""
+
+    env_vars: dict[str, str] = field(default_factory=dict)
+    sensitive_env: list[str] = field(default_factory=list)
+
+
+def check_category(category: str) -> str:
+    if category not in {c.value for c in VariableCategory}:
+        raise Invalid(f"variable category {category!r} is invalid: use 'terraform' or 'env'")
+    return category
+
+
+def check_key(key: str, category: str) -> str:
+    if category == VariableCategory.TERRAFORM.value:
+        if not _TF_KEY_RE.match(key):
+            raise Invalid(
+                f"terraform variable name {key!r} is invalid: start with a letter or '_', "
+                "then letters, digits, '_' or '-' (at most 128)"
+            )
+    else:
+        if not _ENV_KEY_RE.match(key):
+            raise Invalid(
+                f"environment variable name {key!r} is invalid: start with a letter or '_', "
+                "then letters, digits or '_' (at most 128)"
+            )
+        if key.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise Invalid(
+                f"environment variable {key!r} is reserved: the backend sets TF_HTTP_* and "
+                "IAC_* itself"
+            )
+    return key
+
+
+async def set_variable(
+    session: AsyncSession,
+    cipher: Cipher,
+    deployment: Deployment,
+    key: str,
+    value: str,
+    *,
+    sensitive: bool = False,
+    category: str = VariableCategory.TERRAFORM.value,
+) -> tuple[Variable, bool]:
+    """Create or replace a variable; returns it and whether it was created."""
+    check_category(category)
+    check_key(key, category)
+    if len(value) > MAX_VALUE_CHARS:
+        raise Invalid(f"variable {key!r} is longer than {MAX_VALUE_CHARS} characters")
+    if "\x00" in value:
+        raise Invalid(f"variable {key!r} contains a NUL character, which no environment can hold")
+    encrypted = cipher.encrypt(value, f"sensitive variable {key!r}") if sensitive else None
+    row = await session.scalar(
+        select(Variable).where(
+            Variable.deployment_id == deployment.id,
+            Variable.key == key,
+            Variable.category == category,
+        )
+    )
+    created = row is None
+    if row is None:
+        row = Variable(deployment_id=deployment.id, key=key, category=category)
+        session.add(row)
+    row.sensitive = sensitive
+    row.value = None if sensitive else value
+    row.value_encrypted = encrypted
+    await session.flush()
+    return row, created
+
+
+async def list_variables(session: AsyncSession, deployment: Deployment) -> Sequence[Variable]:
+    rows = await session.scalars(
+        select(Variable)
+        .where(Variable.deployment_id == deployment.id)
+        .order_by(Variable.category, Variable.key)
+    )
+    return rows.all()
+
+
+async def delete_variable(
+    session: AsyncSession,
+    deployment: Deployment,
+    key: str,
+    category: str = VariableCategory.TERRAFORM.value,
+) -> None:
+    check_category(category)
+    row = await session.scalar(
+        select(Variable).where(
+            Variable.deployment_id == deployment.id,
+            Variable.key == key,
+            Variable.category == category,
+        )
+    )
+    if row is None:
+        raise NotFound(f"deployment {deployment.name!r} has no {category} variable {key!r}")
+    await session.delete(row)
+
+
+def env_name(variable: Variable) -> str:
+    if variable.category == VariableCategory.TERRAFORM.value:
+        return f"TF_VAR_{variable.key}"
+    return variable.key
+
+
+async def run_environment(
+    session: AsyncSession, cipher: Cipher, deployment: Deployment
+) -> RunEnvironment:
+    """The deployment's variables as env vars, sensitive ones decrypted and named for masking."""
+    result = RunEnvironment()
+    for variable in await list_variables(session, deployment):
+        name = env_name(variable)
+        if variable.sensitive:
+            assert variable.value_encrypted is not None
+            result.env_vars[name] = cipher.decrypt(variable.value_encrypted)
+            result.sensitive_env.append(name)
+        else:
+            result.env_vars[name] = variable.value or ""
+    return result
