@@ -11,6 +11,7 @@ waits, which stops reading the pipe, which makes the tool wait (backpressure).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -64,7 +65,7 @@ class Run:
     batches: deque[Batch] = field(default_factory=deque)
     buffered: int = 0
     followers: list[Follower] = field(default_factory=list)
-    cancel_requested: bool = False
+    cancel_requested: str = ""  # "" | "graceful" | "force"
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
@@ -137,6 +138,8 @@ class Run:
                 elif kind == "started":
                     self.tool_pid = event["pid"]
                     self.started_at = event["started_at"]
+                    if self.cancel_requested:
+                        self._signal(self.cancel_requested)
                 elif kind == "result":
                     result = event
             if seq >= first:
@@ -191,11 +194,15 @@ class Run:
     # -- stopping --------------------------------------------------------------
     def cancel(self, *, force: bool) -> None:
         """Ask iac-runner to stop the tool: SIGINT starts the graceful escalation,
-        SIGUSR1 kills the tool's process group at once."""
-        self.cancel_requested = True
+        SIGUSR1 kills the tool's process group at once. Until iac-runner has started
+        the tool (and installed its handlers) the request is held, then delivered."""
+        if self.cancel_requested != "force":
+            self.cancel_requested = "force" if force else "graceful"
+        if self.tool_pid:
+            self._signal(self.cancel_requested)
+
+    def _signal(self, how: str) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
-        try:
-            os.kill(self.proc.pid, signal.SIGUSR1 if force else signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGUSR1 if how == "force" else signal.SIGINT)

@@ -163,8 +163,6 @@ class RunnerService:
         task = asyncio.create_task(self._supervise(run, prepared))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if run.cancel_requested:
-            run.cancel(force=False)
         return run
 
     def _make_work_dir(self, prepared: Prepared) -> None:

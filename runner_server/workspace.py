@@ -64,6 +64,10 @@ def unpack(archive: bytes, dest: str, limits: Limits) -> int:
                     )
                 if member.isdev() or member.isfifo():
                     raise WorkspaceError(f"workspace archive entry {member.name!r} is a device")
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise WorkspaceError(
+                        f"workspace archive refused: entry {member.name!r} points outside work_dir"
+                    )
             os.makedirs(dest, exist_ok=True)
             # The "data" filter refuses absolute paths, `..`, and links that leave dest.
             tar.extractall(dest, members=members, filter="data")

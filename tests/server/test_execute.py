@@ -1,0 +1,243 @@
+"""Execute: streaming order, batching, results, validation, artifacts, masking."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from protos.iacrunner.v1 import runner_pb2 as pb
+from tests.conftest import OFFLINE_CONFIG
+from tests.procs import RunnerProcess, execute, lines_of, result_of
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_version_streams_started_output_result(runner: RunnerProcess) -> None:
+    events = execute(runner.stub(), tool="terraform", command="version", run_id="v1")
+    assert events[0].HasField("started")
+    assert events[0].started.run_id == "v1"
+    assert events[0].started.runner_id == "runner"
+    assert events[0].started.tool_version.count(".") == 2
+    text = "\n".join(line.text for line in lines_of(events))
+    assert "Terraform v" in text
+    result = result_of(events)
+    assert result.success and result.exit_code == 0 and result.outcome == "succeeded"
+    assert result.last_seq == len(lines_of(events))
+
+
+def test_many_lines_arrive_in_order_without_gaps(fake_runner: RunnerProcess) -> None:
+    n = 50_000
+    events = execute(
+        fake_runner.stub(),
+        tool="terraform",
+        command="plan",
+        args=["--lines", str(n), "--stderr-every", "7"],
+    )
+    lines = lines_of(events)
+    assert [line.seq for line in lines] == list(range(1, n + 1))
+    assert len([e for e in events if e.HasField("output")]) < n / 10, "lines must be batched"
+    stdout = [int(line.text.split()[1]) for line in lines if line.stream == "stdout"]
+    stderr = [int(line.text.split()[1]) for line in lines if line.stream == "stderr"]
+    assert stdout == [i for i in range(1, n + 1) if i % 7]
+    assert stderr == [i for i in range(1, n + 1) if i % 7 == 0]
+    assert result_of(events).last_seq == n
+
+
+def test_tool_failure_is_a_result_not_an_error(fake_runner: RunnerProcess) -> None:
+    events = execute(fake_runner.stub(), tool="terraform", command="plan", args=["--exit", "3"])
+    result = result_of(events)
+    assert not result.success
+    assert result.exit_code == 3
+    assert result.outcome == "failed"
+    assert "exited with code 3" in result.error_msg
+
+
+def test_full_lifecycle_with_workspace_archive_and_artifacts(runner: RunnerProcess) -> None:
+    stub = runner.stub()
+    archive = tar_gz({"main.tf": OFFLINE_CONFIG.encode()})
+    init = execute(stub, tool="terraform", command="init", work_dir="run-7", workspace=archive)
+    assert result_of(init).success, result_of(init).error_msg
+    plan = execute(
+        stub,
+        tool="terraform",
+        command="plan",
+        work_dir="run-7",
+        args=["-out=tfplan"],
+        env_vars={"TF_VAR_greeting": "from-grpc"},
+        collect=["tfplan", "missing.txt"],
+    )
+    result = result_of(plan)
+    assert result.success
+    assert [a.path for a in result.artifacts] == ["tfplan"]
+    assert result.artifacts[0].content[:2] == b"PK"  # a plan file is a zip
+    assert "'missing.txt' not found" in result.error_msg
+    apply = execute(
+        stub, tool="terraform", command="apply", work_dir="run-7", args=["tfplan"], cleanup=True
+    )
+    assert result_of(apply).success
+    assert "provisioned from-grpc" in "\n".join(line.text for line in lines_of(apply))
+    assert not (runner.workspace_root / "run-7").exists(), "cleanup removes the work_dir"
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"tool": "pulumi", "command": "up"}, "unknown tool 'pulumi'"),
+        ({"tool": "terraform", "command": "console"}, "'console' is not allowed"),
+        ({"tool": "terraform", "command": ""}, "field 'command' must not be empty"),
+        (
+            {"tool": "terraform", "command": "plan", "work_dir": "../../etc"},
+            "inside the workspace root",
+        ),
+        ({"tool": "terraform", "command": "plan", "work_dir": "/etc"}, "inside the workspace root"),
+        (
+            {"tool": "terraform", "command": "plan", "env_vars": {"LD_PRELOAD": "x"}},
+            "'LD_PRELOAD' is not allowed",
+        ),
+        (
+            {"tool": "terraform", "command": "plan", "env_vars": {"1BAD": "x"}},
+            "not a valid identifier",
+        ),
+        ({"tool": "terraform", "command": "plan", "args": ["-chdir=/"]}, "is not allowed"),
+        ({"tool": "terraform", "command": "plan", "timeout": -1}, "'timeout'"),
+        ({"tool": "terraform", "command": "plan", "sensitive_env": ["NOPE"]}, "not in env_vars"),
+        ({"tool": "terraform", "command": "plan", "collect": ["../x"]}, "collect path"),
+        ({"tool": "terraform", "command": "plan", "run_id": "a/b"}, "run_id"),
+        ({"tool": "terraform", "command": "plan", "workspace": b"not a tar"}, "not a tar"),
+    ],
+)
+def test_bad_requests_are_invalid_argument(
+    fake_runner: RunnerProcess, fields: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        execute(fake_runner.stub(), **fields)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in info.value.details()
+
+
+def _evil_tar(kind: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        if kind == "traversal":
+            info = tarfile.TarInfo("../escaped.tf")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        elif kind == "absolute":
+            info = tarfile.TarInfo("/tmp/escaped-abs.tf")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        elif kind == "symlink":
+            info = tarfile.TarInfo("link")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+        elif kind == "hardlink":
+            info = tarfile.TarInfo("hard")
+            info.type = tarfile.LNKTYPE
+            info.linkname = "../../outside"
+            tar.addfile(info)
+        elif kind == "device":
+            info = tarfile.TarInfo("dev")
+            info.type = tarfile.CHRTYPE
+            info.devmajor, info.devminor = 1, 3
+            tar.addfile(info)
+        elif kind == "bomb":
+            # 200 MiB of zeros compresses to ~200 KiB; the cap is 64 MiB.
+            info = tarfile.TarInfo("zeros")
+            info.size = 200 * 1024 * 1024
+
+            class Zeros(io.RawIOBase):
+                def __init__(self) -> None:
+                    self.left = info.size
+
+                def readinto(self, b):  # type: ignore[no-untyped-def]
+                    n = min(len(b), self.left)
+                    b[:n] = bytes(n)
+                    self.left -= n
+                    return n
+
+            tar.addfile(info, Zeros())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("traversal", "refused"),
+        ("absolute", "refused"),
+        ("symlink", "refused"),
+        ("hardlink", "refused"),
+        ("device", "is a device"),
+        ("bomb", "more than"),
+    ],
+)
+def test_hostile_archives_are_refused(
+    fake_runner: RunnerProcess, tmp_path: Path, kind: str, fragment: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        execute(
+            fake_runner.stub(),
+            tool="terraform",
+            command="plan",
+            work_dir=f"evil-{kind}",
+            workspace=_evil_tar(kind),
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in info.value.details()
+    assert not (fake_runner.workspace_root.parent / "escaped.tf").exists()
+    assert not Path("/tmp/escaped-abs.tf").exists()
+    # Nothing was left running or reserved: the runner still has all its slots.
+    info_reply = fake_runner.stub().GetInfo(pb.GetInfoRequest())
+    assert info_reply.active == 0
+
+
+def test_sensitive_values_are_masked(fake_runner: RunnerProcess) -> None:
+    events = execute(
+        fake_runner.stub(),
+        tool="terraform",
+        command="plan",
+        args=["--echo-env", "TF_VAR_password", "--echo-env", "PUBLIC"],
+        env_vars={"TF_VAR_password": "hunter2-secret", "PUBLIC": "visible"},
+        sensitive_env=["TF_VAR_password"],
+    )
+    texts = [line.text for line in lines_of(events)]
+    assert "TF_VAR_password=***" in texts
+    assert "PUBLIC=visible" in texts
+    assert "hunter2-secret" not in str(events)
+    assert "hunter2-secret" not in fake_runner.log.read_text()
+
+
+def test_get_info_reports_labels_tools_and_load(tool_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.procs import start_runner
+
+    server = start_runner(
+        tmp_path,
+        tool_env,
+        "--label",
+        "provider=aws",
+        "--label",
+        "env=prod",
+        "--max-concurrent",
+        "3",
+    )
+    try:
+        info = server.stub().GetInfo(pb.GetInfoRequest())
+        assert dict(info.labels) == {"provider": "aws", "env": "prod"}
+        assert info.max_concurrent == 3 and info.active == 0 and not info.draining
+        terraform = [t for t in info.tools if t.name == "terraform"]
+        assert terraform and terraform[0].version.startswith("1.") and terraform[0].path
+    finally:
+        server.stop()
