@@ -126,8 +126,8 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retention-bytes",
         type=int,
-        default=int(_env("IAC_RUNNER_RETENTION_BYTES", str(16 * 1024 * 1024))),
-        help="output bytes kept per run for Attach [IAC_RUNNER_RETENTION_BYTES, 16 MiB]",
+        default=int(_env("IAC_RUNNER_RETENTION_BYTES", str(4 * 1024 * 1024))),
+        help="output bytes kept per run for Attach [IAC_RUNNER_RETENTION_BYTES, 4 MiB]",
     )
     p.add_argument(
         "--runner-bin",

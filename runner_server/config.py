@@ -28,7 +28,7 @@ class ServerConfig:
     default_timeout: float = 3600.0
     drain_timeout: float = 300.0
     retention_seconds: float = 600.0
-    retention_bytes: int = 16 * 1024 * 1024
+    retention_bytes: int = 4 * 1024 * 1024
     runner_bin: str = ""
     accept: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
