@@ -168,7 +168,8 @@ def check_timestamps(obj: dict[str, Any]) -> None:
     assert RFC3339_Z.match(obj["ended_at"]), obj["ended_at"]
     started = datetime.fromisoformat(obj["started_at"])
     ended = datetime.fromisoformat(obj["ended_at"])
-    assert started.utcoffset() is not None and started.utcoffset().total_seconds() == 0
+    offset = started.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert started <= ended
 
 
