@@ -138,7 +138,8 @@ def _zip_entries(data: bytes, budget: _Budget) -> list[_Entry]:
                         f"archive entry {info.filename!r} is a link; only regular files and "
                         "directories are allowed"
                     )
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # Many zip writers leave the file-type bits at 0; only a type that is set counts.
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                     raise Invalid(
                         f"archive entry {info.filename!r} is a special file; only regular "
                         "files and directories are allowed"

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+import backend.metrics  # noqa: F401 - registers the backend's series, served below
+
 router = APIRouter(tags=["health"])
 
 
