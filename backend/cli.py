@@ -30,7 +30,7 @@ def fail(reason: str) -> NoReturn:
 
 def load_settings(**overrides: Any) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings.load(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -80,7 +80,11 @@ def serve(settings: Settings) -> int:
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn shut down cleanly, then re-raised the Ctrl-C it caught: a normal stop.
+        return 0
     return 0 if server.started else 1
 
 

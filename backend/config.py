@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         self.database_url = normalize_database_url(self.database_url)
         return self
 
+    @classmethod
+    def load(cls, env_file: Path | str | None = ".env", **values: Any) -> Settings:
+        """Settings from ``values``, then the environment, then ``env_file`` (None: no file)."""
+        return cls(_env_file=env_file, **values)  # type: ignore[call-arg]
+
     def timeout_for(self, operation: str) -> int:
         """Seconds a run of ``operation`` ('plan', 'apply', 'destroy') may take."""
         timeouts = {

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 import uvicorn
@@ -141,7 +141,7 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         "api_token": API_TOKEN,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return Settings.load(env_file=None, **values)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from backend.db import Database
@@ -10,7 +12,9 @@ from backend.store import deployments, runs
 from tests.backend.archives import tar_gz
 
 
-async def new_deployment(client: httpx.AsyncClient, name: str = "web", **fields: object) -> dict:
+async def new_deployment(
+    client: httpx.AsyncClient, name: str = "web", **fields: object
+) -> dict[str, Any]:
     response = await client.post("/api/v1/deployments", json={"name": name, **fields})
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -40,7 +44,7 @@ async def start_run(
 
 async def snapshot(client: httpx.AsyncClient, *paths: str) -> list[object]:
     """The GET answers of ``paths``: compared before and after a refused request."""
-    out = []
+    out: list[object] = []
     for path in paths:
         response = await client.get(path)
         out.append((response.status_code, response.json()))

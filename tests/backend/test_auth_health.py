@@ -72,12 +72,12 @@ async def test_expired_and_revoked_tokens_are_refused(
         revoked_row, revoked = await tokens.create_token(s, "gone")
         await tokens.revoke_token(s, revoked_row.id)
 
-    def get(token: str) -> object:
-        return anon.get("/api/v1/runners", headers={"Authorization": f"Bearer {token}"})
+    async def get(token: str) -> httpx.Response:
+        return await anon.get("/api/v1/runners", headers={"Authorization": f"Bearer {token}"})
 
-    assert (await get(live)).status_code == 200  # type: ignore[attr-defined]
+    assert (await get(live)).status_code == 200
     for token in (expired, revoked):
-        response = await get(token)  # type: ignore[misc]
+        response = await get(token)
         assert response.status_code == 401
         assert "expired or revoked" in response.json()["detail"]
 

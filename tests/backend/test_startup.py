@@ -1,0 +1,183 @@
+"""Start-up: the secrets check, the bootstrap token, and the ``iac-backend`` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from backend.app import create_app, prepare
+from backend.crypto import SecretsUnreadable
+from backend.db import Database
+from backend.models import ApiToken
+from backend.store import tokens
+from tests.backend.conftest import API_TOKEN, make_settings
+from tests.conftest import IAC_BACKEND
+
+pytestmark = pytest.mark.anyio
+
+
+async def _store_secret(db_url: str, tmp_path: Path) -> None:
+    app = create_app(make_settings(db_url, tmp_path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://t",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as c:
+            assert (await c.post("/api/v1/deployments", json={"name": "web"})).status_code == 201
+            r = await c.put(
+                "/api/v1/deployments/web/variables/pw", json={"value": "s", "sensitive": True}
+            )
+            assert r.status_code == 201
+
+
+async def test_refuses_to_start_without_the_key_when_secrets_exist(
+    db_url: str, tmp_path: Path
+) -> None:
+    # With no secrets stored, no key is needed.
+    database, _ = await prepare(make_settings(db_url, tmp_path, encryption_key=None))
+    await database.dispose()
+    await _store_secret(db_url, tmp_path)
+    with pytest.raises(
+        SecretsUnreadable, match="ENCRYPTION_KEY is not set.*generate-encryption-key.sh"
+    ):
+        await prepare(make_settings(db_url, tmp_path, encryption_key=None))
+    with pytest.raises(SecretsUnreadable, match="does not decrypt"):
+        await prepare(
+            make_settings(db_url, tmp_path, encryption_key=Fernet.generate_key().decode())
+        )
+
+
+async def test_bootstrap_token_is_stored_hashed_once(db_url: str, tmp_path: Path) -> None:
+    settings = make_settings(db_url, tmp_path)
+    for _ in range(2):
+        database, _ = await prepare(settings)
+        await database.dispose()
+    database = Database(db_url)
+    try:
+        async with database.session() as s:
+            rows = await tokens.list_tokens(s)
+            assert len(rows) == 1
+            assert rows[0].token_hash == tokens.hash_token(API_TOKEN)
+            assert API_TOKEN not in repr(rows[0].__dict__)
+            assert await tokens.authenticate(s, API_TOKEN) is not None
+            assert isinstance(rows[0], ApiToken)
+    finally:
+        await database.dispose()
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IAC_")}
+    for name in ("DATABASE_URL", "ENCRYPTION_KEY"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ENCRYPTION_KEY": "not-a-key"}, "ENCRYPTION_KEY is malformed"),
+        ({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "is unreachable"),
+        ({"DATABASE_URL": "mysql://x/y"}, "not supported"),
+        ({"IAC_PORT": "many"}, "port"),
+    ],
+)
+def test_cli_fails_fast_with_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    proc = subprocess.run(
+        [IAC_BACKEND, "serve"],
+        cwd=tmp_path,
+        env=_cli_env(IAC_DATA_DIR=str(tmp_path / "data"), **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("iac-backend: "), proc.stderr
+    assert message in lines[0]
+
+
+def test_cli_refuses_unreadable_secrets(db_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    asyncio.run(_store_secret(db_url, tmp_path))
+    proc = subprocess.run(
+        [IAC_BACKEND, "serve"],
+        cwd=tmp_path,
+        env=_cli_env(DATABASE_URL=db_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "generate-encryption-key.sh" in proc.stderr
+
+
+def test_cli_migrate_then_serve(db_url: str, tmp_path: Path) -> None:
+    env = _cli_env(
+        DATABASE_URL=db_url, IAC_API_TOKEN=API_TOKEN, ENCRYPTION_KEY=Fernet.generate_key().decode()
+    )
+    migrated = subprocess.run(
+        [IAC_BACKEND, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "latest schema" in migrated.stdout
+
+    proc = subprocess.Popen(
+        [IAC_BACKEND, "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        # uvicorn announces the bound address once it serves: read until then.
+        address = None
+        for line in proc.stderr:
+            if "Uvicorn running on" in line:
+                address = line.split("running on ")[1].split()[0]
+                break
+        assert address, "the server did not start"
+        health = httpx.get(f"{address}/healthz")
+        assert health.json() == {"status": "ok"}
+        runners = httpx.get(
+            f"{address}/api/v1/runners", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+        assert runners.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "encryption_key = ********" in out
+    assert API_TOKEN not in out
+
+
+def test_generate_encryption_key_script(tmp_path: Path) -> None:
+    script = str(Path(__file__).resolve().parents[2] / "generate-encryption-key.sh")
+    printed = subprocess.run([script], capture_output=True, text=True, check=True).stdout.strip()
+    Fernet(printed.encode())
+    env_file = tmp_path / ".env"
+    env_file.write_text("IAC_PORT=9000")
+    subprocess.run([script, str(env_file)], capture_output=True, check=True)
+    first = env_file.read_text()
+    assert first.startswith("IAC_PORT=9000\nENCRYPTION_KEY=")
+    refused = subprocess.run([script, str(env_file)], capture_output=True, text=True)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert env_file.read_text() == first
+    subprocess.run([script, "--force", str(env_file)], capture_output=True, check=True)
+    replaced = env_file.read_text()
+    assert replaced != first and replaced.count("ENCRYPTION_KEY=") == 1
+    Fernet(replaced.split("ENCRYPTION_KEY=")[1].strip().encode())
+    assert sys.executable  # the script needs no Python package of the project
