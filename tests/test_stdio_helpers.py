@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import IAC_RUNNER
+from tests.conftest import IAC_RUNNER, pids_matching, wait_for
 
 RESPONSE_FIELDS = ["success", "output", "exit_code", "error_msg", "started_at", "ended_at"]
 RFC3339_Z = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z\Z")
@@ -112,6 +112,7 @@ def start_runner(
     assert proc.stdin is not None
     proc.stdin.write(encode(request))
     proc.stdin.close()
+    proc.stdin = None  # so that communicate() does not flush it again
     return proc
 
 
@@ -248,6 +249,13 @@ class EventReader:
             self._read(deadline)
         assert self.eof and self.buf == b"", self.buf[:200]
         return self.events
+
+
+def wait_for_pids(marker: str, timeout: float = 30) -> list[int]:
+    """Wait until processes whose command line contains `marker` exist; their pids."""
+    pids = wait_for(lambda: pids_matching(marker), timeout=timeout)
+    assert isinstance(pids, list)
+    return pids
 
 
 def children(pid: int) -> list[int]:
