@@ -132,6 +132,15 @@ def _refuse(stream: bool, message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Whoever reads stdout is gone: there is no one to answer. The tool's group has
+        # already been killed (Execution.run), so just end, without a traceback.
+        return EXIT_INTERNAL
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
     try:
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         outcome: Outcome = execution.run()
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         return _refuse(args.stream, f"could not run {spec.name}: {exc}", EXIT_INTERNAL)
 
