@@ -380,3 +380,39 @@ def test_background_child_of_the_tool_is_killed(tool_env, tmp_path, holds_output
     assert result.response["output"] == "done\n"
     assert result.elapsed < 5
     assert_gone(f"sleep {seconds}")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_reader_of_stdout_gone(tool_env, tmp_path, stream):
+    """The consumer closes iac-runner's stdout (e.g. the runner server died): iac-runner
+    cannot answer, so it kills the tool's group and exits 3, without a traceback."""
+    seconds = unique_seconds()
+    if stream:  # chatty: iac-runner notices at its next event
+        body = (
+            "import subprocess\n"
+            f"subprocess.Popen(['sleep', '{seconds}'], stdout=subprocess.DEVNULL)\n"
+            "while True:\n    print('x' * 100, flush=True)\n"
+        )
+    else:  # quiet: iac-runner notices when it writes the response after a cancel
+        body = (
+            f"import os\nprint('hello', flush=True)\nos.execvp('sleep', ['sleep', '{seconds}'])\n"
+        )
+    env = {**tool_env, "IAC_RUNNER_TERRAFORM_BIN": fake_tool(tmp_path, body)}
+    flags = ["--stream"] if stream else []
+    proc = start_runner({"tool": "terraform", "command": "apply"}, env, *flags)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        if stream:
+            EventReader(proc).until(lambda e: e["type"] == "output", timeout=20)
+        sleeps = wait_for_pids(f"sleep {seconds}", timeout=20)
+        proc.stdout.close()
+        proc.stdout = None
+        if not stream:
+            os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+    finally:
+        kill_quietly(proc)
+    assert proc.returncode == 3
+    assert_no_traceback((b"", err))
+    assert_gone(f"sleep {seconds}", *sleeps)
