@@ -46,8 +46,16 @@ CipherDep = Annotated[Cipher, Depends(get_cipher)]
 bearer = HTTPBearer(auto_error=False, description="An API token: Authorization: Bearer <token>")
 
 
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.db
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
 async def require_token(
-    session: SessionDep,
+    database: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiToken:
     if credentials is None:
@@ -56,7 +64,11 @@ async def require_token(
             "missing API token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = await tokens.authenticate(session, credentials.credentials)
+    # A short transaction of its own: the route's transaction should start only when the
+    # route needs it (on SQLite every transaction holds the write lock), not while a large
+    # request body is still arriving.
+    async with database.session() as session:
+        token = await tokens.authenticate(session, credentials.credentials)
     if token is None:
         raise HTTPException(
             401,

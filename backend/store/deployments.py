@@ -58,9 +58,11 @@ async def create_deployment(
     )
     if await session.scalar(select(exists().where(Deployment.name == name))):
         raise Conflict(f"deployment {name!r} already exists")
-    session.add(row)
     try:
+        # Added inside the savepoint: begin_nested() flushes pending objects first, and a
+        # failed insert outside it would doom the whole transaction.
         async with session.begin_nested():
+            session.add(row)
             await session.flush()
     except IntegrityError:
         # Another request created it between our check and our insert.

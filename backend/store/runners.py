@@ -104,9 +104,11 @@ async def register_runner(session: AsyncSession, cipher: Cipher, spec: RunnerSpe
         raise Conflict(f"runner {spec.name!r} is already registered; delete it first")
     row = Runner(id=spec.name, status=RunnerStatus.UNKNOWN.value, info={})
     _apply(row, spec, cipher)
-    session.add(row)
     try:
+        # Added inside the savepoint: begin_nested() flushes pending objects first, and a
+        # failed insert outside it would doom the whole transaction.
         async with session.begin_nested():
+            session.add(row)
             await session.flush()
     except IntegrityError:
         raise Conflict(f"runner {spec.name!r} is already registered; delete it first") from None

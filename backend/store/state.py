@@ -95,12 +95,14 @@ async def lock_state(
             return existing  # the same client retrying its own lock
         raise StateLocked(f"state of {deployment.name!r} is locked", _holder(existing))
     lock = StateLock(deployment_id=deployment.id, lock_id=lock_id, info=info, run_id=run_id)
-    session.add(lock)
     try:
+        # Added inside the savepoint: begin_nested() flushes pending objects first, and a
+        # failed insert outside it would doom the whole transaction.
         async with session.begin_nested():
+            session.add(lock)
             await session.flush()
     except IntegrityError:
-        session.expunge(lock)
+        # Another request took the lock first (the savepoint rollback dropped our row).
         holder = await get_lock(session, deployment.id)
         raise StateLocked(
             f"state of {deployment.name!r} is locked",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -195,3 +196,19 @@ async def test_bad_uploads_change_nothing(
     assert wrong_field.status_code == 422
     assert "field named 'file'" in wrong_field.json()["detail"]
     assert await snapshot(client, "/api/v1/deployments/web/config") == before
+
+
+async def test_concurrent_uploads_get_distinct_versions(client: httpx.AsyncClient) -> None:
+    await new_deployment(client, "web")
+    files = [{"main.tf": MAIN_TF, f"f{i}.tf": b""} for i in range(6)]
+    responses = await asyncio.gather(*(upload(client, "web", tar_gz(f)) for f in files))
+    assert [r.status_code for r in responses] == [201] * 6
+    assert sorted(r.json()["version"] for r in responses) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_concurrent_creates_of_one_name_one_wins(client: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/deployments", json={"name": "web"}) for _ in range(5))
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409]
+    assert len((await client.get("/api/v1/deployments")).json()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -181,3 +182,14 @@ def test_bad_runners_file_is_a_clear_error(tmp_path: Path, content: str, message
     with pytest.raises(Invalid, match=message):
         for spec in runners.read_runners_file(path):
             runners._check_spec(spec)
+
+
+async def test_concurrent_registrations_of_one_name_one_wins(client: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/v1/runners", json={"name": "r", "address": f"h:{i + 1}"})
+            for i in range(5)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409]
+    assert len((await client.get("/api/v1/runners")).json()) == 1

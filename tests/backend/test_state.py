@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -194,3 +195,21 @@ async def test_state_body_size_cap(
     response = await anon.post(URL, content=doc(1, pad="x" * 2000), auth=creds)
     assert response.status_code == 413
     assert (await anon.get(URL, auth=creds)).status_code == 204
+
+
+async def test_concurrent_lockers_one_wins(
+    anon: httpx.AsyncClient, db: Database, creds: tuple[str, str]
+) -> None:
+    contenders = [creds] + [
+        (str(i), t) for i, t in [await start_run(db, "web", RunStatus.RUNNING) for _ in range(4)]
+    ]
+    responses = await asyncio.gather(
+        *(
+            anon.request("LOCK", URL, content=lock_info(f"L{n}"), auth=c)
+            for n, c in enumerate(contenders)
+        )
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 423, 423, 423, 423]
+    winner = next(n for n, r in enumerate(responses) if r.status_code == 200)
+    assert all(r.json()["ID"] == f"L{winner}" for r in responses if r.status_code == 423)

@@ -90,7 +90,7 @@ async def delete_deployment(name: str, session: SessionDep) -> None:
 async def upload_config(
     name: str, request: Request, session: SessionDep, settings: SettingsDep
 ) -> ConfigVersionOut:
-    await deployments.get_deployment(session, name)  # 404 before reading a large body
+    # The body is read before any query, so no transaction is open while it arrives.
     data = await read_upload(request, settings.max_config_bytes)
     limits = Limits(settings.max_config_files, settings.max_config_unpacked_bytes)
     row = await configs.add_config_version(session, name, data, limits)

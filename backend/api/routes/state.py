@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from backend.api.deps import DeploymentDep, SessionDep, SettingsDep
+from backend.api.deps import DatabaseDep, DeploymentDep, SessionDep, SettingsDep
 from backend.errors import Forbidden, TooLarge, Unauthenticated
 from backend.models import Run
 from backend.schemas import StateLockOut, StateOut, StateVersionOut
@@ -33,15 +33,17 @@ LockIdQuery = Annotated[str | None, Query(alias="ID", description="The writer's 
 
 async def state_access(
     deployment: str,
-    session: SessionDep,
+    database: DatabaseDep,
     credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)],
 ) -> StateAccess:
     if credentials is None:
         raise HTTPException(401, "state access needs HTTP basic auth", headers=REALM)
     try:
-        return await state.authorize_run(
-            session, deployment, credentials.username, credentials.password
-        )
+        # Its own short transaction, ended before the (possibly large) body is read.
+        async with database.session() as session:
+            return await state.authorize_run(
+                session, deployment, credentials.username, credentials.password
+            )
     except Unauthenticated as exc:
         raise HTTPException(401, str(exc), headers=REALM) from None
     except Forbidden as exc:
