@@ -220,6 +220,15 @@ class Run(Base):
     has_changes: Mapped[bool | None] = mapped_column(Boolean)
 
 
+class BackendSecret(Base):
+    """Secrets the backend makes for itself, shared by every replica through the database."""
+
+    __tablename__ = "backend_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+
 class RunEvent(Base):
     __tablename__ = "run_events"
 

@@ -116,3 +116,51 @@ class StateOut(BaseModel):
 
 class Message(BaseModel):
     detail: str
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployment: str = Field(description="Name of the deployment to run.")
+    operation: Literal["plan", "apply", "destroy"] = Field(
+        description="plan: plan only; apply/destroy: plan, approval, then apply that plan."
+    )
+    priority: int | None = Field(
+        default=None, description="Higher runs first; default: the deployment's default priority."
+    )
+    auto_approve: bool = Field(default=False, description="Apply without waiting for approval.")
+    config_version: int | None = Field(
+        default=None, description="Configuration version to use; default: the latest."
+    )
+
+
+class RunEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    kind: str
+    message: str
+
+
+class RunOut(BaseModel):
+    id: int
+    deployment: str
+    operation: str
+    status: str
+    priority: int
+    auto_approve: bool
+    config_version: int
+    runner_id: str | None
+    tool_version: str | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    error_msg: str
+    wait_reason: str = Field(description="Why a queued run has not started yet.")
+    has_changes: bool | None
+    last_seq: int = Field(description="Seq of the last stored log line.")
+    cancel_requested: str | None
+    events: list[RunEventOut] | None = Field(
+        default=None, description="The run's history (on GET /runs/{id})."
+    )

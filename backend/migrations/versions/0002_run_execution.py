@@ -1,5 +1,6 @@
 """Run execution bookkeeping: the runner-side run of the current step, its seq offset in the
-run's log, the executing backend's heartbeat, and whether the plan has changes.
+run's log, the executing backend's heartbeat, whether the plan has changes; and the
+backend's own secrets (the key that derives per-run state credentials).
 
 Revision ID: 0002
 Revises: 0001
@@ -17,6 +18,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "backend_secrets",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=128), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_backend_secrets")),
+    )
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("runner_run_id", sa.String(length=160), nullable=True))
         batch.add_column(
@@ -32,3 +39,4 @@ def downgrade() -> None:
         batch.drop_column("heartbeat_at")
         batch.drop_column("step_seq_offset")
         batch.drop_column("runner_run_id")
+    op.drop_table("backend_secrets")

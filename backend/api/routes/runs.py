@@ -1,0 +1,155 @@
+"""Run endpoints: start, list, show, approve, cancel, and the log (text or live SSE)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from backend import metrics
+from backend.api.deps import SessionDep
+from backend.engine import Engine
+from backend.errors import Invalid
+from backend.follow import StatusChange, follow
+from backend.models import Run
+from backend.schemas import RunCreate, RunEventOut, RunOut
+from backend.store import deployments, runlist
+from backend.store import logs as log_store
+from backend.store import runs as run_store
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+def run_out(run: Run, deployment: str, config_version: int) -> RunOut:
+    return RunOut(
+        id=run.id,
+        deployment=deployment,
+        operation=run.operation,
+        status=run.status,
+        priority=run.priority,
+        auto_approve=run.auto_approve,
+        config_version=config_version,
+        runner_id=run.runner_id,
+        tool_version=run.tool_version,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        exit_code=run.exit_code,
+        error_msg=run.error_msg,
+        wait_reason=run.wait_reason,
+        has_changes=run.has_changes,
+        last_seq=run.last_seq,
+        cancel_requested=run.cancel_requested,
+    )
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_run(body: RunCreate, session: SessionDep, request: Request) -> RunOut:
+    deployment = await deployments.get_deployment(session, body.deployment)
+    run = await run_store.create_run(
+        session,
+        deployment,
+        body.operation,
+        priority=body.priority,
+        auto_approve=body.auto_approve,
+        config_version=body.config_version,
+    )
+    await session.commit()
+    engine_of(request).wake()
+    row = await runlist.run_row(session, run.id)
+    return run_out(*row)
+
+
+@router.get("")
+async def list_runs(
+    session: SessionDep,
+    deployment: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RunOut]:
+    return [
+        run_out(*row)
+        for row in await runlist.list_runs(
+            session, deployment=deployment, status=status, limit=limit
+        )
+    ]
+
+
+@router.get("/{run_id}")
+async def get_run(run_id: int, session: SessionDep) -> RunOut:
+    out = run_out(*(await runlist.run_row(session, run_id)))
+    out.events = [
+        RunEventOut.model_validate(e) for e in await run_store.list_events(session, run_id)
+    ]
+    return out
+
+
+@router.post("/{run_id}/approve")
+async def approve_run(run_id: int, session: SessionDep, request: Request) -> RunOut:
+    await engine_of(request).approve(run_id)
+    return run_out(*(await runlist.run_row(session, run_id)))
+
+
+@router.post("/{run_id}/cancel")
+async def cancel_run(
+    run_id: int, session: SessionDep, request: Request, force: bool = False
+) -> RunOut:
+    await engine_of(request).cancel(run_id, force=force)
+    session.expire_all()
+    return run_out(*(await runlist.run_row(session, run_id)))
+
+
+def _resume_from(last_event_id: str | None, after: int) -> int:
+    if last_event_id is None:
+        return after
+    if not last_event_id.strip().isdigit():
+        raise Invalid(f"Last-Event-ID {last_event_id!r} must be the seq of the last line received")
+    return int(last_event_id)
+
+
+@router.get("/{run_id}/logs", response_model=None)
+async def run_logs(
+    run_id: int,
+    session: SessionDep,
+    request: Request,
+    follow_: Annotated[bool, Query(alias="follow", description="Server-Sent Events, live")] = False,
+    after: Annotated[int, Query(ge=0, description="Only lines after this seq")] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> PlainTextResponse | StreamingResponse:
+    """The stored log as text; with `follow=true` an SSE stream: one `id: <last seq>` event
+    per batch (data: {"seq": first seq, "lines": [...]}), `status` events when the run's
+    status changes, and an `end` event. Reconnect with `Last-Event-ID` to resume."""
+    await run_store.get_run(session, run_id)  # 404 for an unknown run
+    if not follow_:
+        text, last = await log_store.log_text(session, run_id, after)
+        return PlainTextResponse(text, headers={"X-Last-Seq": str(last)})
+    start = _resume_from(last_event_id, after)
+    await session.close()
+    engine = engine_of(request)
+
+    async def events() -> AsyncIterator[str]:
+        metrics.ACTIVE_STREAMS.inc()
+        try:
+            async for item in follow(engine.db, engine.hub, run_id, start):
+                if isinstance(item, StatusChange):
+                    yield f"event: status\ndata: {json.dumps({'status': item.status})}\n\n"
+                else:
+                    data = json.dumps({"seq": item.first_seq, "lines": item.lines})
+                    yield f"id: {item.last_seq}\ndata: {data}\n\n"
+            yield "event: end\ndata: {}\n\n"
+        finally:
+            metrics.ACTIVE_STREAMS.dec()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

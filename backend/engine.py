@@ -1,0 +1,832 @@
+"""The run engine: the queue, dispatch to the runner pool, and the execution of each run.
+
+A run moves through phases, each dispatched to a runner picked at that moment:
+
+    queued -> running (plan phase: init + plan -out=tfplan on one runner, tfplan collected)
+           -> succeeded                       (operation plan, or nothing to change)
+           -> awaiting_approval -> applying   (apply/destroy; auto_approve skips the wait)
+    applying (apply phase: init + apply tfplan on any fitting runner) -> succeeded
+    any executing phase -> failed | canceled | timed_out
+
+Claims are atomic (a conditional UPDATE under a row lock; `FOR UPDATE SKIP LOCKED` on
+PostgreSQL), so several backends on one database never dispatch a run twice, and the
+deployment row lock keeps one active run per deployment. Every step runs with
+`on_disconnect=CONTINUE` and its runner-side id and seq offset are stored before it
+starts, so a backend that restarts (or another one, once the heartbeat goes stale)
+re-attaches from the last stored line: no line is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import io
+import logging
+import secrets
+import tarfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from backend import metrics
+from backend.crypto import Cipher
+from backend.db import Database
+from backend.errors import Conflict
+from backend.logs import LogBatch, LogHub
+from backend.models import (
+    TERMINAL_STATUSES,
+    BackendSecret,
+    ConfigVersion,
+    Deployment,
+    Run,
+    RunStatus,
+    utcnow,
+)
+from backend.pool import RunnerPool, choose
+from backend.runner_client import RunnerClient
+from backend.store import logs as log_store
+from backend.store import state as state_store
+from backend.store import variables as variable_store
+from backend.store.runs import add_event, get_run, hash_state_token
+from protos.iacrunner.v1 import runner_pb2 as pb
+
+log = logging.getLogger("iac.backend.engine")
+
+# Statuses in which a run holds its deployment: no other run of it may start.
+HOLDING = (
+    RunStatus.RUNNING.value,
+    RunStatus.PLANNED.value,
+    RunStatus.AWAITING_APPROVAL.value,
+    RunStatus.APPLYING.value,
+)
+EXECUTING = (RunStatus.RUNNING.value, RunStatus.APPLYING.value)
+# Merged into every configuration so terraform keeps its state in this backend.
+BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
+OVERRIDE_NAME = "zz_iac_backend_override.tf"
+PLAN_FILE = "tfplan"
+# gRPC codes that mean the runner refused the call itself: retrying cannot help.
+REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+BUSY = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+FLUSH_LINES = 2000
+FLUSH_BYTES = 256 * 1024
+FLUSH_INTERVAL = 0.2
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    backend_id: str
+    public_url: str
+    timeouts: dict[str, int]
+    heartbeat_interval: float = 5.0
+    orphan_after: float = 30.0  # a run whose executor's heartbeat is older is adopted
+    runner_lost_timeout: float = 15.0  # how long to retry reaching a runner mid-run
+    dispatch_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    command: str
+    args: tuple[str, ...] = ()
+    collect: tuple[str, ...] = ()
+    cleanup: bool = False
+
+
+def phase_steps(operation: str, phase: str) -> list[Step]:
+    init = Step("init", "init")
+    if phase == "plan":
+        args = ["-out=" + PLAN_FILE, "-detailed-exitcode"]
+        if operation == "destroy":
+            args.append("-destroy")
+        return [init, Step("plan", "plan", tuple(args), (PLAN_FILE,), cleanup=True)]
+    return [init, Step("apply", "apply", (PLAN_FILE,), cleanup=True)]
+
+
+def build_workspace(config_archive: bytes, plan_file: bytes | None) -> bytes:
+    """The config archive plus the state-backend override (and the plan to apply)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(config_archive), mode="r:gz") as src,
+        tarfile.open(fileobj=out, mode="w:gz") as dst,
+    ):
+        for member in src:
+            if member.name in (OVERRIDE_NAME, PLAN_FILE):
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        extra = {OVERRIDE_NAME: BACKEND_OVERRIDE.encode()}
+        if plan_file is not None:
+            extra[PLAN_FILE] = plan_file
+        for name, data in extra.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            dst.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+class StepFailed(Exception):
+    """A step could not run or did not succeed; `status` is how the run ends."""
+
+    def __init__(self, status: str, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.exit_code = exit_code
+
+
+class RunnerBusy(Exception):
+    """The runner refused to start the first step (full or draining): dispatch elsewhere."""
+
+
+class LogWriter:
+    """Publishes a run's lines to live followers at once and stores them in chunks."""
+
+    def __init__(self, db: Database, hub: LogHub, run_id: int, last_seq: int) -> None:
+        self.db = db
+        self.hub = hub
+        self.run_id = run_id
+        self.last_seq = last_seq  # last line received
+        self.stored_seq = last_seq
+        self._lines: list[str] = []
+        self._bytes = 0
+        self._lock = asyncio.Lock()
+        self._due = asyncio.Event()
+        hub.open(run_id)
+
+    def add(self, offset: int, lines: Any) -> None:
+        texts: list[str] = []
+        first = 0
+        for line in lines:
+            seq = offset + line.seq
+            if seq <= self.last_seq:
+                continue  # already had it (re-attached from an earlier seq)
+            if not texts:
+                first = seq
+            texts.append(line.text)
+            self._bytes += len(line.text)
+        if not texts:
+            return
+        self.last_seq = first + len(texts) - 1
+        self._lines.extend(texts)
+        self.hub.publish(self.run_id, LogBatch(first, tuple(texts)))
+        if len(self._lines) >= FLUSH_LINES or self._bytes >= FLUSH_BYTES:
+            self._due.set()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._lines:
+                return
+            lines, self._lines, self._bytes = self._lines, [], 0
+            first = self.stored_seq + 1
+            async with self.db.session() as session:
+                last = await log_store.append_chunk(session, self.run_id, first, lines)
+            self.stored_seq = last
+            self.hub.stored(self.run_id, last)
+
+    async def run(self) -> None:
+        """Flush every FLUSH_INTERVAL, or sooner when a lot is waiting."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), FLUSH_INTERVAL)
+            self._due.clear()
+            await self.flush()
+
+
+@dataclass
+class Execution:
+    run_id: int
+    runner: str
+    task: asyncio.Task[None] | None = None
+    runner_run_id: str = ""
+    client: RunnerClient | None = None
+    canceled: str = ""  # the cancel mode already sent to the runner
+    started: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    def __init__(
+        self,
+        db: Database,
+        cipher: Cipher,
+        pool: RunnerPool,
+        hub: LogHub,
+        options: EngineOptions,
+    ) -> None:
+        self.db = db
+        self.cipher = cipher
+        self.pool = pool
+        self.hub = hub
+        self.options = options
+        self.executions: dict[int, Execution] = {}
+        self._wake = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._secret = b""
+        self._is_postgres = db.engine.dialect.name == "postgresql"
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._secret = await self._load_secret()
+        await self.pool.refresh()
+        await self.adopt_orphans()
+        self._background = [
+            asyncio.create_task(self.pool.run(), name="pool"),
+            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+            asyncio.create_task(self._maintenance_loop(), name="maintenance"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop watching runs; they go on, on their runners, and are re-attached later."""
+        tasks = self._background + [e.task for e in self.executions.values() if e.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.executions.clear()
+        await self.pool.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _load_secret(self) -> bytes:
+        """The key that derives per-run state tokens, made once and shared by all replicas."""
+        value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        insert = pg_insert if self._is_postgres else sqlite_insert
+        async with self.db.session() as session:
+            await session.execute(
+                insert(BackendSecret)
+                .values(name="state_token_key", value=value)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            row = await session.get(BackendSecret, "state_token_key")
+            assert row is not None
+            return base64.urlsafe_b64decode(row.value)
+
+    def state_token(self, run: Run) -> str:
+        """The run's password for the state endpoint in its current dispatch. Derived, not
+        stored: any replica that re-attaches can hand it to the next step again."""
+        digest = hmac.new(self._secret, f"{run.id}:{run.dispatch_count}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+    # -- dispatch ----------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await self.dispatch_once()
+            except Exception:
+                log.exception("dispatch pass failed")
+            waits = [
+                asyncio.create_task(self._wake.wait()),
+                asyncio.create_task(self.pool.changed.wait()),
+            ]
+            await asyncio.wait(
+                waits, timeout=self.options.dispatch_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for w in waits:
+                w.cancel()
+            self._wake.clear()
+            self.pool.changed.clear()
+
+    async def dispatch_once(self) -> int:
+        """Place as many waiting runs as the pool can take, highest priority first."""
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Run, Deployment)
+                    .join(Deployment, Deployment.id == Run.deployment_id)
+                    .where(
+                        Run.claimed_by.is_(None),
+                        Run.status.in_((RunStatus.QUEUED.value, RunStatus.APPLYING.value)),
+                    )
+                    .order_by(Run.priority.desc(), Run.created_at, Run.id)
+                    .limit(500)
+                )
+            ).all()
+            held = set(
+                (
+                    await session.scalars(
+                        select(Run.deployment_id).where(Run.status.in_(HOLDING)).distinct()
+                    )
+                ).all()
+            )
+        depth: dict[str, int] = {}
+        placed = 0
+        waits: dict[int, str] = {}
+        for run, deployment in rows:
+            queued = run.status == RunStatus.QUEUED.value
+            labels = ",".join(f"{k}={v}" for k, v in sorted(deployment.required_labels.items()))
+            if queued and deployment.id in held:
+                waits[run.id] = "waiting for the active run of this deployment to finish"
+                depth[labels] = depth.get(labels, 0) + 1
+                continue
+            word = "plan" if queued else run.operation
+            views, reason = choose(
+                list(self.pool.views.values()), deployment.required_labels, deployment.tool, [word]
+            )
+            if not views:
+                waits[run.id] = reason
+                depth[labels] = depth.get(labels, 0) + 1
+                continue
+            runner = views[0].name
+            if await self._claim(run.id, run.status, runner):
+                placed += 1
+                held.add(deployment.id)
+                self.pool.reserve(runner)
+                metrics.DISPATCH_LATENCY.observe(
+                    max((utcnow() - run.created_at).total_seconds(), 0) if queued else 0
+                )
+                self._spawn(run.id, runner, resume=False)
+        for labels, n in depth.items():
+            metrics.QUEUE_DEPTH.labels(labels or "none").set(n)
+        await self._record_waits(rows, waits)
+        return placed
+
+    async def _record_waits(self, rows: Any, waits: dict[int, str]) -> None:
+        changed = {
+            run.id: waits[run.id]
+            for run, _ in rows
+            if run.id in waits and run.wait_reason != waits[run.id]
+        }
+        if not changed:
+            return
+        async with self.db.session() as session:
+            for run_id, reason in changed.items():
+                await session.execute(
+                    update(Run)
+                    .where(Run.id == run_id, Run.claimed_by.is_(None))
+                    .values(wait_reason=reason)
+                )
+
+    async def _claim(self, run_id: int, status: str, runner: str) -> bool:
+        async with self.db.session() as session:
+            query = select(Run).where(Run.id == run_id)
+            if self._is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            run = await session.scalar(query)
+            if run is None or run.claimed_by is not None or run.status != status:
+                return False
+            if status == RunStatus.QUEUED.value:
+                # Serialise claims per deployment, then check nobody holds it.
+                await session.execute(
+                    select(Deployment.id)
+                    .where(Deployment.id == run.deployment_id)
+                    .with_for_update()
+                )
+                holder = await session.scalar(
+                    select(Run.id).where(
+                        Run.deployment_id == run.deployment_id,
+                        Run.status.in_(HOLDING),
+                        Run.id != run.id,
+                    )
+                )
+                if holder is not None:
+                    return False
+                run.status = RunStatus.RUNNING.value
+            run.claimed_by = self.options.backend_id
+            run.runner_id = runner
+            run.dispatch_count += 1
+            run.heartbeat_at = utcnow()
+            run.started_at = run.started_at or utcnow()
+            run.wait_reason = ""
+            run.runner_run_id = None
+            run.step_seq_offset = run.last_seq
+            run.state_token_hash = hash_state_token(self.state_token(run))
+            phase = "plan" if run.status == RunStatus.RUNNING.value else "apply"
+            await add_event(session, run.id, "dispatched", f"{phase} phase on runner {runner}")
+        return True
+
+    def _spawn(self, run_id: int, runner: str, *, resume: bool) -> None:
+        execution = Execution(run_id, runner)
+        self.executions[run_id] = execution
+        execution.task = asyncio.create_task(self._execute(execution, resume), name=f"run-{run_id}")
+
+    # -- adoption of runs whose executor is gone ------------------------------------------
+    async def adopt_orphans(self) -> int:
+        """Re-attach runs this backend was executing before a restart, and runs whose
+        executor stopped sending heartbeats (another replica died)."""
+        stale = utcnow() - timedelta(seconds=self.options.orphan_after)
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Run.id, Run.claimed_by, Run.heartbeat_at, Run.runner_id).where(
+                        Run.status.in_(EXECUTING),
+                        Run.claimed_by.is_not(None),
+                        or_(
+                            Run.claimed_by == self.options.backend_id,
+                            Run.heartbeat_at < stale,
+                            Run.heartbeat_at.is_(None),
+                        ),
+                    )
+                )
+            ).all()
+        adopted = 0
+        for run_id, claimed_by, heartbeat_at, runner in rows:
+            if run_id in self.executions:
+                continue
+            async with self.db.session() as session:
+                result = await session.execute(
+                    update(Run)
+                    .where(
+                        Run.id == run_id,
+                        Run.claimed_by == claimed_by,
+                        Run.heartbeat_at.is_(None)
+                        if heartbeat_at is None
+                        else Run.heartbeat_at == heartbeat_at,
+                    )
+                    .values(claimed_by=self.options.backend_id, heartbeat_at=utcnow())
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                await add_event(
+                    session, run_id, "adopted", f"re-attached by {self.options.backend_id}"
+                )
+            adopted += 1
+            self._spawn(run_id, runner or "", resume=True)
+        return adopted
+
+    async def _maintenance_loop(self) -> None:
+        last_heartbeat = last_adopt = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                now = time.monotonic()
+                await self._deliver_cancels()
+                if now - last_heartbeat >= self.options.heartbeat_interval:
+                    last_heartbeat = now
+                    await self._heartbeat()
+                if now - last_adopt >= self.options.orphan_after / 3:
+                    last_adopt = now
+                    await self.adopt_orphans()
+            except Exception:
+                log.exception("maintenance pass failed")
+
+    async def _heartbeat(self) -> None:
+        ids = list(self.executions)
+        if not ids:
+            return
+        async with self.db.session() as session:
+            await session.execute(
+                update(Run)
+                .where(Run.id.in_(ids), Run.claimed_by == self.options.backend_id)
+                .values(heartbeat_at=utcnow())
+            )
+
+    async def _deliver_cancels(self) -> None:
+        """Cancels asked through any replica reach the runner from the one executing."""
+        ids = list(self.executions)
+        if not ids:
+            return
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Run.id, Run.cancel_requested).where(
+                        Run.id.in_(ids), Run.cancel_requested.is_not(None)
+                    )
+                )
+            ).all()
+        for run_id, mode in rows:
+            await self._signal_cancel(run_id, str(mode))
+
+    async def _signal_cancel(self, run_id: int, mode: str) -> None:
+        execution = self.executions.get(run_id)
+        if execution is None or execution.canceled == mode or execution.canceled == "force":
+            return
+        if execution.client is None or not execution.runner_run_id:
+            return  # between steps: the executor checks before the next one
+        execution.canceled = mode
+        try:
+            await execution.client.cancel(execution.runner_run_id, force=mode == "force")
+        except grpc.aio.AioRpcError as exc:
+            log.warning("cancel of run %s on %s: %s", run_id, execution.runner, exc.details())
+            execution.canceled = ""
+
+    # -- API-facing operations -------------------------------------------------------------
+    async def approve(self, run_id: int) -> Run:
+        async with self.db.session() as session:
+            run = await get_run(session, run_id, for_update=True)
+            if run.status != RunStatus.AWAITING_APPROVAL.value:
+                raise Conflict(
+                    f"run {run_id} is {run.status}; only a run awaiting approval can be approved"
+                )
+            run.status = RunStatus.APPLYING.value
+            run.claimed_by = None
+            await add_event(session, run.id, "approved", "")
+        self.wake()
+        return run
+
+    async def cancel(self, run_id: int, *, force: bool) -> Run:
+        mode = "force" if force else "graceful"
+        async with self.db.session() as session:
+            run = await get_run(session, run_id, for_update=True)
+            if run.status in TERMINAL_STATUSES:
+                raise Conflict(f"run {run_id} has already ended ({run.status})")
+            if run.claimed_by is None:
+                # Nothing is executing: queued, planned, awaiting approval, or between phases.
+                await self._end(
+                    session, run, RunStatus.CANCELED.value, f"canceled while {run.status}"
+                )
+                return run
+            run.cancel_requested = mode
+            await add_event(session, run.id, "cancel_requested", mode)
+        await self._signal_cancel(run_id, mode)
+        return run
+
+    # -- execution ---------------------------------------------------------------------------
+    async def _execute(self, execution: Execution, resume: bool) -> None:
+        run_id = execution.run_id
+        writer: LogWriter | None = None
+        flusher: asyncio.Task[None] | None = None
+        try:
+            async with self.db.session() as session:
+                run = await get_run(session, run_id)
+                writer = LogWriter(self.db, self.hub, run_id, run.last_seq)
+            flusher = asyncio.create_task(writer.run())
+            await self._execute_phase(execution, writer, resume)
+        except asyncio.CancelledError:
+            raise
+        except RunnerBusy as exc:
+            await self._requeue(run_id, str(exc))
+        except StepFailed as exc:
+            if writer is not None:
+                await writer.flush()
+            await self._finish(run_id, exc.status, str(exc), exc.exit_code)
+        except Exception as exc:
+            log.exception("run %s failed in the engine", run_id)
+            with contextlib.suppress(Exception):
+                if writer is not None:
+                    await writer.flush()
+            await self._finish(run_id, RunStatus.FAILED.value, f"internal error: {exc}", None)
+        finally:
+            if flusher is not None:
+                flusher.cancel()
+            self.executions.pop(run_id, None)
+            self.pool.release(execution.runner)
+            self.hub.close(run_id)
+            self.wake()
+
+    async def _execute_phase(self, execution: Execution, writer: LogWriter, resume: bool) -> None:
+        run_id = execution.run_id
+        async with self.db.session() as session:
+            run = await get_run(session, run_id)
+            deployment = await session.get(Deployment, run.deployment_id)
+            config = await session.get(ConfigVersion, run.config_version_id)
+            assert deployment is not None and config is not None
+            env = await variable_store.run_environment(session, self.cipher, deployment)
+            plan_file = run.plan_file
+        phase = "plan" if run.status == RunStatus.RUNNING.value else "apply"
+        steps = phase_steps(run.operation, phase)
+        client = await self.pool.client_for(run.runner_id or "")
+        if client is None:
+            raise StepFailed(
+                RunStatus.FAILED.value, f"runner {run.runner_id!r} is no longer registered"
+            )
+        execution.client = client
+        workspace = await asyncio.to_thread(
+            build_workspace, config.archive, plan_file if phase == "apply" else None
+        )
+        state_url = f"{self.options.public_url.rstrip('/')}/api/v1/state/{deployment.name}"
+        env_vars = {
+            **env.env_vars,
+            "TF_HTTP_ADDRESS": state_url,
+            "TF_HTTP_LOCK_ADDRESS": state_url,
+            "TF_HTTP_UNLOCK_ADDRESS": state_url,
+            "TF_HTTP_USERNAME": str(run.id),
+            "TF_HTTP_PASSWORD": self.state_token(run),
+        }
+        sensitive = [*env.sensitive_env, "TF_HTTP_PASSWORD"]
+        work_dir = f"run-{run.id}-{phase}-{run.dispatch_count}"
+        timeout = self.options.timeouts.get(run.operation, 3600)
+
+        start = 0
+        attach: tuple[str, int] | None = None
+        if resume and run.runner_run_id:
+            step_name = run.runner_run_id.rsplit("-", 1)[1]
+            start = next(i for i, s in enumerate(steps) if s.name == step_name)
+            attach = (run.runner_run_id, run.step_seq_offset)
+        plan_result: pb.Result | None = None
+        for index in range(start, len(steps)):
+            step = steps[index]
+            await self._check_canceled(run_id)
+            if attach is not None and index == start:
+                runner_run_id, offset = attach
+                execution.runner_run_id = runner_run_id
+                result = await self._follow(execution, writer, runner_run_id, offset, None)
+            else:
+                runner_run_id = f"r{run.id}-{phase}-{run.dispatch_count}-{step.name}"
+                await writer.flush()
+                offset = writer.last_seq
+                async with self.db.session() as session:
+                    await session.execute(
+                        update(Run)
+                        .where(Run.id == run_id)
+                        .values(runner_run_id=runner_run_id, step_seq_offset=offset)
+                    )
+                execution.runner_run_id = runner_run_id
+                request = pb.ExecuteRequest(
+                    run_id=runner_run_id,
+                    tool=deployment.tool,
+                    work_dir=work_dir,
+                    command=step.command,
+                    args=list(step.args),
+                    env_vars=env_vars,
+                    timeout=timeout,
+                    sensitive_env=sensitive,
+                    workspace=workspace if step.name == "init" else b"",
+                    collect=list(step.collect),
+                    cleanup=step.cleanup,
+                    on_disconnect=pb.CONTINUE,
+                )
+                result = await self._follow(
+                    execution, writer, runner_run_id, offset, request, first=index == 0
+                )
+            await self._check_step(execution, step, result)
+            if step.name == "plan":
+                plan_result = result
+        await writer.flush()
+        if phase == "plan":
+            assert plan_result is not None
+            await self._plan_done(run_id, plan_result)
+        else:
+            await self._finish(run_id, RunStatus.SUCCEEDED.value, "", 0)
+
+    async def _check_canceled(self, run_id: int) -> None:
+        async with self.db.session() as session:
+            mode = await session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+        if mode:
+            raise StepFailed(RunStatus.CANCELED.value, f"canceled ({mode}) between steps")
+
+    async def _check_step(self, execution: Execution, step: Step, result: pb.Result) -> None:
+        ok = result.success or (step.name == "plan" and result.exit_code == 2)
+        if ok:
+            return
+        outcome = result.outcome
+        if outcome in ("canceled", "killed") and execution.canceled:
+            status = RunStatus.CANCELED.value
+        elif outcome == "timed_out":
+            status = RunStatus.TIMED_OUT.value
+        else:
+            status = RunStatus.FAILED.value
+        message = f"{step.command}: {result.error_msg or 'failed'}"
+        raise StepFailed(status, message, result.exit_code)
+
+    async def _follow(
+        self,
+        execution: Execution,
+        writer: LogWriter,
+        runner_run_id: str,
+        offset: int,
+        request: pb.ExecuteRequest | None,
+        *,
+        first: bool = False,
+    ) -> pb.Result:
+        """Stream one step to its result: Execute (or Attach), re-attaching after a lost
+        connection until `runner_lost_timeout` has passed without reaching the runner."""
+        client = execution.client
+        assert client is not None
+        started = request is None
+        lost_since: float | None = None
+        last_error = ""
+        busy_deadline = time.monotonic() + self.options.runner_lost_timeout
+        while True:
+            if started:
+                stream: AsyncIterator[pb.ExecuteEvent] = client.attach(
+                    runner_run_id, writer.last_seq - offset + 1
+                )
+            else:
+                assert request is not None
+                stream = client.execute(request)
+            try:
+                async for event in stream:
+                    lost_since = None
+                    kind = event.WhichOneof("event")
+                    if kind == "output":
+                        writer.add(offset, event.output.lines)
+                    elif kind == "started":
+                        started = True
+                    elif kind == "result":
+                        return event.result
+                last_error = "the stream ended without a result"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                last_error = f"{code.name}: {exc.details()}"
+                if not started and code in BUSY:
+                    if first:
+                        raise RunnerBusy(
+                            f"runner {execution.runner} refused: {last_error}"
+                        ) from None
+                    if time.monotonic() < busy_deadline:
+                        await asyncio.sleep(0.5)
+                        continue
+                if code in REFUSED or (not started and code in BUSY):
+                    raise StepFailed(
+                        RunStatus.FAILED.value, f"runner {execution.runner} refused: {last_error}"
+                    ) from None
+                if code == grpc.StatusCode.NOT_FOUND:
+                    raise StepFailed(
+                        RunStatus.FAILED.value,
+                        f"runner {execution.runner} no longer knows run {runner_run_id} "
+                        "(it restarted or forgot it)",
+                    ) from None
+                if not started:
+                    # The Execute may or may not have reached the runner: find out by Attach.
+                    started = True
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since > self.options.runner_lost_timeout:
+                self.pool.mark_unhealthy(execution.runner)
+                raise StepFailed(
+                    RunStatus.FAILED.value,
+                    f"lost contact with runner {execution.runner} for more than "
+                    f"{self.options.runner_lost_timeout:g} s ({last_error})",
+                )
+            await asyncio.sleep(0.5)
+
+    async def _plan_done(self, run_id: int, result: pb.Result) -> None:
+        plan = next((a.content for a in result.artifacts if a.path == PLAN_FILE), None)
+        changes = result.exit_code == 2
+        async with self.db.session() as session:
+            run = await get_run(session, run_id, for_update=True)
+            run.has_changes = changes
+            run.plan_file = plan
+            run.tool_version = result.tool_version or run.tool_version
+            if run.operation == "plan" or not changes:
+                note = "plan has changes" if changes else "no changes"
+                await self._end(session, run, RunStatus.SUCCEEDED.value, "", 0, note=note)
+                return
+            if plan is None:
+                await self._end(
+                    session, run, RunStatus.FAILED.value, "the plan file was not returned"
+                )
+                return
+            run.claimed_by = None
+            run.state_token_hash = None
+            run.runner_run_id = None
+            if run.auto_approve:
+                run.status = RunStatus.APPLYING.value
+                await add_event(session, run.id, "planned", "auto-approved")
+            else:
+                run.status = RunStatus.AWAITING_APPROVAL.value
+                await add_event(session, run.id, "planned", "awaiting approval")
+        self.wake()
+
+    async def _requeue(self, run_id: int, reason: str) -> None:
+        async with self.db.session() as session:
+            run = await get_run(session, run_id, for_update=True)
+            if run.status == RunStatus.RUNNING.value:
+                run.status = RunStatus.QUEUED.value
+            run.claimed_by = None
+            run.runner_id = None
+            run.state_token_hash = None
+            run.wait_reason = reason
+            await add_event(session, run.id, "requeued", reason)
+
+    async def _finish(self, run_id: int, status: str, message: str, exit_code: int | None) -> None:
+        async with self.db.session() as session:
+            run = await get_run(session, run_id, for_update=True)
+            if run.status in TERMINAL_STATUSES:
+                return
+            await self._end(session, run, status, message, exit_code)
+
+    async def _end(
+        self,
+        session: Any,
+        run: Run,
+        status: str,
+        message: str,
+        exit_code: int | None = None,
+        note: str = "",
+    ) -> None:
+        """Terminal bookkeeping in the caller's transaction: status, times, credentials
+        revoked, and a state lock still held by the run released and recorded."""
+        run.status = status
+        run.ended_at = utcnow()
+        run.error_msg = message
+        run.exit_code = exit_code
+        run.claimed_by = None
+        run.state_token_hash = None
+        lock = await state_store.get_lock(session, run.deployment_id)
+        if lock is not None and lock.run_id == run.id:
+            await state_store.release_lock(
+                session, run.deployment_id, f"run {run.id} ended ({status}) holding it", run.id
+            )
+        await add_event(session, run.id, status, message or note)
+        metrics.RUNS_FINISHED.labels(status).inc()
+
+    # -- helpers for tests and the API ------------------------------------------------------
+    def is_executing(self, run_id: int) -> bool:
+        return run_id in self.executions

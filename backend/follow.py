@@ -1,0 +1,105 @@
+"""Following a run's log: the stored lines, then the live ones, with no gap and no double.
+
+Subscribe first (taking the hub's not-yet-stored batches at the same instant), then
+replay the store, then take live batches; every line is passed on once, by seq. When
+the run is not executing in this process (another replica runs it, it waits between
+phases, or this follower fell behind and was dropped) the store is polled instead, and
+the hub is joined again as soon as the run is live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from backend.db import Database
+from backend.logs import LogBatch, LogHub, Subscription
+from backend.models import TERMINAL_STATUSES, Run
+from backend.store import logs as log_store
+
+POLL_INTERVAL = 0.25
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    status: str
+
+
+async def _status(db: Database, run_id: int) -> tuple[str, int]:
+    async with db.session() as session:
+        row = (
+            await session.execute(select(Run.status, Run.last_seq).where(Run.id == run_id))
+        ).one()
+    return str(row[0]), int(row[1])
+
+
+async def follow(
+    db: Database, hub: LogHub, run_id: int, after_seq: int = 0
+) -> AsyncIterator[LogBatch | StatusChange]:
+    """Batches of lines after `after_seq`, and status changes, until the run has ended
+    and every stored line was sent."""
+    sent = after_seq
+    status = ""
+
+    def fresh(batch: LogBatch) -> LogBatch | None:
+        if batch.last_seq <= sent:
+            return None
+        if batch.first_seq > sent:
+            return batch
+        return LogBatch(sent + 1, batch.lines[sent + 1 - batch.first_seq :])
+
+    while True:
+        sub: Subscription | None = None
+        snapshot: list[LogBatch] = []
+        if hub.is_live(run_id):
+            sub, snapshot = hub.subscribe(run_id)
+        try:
+            # Replay what is stored.
+            while True:
+                async with db.session() as session:
+                    chunks = await log_store.chunks_after(session, run_id, sent)
+                if not chunks:
+                    break
+                for chunk in chunks:
+                    first, lines = log_store.lines_after(chunk, sent)
+                    if lines:
+                        yield LogBatch(first, tuple(lines))
+                        sent = first + len(lines) - 1
+            for held in snapshot:
+                part = fresh(held)
+                if part is not None:
+                    yield part
+                    sent = part.last_seq
+            new_status, stored = await _status(db, run_id)
+            if new_status != status:
+                status = new_status
+                yield StatusChange(status)
+            if status in TERMINAL_STATUSES and sent >= stored and not hub.is_live(run_id):
+                return
+            if sub is not None:
+                # Live: batches as they arrive; None means the run left this process.
+                while True:
+                    try:
+                        batch = await asyncio.wait_for(sub.queue.get(), 1.0)
+                    except TimeoutError:
+                        new_status, _ = await _status(db, run_id)
+                        if new_status != status:
+                            status = new_status
+                            yield StatusChange(status)
+                        continue
+                    if batch is None:
+                        break
+                    part = fresh(batch)
+                    if part is not None:
+                        yield part
+                        sent = part.last_seq
+                    if sub.overflowed:
+                        break  # fell behind: catch up from the store
+            else:
+                await asyncio.sleep(POLL_INTERVAL)
+        finally:
+            if sub is not None:
+                hub.unsubscribe(sub)

@@ -1,0 +1,194 @@
+"""The runner pool: who is up, what each runner offers, and which one gets the next run.
+
+A poll loop asks every registered runner for its health and `GetInfo` and records the
+answer (status, labels, tools, load) in the database, so every backend replica and the
+API see the same picture. Between polls the pool counts its own dispatches so a burst of
+runs does not pile onto one runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from backend import metrics
+from backend.crypto import Cipher
+from backend.db import Database
+from backend.models import Runner, RunnerStatus, utcnow
+from backend.runner_client import RunnerClient
+from backend.store import runners as runner_store
+from backend.store.runners import RunnerConnection
+
+log = logging.getLogger("iac.backend.pool")
+
+
+@dataclass
+class RunnerView:
+    name: str
+    status: str
+    labels: dict[str, str]
+    max_concurrent: int = 0
+    active: int = 0
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    accept: list[str] = field(default_factory=list)
+
+    @property
+    def free(self) -> int:
+        return self.max_concurrent - self.active
+
+    def has_tool(self, tool: str) -> bool:
+        return any(t.get("name") == tool for t in self.tools)
+
+    def accepts(self, command: str) -> bool:
+        return not self.accept or command in self.accept
+
+
+def view_of(row: Runner) -> RunnerView:
+    info = row.info or {}
+    labels = {**(row.labels or {}), **(info.get("labels") or {})}
+    return RunnerView(
+        name=row.id,
+        status=row.status,
+        labels=labels,
+        max_concurrent=int(info.get("max_concurrent") or 0),
+        active=int(info.get("active") or 0),
+        tools=list(info.get("tools") or []),
+        accept=list(info.get("accept") or []),
+    )
+
+
+def choose(
+    views: list[RunnerView], required: dict[str, str], tool: str, commands: list[str]
+) -> tuple[list[RunnerView], str]:
+    """Runners that can take the run, least loaded first, or none and the reason why."""
+    labelled = [v for v in views if required.items() <= v.labels.items()]
+    if not labelled:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(required.items())) or "any"
+        return [], f"no registered runner has the labels {wanted}"
+    up = [v for v in labelled if v.status == RunnerStatus.HEALTHY.value]
+    if not up:
+        states = ", ".join(f"{v.name}: {v.status}" for v in labelled)
+        return [], f"no healthy runner with the required labels ({states})"
+    able = [v for v in up if v.has_tool(tool) and all(v.accepts(c) for c in commands)]
+    if not able:
+        return [], f"no healthy runner with the required labels has {tool} and accepts " + (
+            ", ".join(commands)
+        )
+    free = [v for v in able if v.free > 0]
+    if not free:
+        return [], "every fitting runner is busy (" + ", ".join(
+            f"{v.name} {v.active}/{v.max_concurrent}" for v in able
+        ) + ")"
+    free.sort(key=lambda v: (v.active / max(v.max_concurrent, 1), v.active, v.name))
+    return free, ""
+
+
+class RunnerPool:
+    def __init__(self, db: Database, cipher: Cipher, poll_interval: float = 2.0) -> None:
+        self.db = db
+        self.cipher = cipher
+        self.poll_interval = poll_interval
+        self.views: dict[str, RunnerView] = {}
+        self._clients: dict[str, tuple[RunnerConnection, RunnerClient]] = {}
+        self.changed = asyncio.Event()  # set when a poll finds capacity or a new runner
+
+    def client(self, name: str) -> RunnerClient | None:
+        entry = self._clients.get(name)
+        return entry[1] if entry else None
+
+    async def client_for(self, name: str) -> RunnerClient | None:
+        """The client of a runner, connecting (from the registry) if needed."""
+        client = self.client(name)
+        if client is None:
+            async with self.db.session() as session:
+                row = await session.get(Runner, name)
+                if row is None:
+                    return None
+                connection = runner_store.runner_connection(row, self.cipher)
+            client = await self._connect(connection)
+        return client
+
+    async def _connect(self, connection: RunnerConnection) -> RunnerClient:
+        entry = self._clients.get(connection.name)
+        if entry is not None and entry[0] == connection:
+            return entry[1]
+        if entry is not None:
+            await entry[1].close()
+        client = RunnerClient.connect(connection)
+        self._clients[connection.name] = (connection, client)
+        return client
+
+    async def _poll_one(self, client: RunnerClient) -> tuple[str, dict[str, Any] | None]:
+        try:
+            info = await client.info(timeout=max(self.poll_interval, 2.0))
+        except grpc.aio.AioRpcError as exc:
+            log.debug("runner %s: %s", client.connection.name, exc.details())
+            return RunnerStatus.UNHEALTHY.value, None
+        data = MessageToDict(
+            info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        status = RunnerStatus.DRAINING if info.draining else RunnerStatus.HEALTHY
+        return status.value, data
+
+    async def refresh(self) -> None:
+        """Poll every registered runner once and record what each said."""
+        async with self.db.session() as session:
+            rows = await runner_store.list_runners(session)
+            connections = [runner_store.runner_connection(r, self.cipher) for r in rows]
+        for gone in set(self._clients) - {c.name for c in connections}:
+            await self._clients.pop(gone)[1].close()
+        clients = [await self._connect(c) for c in connections]
+        answers = await asyncio.gather(*(self._poll_one(c) for c in clients))
+        now = utcnow()
+        async with self.db.session() as session:
+            views = {}
+            for client, (status, info) in zip(clients, answers, strict=True):
+                row = await session.get(Runner, client.connection.name)
+                if row is None:
+                    continue
+                row.status = status
+                if info is not None:
+                    row.info = info
+                    row.last_seen = now
+                views[row.id] = view_of(row)
+        before = {n: v.free for n, v in self.views.items() if v.status == "healthy"}
+        self.views = views
+        for name, view in views.items():
+            metrics.RUNNER_UP.labels(name).set(1 if view.status == "healthy" else 0)
+        if any(v.status == "healthy" and v.free > before.get(n, 0) for n, v in views.items()):
+            self.changed.set()
+
+    def mark_unhealthy(self, name: str) -> None:
+        view = self.views.get(name)
+        if view is not None:
+            view.status = RunnerStatus.UNHEALTHY.value
+
+    def reserve(self, name: str) -> None:
+        view = self.views.get(name)
+        if view is not None:
+            view.active += 1
+
+    def release(self, name: str) -> None:
+        view = self.views.get(name)
+        if view is not None and view.active > 0:
+            view.active -= 1
+            self.changed.set()
+
+    async def run(self) -> None:
+        """Poll forever (until cancelled)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # a poll must never stop the loop; the next one retries
+                log.exception("runner poll failed")
+            await asyncio.sleep(self.poll_interval)
+
+    async def close(self) -> None:
+        for _, client in self._clients.values():
+            await client.close()
+        self._clients.clear()
