@@ -8,6 +8,7 @@ same sequence before starting uvicorn, to fail fast with a one-line reason.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,10 +16,13 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from backend.api import errors
 from backend.api.deps import require_token
-from backend.api.routes import deployments, health, runners, state, variables
+from backend.api.routes import deployments, health, runners, runs, state, variables
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
 from backend.db import Database, migrate
+from backend.engine import Engine, EngineOptions
+from backend.logs import LogHub
+from backend.pool import RunnerPool
 from backend.store import runners as runner_store
 from backend.store import tokens
 
@@ -47,6 +51,16 @@ async def prepare(settings: Settings) -> tuple[Database, Cipher]:
     return database, cipher
 
 
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        backend_id=settings.backend_id or f"{socket.gethostname()}:{settings.port}",
+        public_url=settings.public_url,
+        timeouts={op: settings.timeout_for(op) for op in ("plan", "apply", "destroy")},
+        runner_lost_timeout=settings.runner_lost_timeout,
+        orphan_after=settings.orphan_after,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings.load()
 
@@ -55,11 +69,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database, cipher = await prepare(settings)
         app.state.db = database
         app.state.cipher = cipher
+        engine = Engine(
+            database,
+            cipher,
+            RunnerPool(database, cipher, settings.runner_poll_interval),
+            LogHub(),
+            engine_options(settings),
+        )
+        app.state.engine = engine
+        await engine.start()
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
         try:
             yield
         finally:
+            await engine.stop()
             await database.dispose()
 
     app = FastAPI(
@@ -75,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(runners.router)
     api.include_router(deployments.router)
     api.include_router(variables.router)
+    api.include_router(runs.router)
     api.include_router(state.api_router)
     app.include_router(api)
     # Terraform authenticates with per-run credentials, not API tokens.

@@ -125,6 +125,33 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="IAC_DESTROY_TIMEOUT: seconds a destroy may run."
     )
 
+    backend_id: str = Field(
+        default="",
+        description=(
+            "IAC_BACKEND_ID: this replica's id, stable across restarts so it re-attaches its "
+            "own runs at once; default: <hostname>:<port>."
+        ),
+    )
+    runner_poll_interval: float = Field(
+        default=2.0, gt=0, description="IAC_RUNNER_POLL_INTERVAL: seconds between runner polls."
+    )
+    runner_lost_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "IAC_RUNNER_LOST_TIMEOUT: seconds to keep trying to reach a runner that stopped "
+            "answering mid-run before the run fails."
+        ),
+    )
+    orphan_after: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "IAC_ORPHAN_AFTER: seconds without a heartbeat after which another replica "
+            "adopts (re-attaches) a run."
+        ),
+    )
+
     @field_validator("encryption_key")
     @classmethod
     def _key_is_fernet(cls, value: SecretStr | None) -> SecretStr | None:
