@@ -70,6 +70,7 @@ class RunnerServer:
 
     async def start(self) -> None:
         await self.server.start()
+        await self.service.prepare_spare()
         for name in ("", SERVICE_NAME):
             await self.health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -88,6 +89,7 @@ class RunnerServer:
             await self.health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.service.drain(self.config.drain_timeout)
         await self.service.wait_idle()
+        await self.service.close()
         # Give followers a moment to receive their final result events.
         await self.server.stop(grace=5)
         self._stopped.set()

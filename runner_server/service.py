@@ -59,6 +59,8 @@ class RunnerService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._spare: asyncio.subprocess.Process | None = None
+        self._refill: asyncio.Task[None] | None = None
 
     # -- Execute ---------------------------------------------------------------
     def _prepare(self, req: pb.ExecuteRequest) -> Prepared:
@@ -126,20 +128,7 @@ class RunnerService:
         metrics.ACTIVE_RUNS.inc()
         try:
             await asyncio.to_thread(self._make_work_dir, prepared)
-            run.proc = await asyncio.create_subprocess_exec(
-                self.config.runner_binary(),
-                "--stream",
-                "--workspace-root",
-                self.config.workspace_root,
-                "--grace",
-                str(self.config.grace),
-                "--default-timeout",
-                str(self.config.default_timeout),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                limit=256 * 1024,
-            )
+            run.proc = await self._take_runner_process()
         except BaseException as exc:
             self.runs.pop(run.run_id, None)
             self._release_slot()
@@ -164,6 +153,51 @@ class RunnerService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
+
+    # -- iac-runner processes -----------------------------------------------------------
+    # A Python start with its imports costs about as much as `terraform version` itself, so
+    # one iac-runner is kept started and waiting for its request on stdin: an Execute
+    # takes it and a new spare is started in the background.
+    async def _spawn_runner_process(self) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            self.config.runner_binary(),
+            "--stream",
+            "--workspace-root",
+            self.config.workspace_root,
+            "--grace",
+            str(self.config.grace),
+            "--default-timeout",
+            str(self.config.default_timeout),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=256 * 1024,
+        )
+
+    async def _take_runner_process(self) -> asyncio.subprocess.Process:
+        spare, self._spare = self._spare, None
+        if spare is None or spare.returncode is not None:
+            spare = await self._spawn_runner_process()
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self.prepare_spare())
+        return spare
+
+    async def prepare_spare(self) -> None:
+        if self.draining or self._spare is not None:
+            return
+        try:
+            self._spare = await self._spawn_runner_process()
+        except OSError as exc:
+            log.warning(json.dumps({"event": "spare_failed", "error": str(exc)}))
+
+    async def close(self) -> None:
+        """Stop the spare iac-runner (it has no tool running)."""
+        if self._refill is not None:
+            self._refill.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.returncode is None:
+            spare.kill()
+            await spare.wait()
 
     def _make_work_dir(self, prepared: Prepared) -> None:
         os.makedirs(prepared.work_dir, exist_ok=True)

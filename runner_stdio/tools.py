@@ -6,8 +6,6 @@ Adding a tool is one entry in `TOOLS`.
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass, field
 
 # Subcommands that make sense unattended. Interactive ones are refused with a reason.
 _TF_COMMANDS = frozenset(
@@ -42,15 +40,24 @@ _TF_REFUSED = {
 }
 
 
-@dataclass(frozen=True)
 class ToolSpec:
-    name: str
-    binary: str  # executable name looked up on PATH
-    bin_env: str  # environment variable holding an explicit path
-    commands: frozenset[str]
-    refused: dict[str, str] = field(default_factory=dict)
-    # Defaults for the tool's environment; request env_vars override them.
-    env: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("bin_env", "binary", "commands", "env", "name", "refused")
+
+    def __init__(
+        self,
+        name: str,
+        binary: str,  # executable name looked up on PATH
+        bin_env: str,  # environment variable holding an explicit path
+        commands: frozenset[str],
+        refused: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,  # tool env defaults; request env_vars override
+    ) -> None:
+        self.name = name
+        self.binary = binary
+        self.bin_env = bin_env
+        self.commands = commands
+        self.refused = refused or {}
+        self.env = env or {}
 
 
 _AUTOMATION_ENV = {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"}
@@ -92,6 +99,15 @@ def get_spec(tool: str) -> ToolSpec:
     return spec
 
 
+def which(name: str, path: str) -> str | None:
+    """shutil.which without importing shutil (and its compression modules) at start-up."""
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def find_binary(spec: ToolSpec, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
     """The absolute path of the tool's binary, from its env var or PATH."""
     explicit = environ.get(spec.bin_env)
@@ -101,7 +117,7 @@ def find_binary(spec: ToolSpec, environ: dict[str, str] | os._Environ[str] = os.
                 f"{spec.name} binary not found: {spec.bin_env}={explicit} is not an executable file"
             )
         return os.path.abspath(explicit)
-    found = shutil.which(spec.binary, path=environ.get("PATH", os.defpath))
+    found = which(spec.binary, environ.get("PATH", os.defpath))
     if found is None:
         raise ToolError(
             f"{spec.name} is not installed: {spec.binary!r} is not on PATH "
