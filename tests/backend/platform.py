@@ -57,7 +57,9 @@ class Backend:
         return response.json() if response.content else None
 
     def register(self, name: str, address: str, **labels: str) -> None:
-        self.call("POST", "/runners", 201, json={"name": name, "address": address, "labels": labels})
+        self.call(
+            "POST", "/runners", 201, json={"name": name, "address": address, "labels": labels}
+        )
 
     def deploy(self, name: str, files: dict[str, str], **fields: Any) -> None:
         self.call("POST", "/deployments", 201, json={"name": name, **fields})
@@ -111,7 +113,13 @@ class Backend:
 
 
 def start_backend(
-    tmp: Path, env: dict[str, str], db_url: str, *, name: str = "backend", port: int = 0, **extra: str
+    tmp: Path,
+    env: dict[str, str],
+    db_url: str,
+    *,
+    name: str = "backend",
+    port: int = 0,
+    **extra: str,
 ) -> Backend:
     port = port or free_port()
     data = tmp / f"{name}-data"
