@@ -159,7 +159,8 @@ def start_backend(
 
 def sse_events(response: httpx.Response) -> Any:
     """Parse a Server-Sent Events stream into (event, id, data) tuples."""
-    event, event_id, data = "message", None, []
+    event, event_id = "message", None
+    data: list[str] = []
     for line in response.iter_lines():
         if line == "":
             if data:
