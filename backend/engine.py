@@ -407,7 +407,12 @@ class Engine:
             run.step_seq_offset = run.last_seq
             run.state_token_hash = hash_state_token(self.state_token(run))
             phase = "plan" if run.status == RunStatus.RUNNING.value else "apply"
-            await add_event(session, run.id, "dispatched", f"{phase} phase on runner {runner}")
+            await add_event(
+                session,
+                run.id,
+                "dispatched",
+                f"{phase} phase on runner {runner} by backend {self.options.backend_id}",
+            )
         return True
 
     def _spawn(self, run_id: int, runner: str, *, resume: bool) -> None:
