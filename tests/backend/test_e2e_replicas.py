@@ -25,8 +25,8 @@ def test_two_backends_never_dispatch_a_run_twice(
     backends = [start_backend(tmp_path, tool_env, url, name=f"b{i}") for i in range(2)]
     try:
         first = backends[0]
-        for runner in runners:
-            first.register(runner.proc.args[6], runner.address)
+        for i, runner in enumerate(runners):
+            first.register(f"r{i}", runner.address)
         for b in backends:
             b.wait_runners_healthy("r0", "r1")
         n = 24
