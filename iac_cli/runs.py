@@ -1,0 +1,357 @@
+"""Runs: `iac plan|apply|destroy` start one and follow it; `iac runs ...` list, show,
+approve and cancel; `iac logs` prints or follows a run's log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from iac_cli.context import F, State, json_option, pass_state
+from iac_cli.logstream import End, Lines, LogStream, Status
+from iac_cli.output import run_duration, show_time
+from iac_cli.watch import Followed, approval_hint, follow_run, outcome_line
+
+INTERRUPTED = 130
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "planned",
+    "awaiting_approval",
+    "applying",
+    "succeeded",
+    "failed",
+    "canceled",
+    "timed_out",
+)
+
+
+def report(state: State, followed: Followed, as_json: bool) -> int:
+    """Say how the followed run stands; the exit code is the run's outcome."""
+    run = followed.run
+    if as_json:
+        state.output.json(run)
+    if followed.stopped_for_approval:
+        state.output.note(approval_hint(run["id"]), "bold")
+    else:
+        message, style = outcome_line(run)
+        state.output.note(message, style)
+    return followed.exit_code
+
+
+def follow_and_report(
+    state: State,
+    run_id: int,
+    *,
+    as_json: bool,
+    after_seq: int = 0,
+    stop_at_approval: bool,
+) -> int:
+    try:
+        followed = follow_run(
+            state.api,
+            run_id,
+            state.output,
+            after_seq=after_seq,
+            stop_at_approval=stop_at_approval,
+            # With --json stdout is for the JSON document only; the log goes to stderr.
+            log_to=sys.stderr if as_json else sys.stdout,
+        )
+    except KeyboardInterrupt:
+        state.output.note(
+            f"stopped following run {run_id}; it goes on. Follow it again: iac logs {run_id} "
+            f"--follow; cancel it: iac runs cancel {run_id}",
+            "yellow",
+        )
+        return INTERRUPTED
+    return report(state, followed, as_json)
+
+
+def start_run(
+    state: State,
+    name: str,
+    operation: str,
+    *,
+    priority: int | None,
+    auto_approve: bool,
+    follow: bool,
+    config_version: int | None,
+    as_json: bool,
+) -> int:
+    body: dict[str, Any] = {"deployment": name, "operation": operation}
+    if priority is not None:
+        body["priority"] = priority
+    if auto_approve:
+        body["auto_approve"] = True
+    if config_version is not None:
+        body["config_version"] = config_version
+    run = state.api.json("POST", "/runs", json=body)
+    run_id = run["id"]
+    state.output.note(
+        f"run {run_id}: {operation} of {name}, configuration version {run['config_version']}, "
+        f"priority {run['priority']}",
+        "bold",
+    )
+    if not follow:
+        if as_json:
+            state.output.json(run)
+        else:
+            state.output.result(str(run_id))
+            state.output.note(f"follow it: iac logs {run_id} --follow")
+        return 0
+    return follow_and_report(
+        state, run_id, as_json=as_json, stop_at_approval=operation != "plan" and not auto_approve
+    )
+
+
+def run_options(with_auto_approve: bool) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        f = json_option(f)
+        f = click.option(
+            "--config-version", type=int, help="Configuration version to use (default: latest)."
+        )(f)
+        f = click.option(
+            "--no-follow",
+            "no_follow",
+            is_flag=True,
+            help="Print the run id and return at once instead of following the log.",
+        )(f)
+        if with_auto_approve:
+            f = click.option(
+                "--auto-approve", is_flag=True, help="Apply the plan without waiting for approval."
+            )(f)
+        f = click.option(
+            "--priority", type=int, help="Higher runs first (default: the deployment's)."
+        )(f)
+        return click.argument("name")(f)
+
+    return decorate
+
+
+@click.command("plan")
+@run_options(with_auto_approve=False)
+@pass_state
+def plan(
+    state: State,
+    name: str,
+    priority: int | None,
+    no_follow: bool,
+    config_version: int | None,
+    as_json: bool,
+) -> int:
+    """Plan deployment NAME and follow the log. Exit code: 0 if the plan succeeded."""
+    return start_run(
+        state,
+        name,
+        "plan",
+        priority=priority,
+        auto_approve=False,
+        follow=not no_follow,
+        config_version=config_version,
+        as_json=as_json,
+    )
+
+
+def _apply_like(operation: str) -> click.Command:
+    @click.command(operation)
+    @run_options(with_auto_approve=True)
+    @pass_state
+    def command(
+        state: State,
+        name: str,
+        priority: int | None,
+        auto_approve: bool,
+        no_follow: bool,
+        config_version: int | None,
+        as_json: bool,
+    ) -> int:
+        return start_run(
+            state,
+            name,
+            operation,
+            priority=priority,
+            auto_approve=auto_approve,
+            follow=not no_follow,
+            config_version=config_version,
+            as_json=as_json,
+        )
+
+    verb = "apply" if operation == "apply" else "destroy everything in"
+    command.help = (
+        f"Plan, then {verb} deployment NAME once approved, following the log. Stops with exit "
+        "code 0 when the plan awaits approval (approve with `iac runs approve ID`); with "
+        "--auto-approve follows to the end. Exit code: 0 succeeded, 1 failed, canceled or "
+        "timed out."
+    )
+    return command
+
+
+apply = _apply_like("apply")
+destroy = _apply_like("destroy")
+
+
+@click.group()
+def runs() -> None:
+    """Runs: list, show, approve, cancel."""
+
+
+@runs.command("list")
+@click.option("--deployment", help="Only runs of this deployment.")
+@click.option("--status", type=click.Choice(RUN_STATUSES), help="Only runs in this status.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@pass_state
+def list_runs(
+    state: State, deployment: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    rows = state.api.get("/runs", deployment=deployment, status=status, limit=limit)
+    if as_json:
+        state.output.json(rows)
+        return
+    if not rows:
+        state.output.note("no runs")
+        return
+    state.output.table(
+        ["ID", "DEPLOYMENT", "OPERATION", "STATUS", "PRIORITY", "RUNNER", "CREATED", "DURATION"],
+        [
+            [
+                str(r["id"]),
+                r["deployment"],
+                r["operation"],
+                r["status"],
+                str(r["priority"]),
+                r.get("runner_id") or "-",
+                show_time(r["created_at"]),
+                run_duration(r),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="ID", type=int)
+@json_option
+@pass_state
+def show_run(state: State, run_id: int, as_json: bool) -> None:
+    """Show a run and its history."""
+    run = state.api.run(run_id)
+    if as_json:
+        state.output.json(run)
+        return
+    has_changes = run.get("has_changes")
+    state.output.fields(
+        [
+            ("run", str(run["id"])),
+            ("deployment", run["deployment"]),
+            ("operation", run["operation"]),
+            ("status", run["status"]),
+            ("wait reason", run.get("wait_reason") or "-"),
+            ("priority", str(run["priority"])),
+            ("auto-approve", "yes" if run["auto_approve"] else "no"),
+            ("configuration", f"version {run['config_version']}"),
+            ("runner", run.get("runner_id") or "-"),
+            ("tool version", run.get("tool_version") or "-"),
+            ("changes", "-" if has_changes is None else ("yes" if has_changes else "no")),
+            ("created", show_time(run["created_at"])),
+            ("started", show_time(run.get("started_at"))),
+            ("ended", show_time(run.get("ended_at"))),
+            ("duration", run_duration(run)),
+            ("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"])),
+            ("error", run.get("error_msg") or "-"),
+            ("log lines", str(run["last_seq"])),
+        ]
+    )
+    events = run.get("events") or []
+    if events:
+        state.output.result("")
+        state.output.table(
+            ["AT", "EVENT", "MESSAGE"],
+            [[show_time(e["at"]), e["kind"], e.get("message") or ""] for e in events],
+        )
+
+
+@runs.command("approve")
+@click.argument("run_id", metavar="ID", type=int)
+@click.option("--follow", is_flag=True, help="Follow the apply's log to the end.")
+@json_option
+@pass_state
+def approve(state: State, run_id: int, follow: bool, as_json: bool) -> int:
+    """Approve the plan of a run awaiting approval, so it applies."""
+    # Nothing is logged while a run awaits approval: the apply's lines come after this seq.
+    after_seq = int(state.api.run(run_id)["last_seq"])
+    run = state.api.json("POST", f"/runs/{run_id}/approve")
+    state.output.note(f"run {run_id} approved: {run['status']}", "bold")
+    if follow:
+        return follow_and_report(
+            state, run_id, as_json=as_json, after_seq=after_seq, stop_at_approval=False
+        )
+    if as_json:
+        state.output.json(run)
+    return 0
+
+
+@runs.command("cancel")
+@click.argument("run_id", metavar="ID", type=int)
+@click.option(
+    "--force", is_flag=True, help="Kill terraform at once instead of interrupting it gracefully."
+)
+@json_option
+@pass_state
+def cancel(state: State, run_id: int, force: bool, as_json: bool) -> None:
+    """Cancel a run: terraform gets SIGINT (stops cleanly, releases its lock), then is
+    killed after a grace period; --force kills it at once."""
+    run = state.api.json("POST", f"/runs/{run_id}/cancel", params={"force": str(force).lower()})
+    if as_json:
+        state.output.json(run)
+        return
+    if run["status"] == "canceled":
+        state.output.result(f"run {run_id} canceled")
+    else:
+        mode = "forced" if force else "graceful"
+        state.output.result(f"{mode} cancel requested for run {run_id} ({run['status']})")
+
+
+@click.command("logs")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Stream new lines live until the run ends.")
+@json_option
+@pass_state
+def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
+    """Print the log of run RUN; with --follow, stream it live to the end (exit code: the
+    run's outcome). --json --follow prints one JSON event per line."""
+    if not follow:
+        response = state.api.request("GET", f"/runs/{run_id}/logs")
+        if as_json:
+            state.output.json(
+                {
+                    "run_id": run_id,
+                    "last_seq": int(response.headers.get("X-Last-Seq", "0")),
+                    "lines": response.text.splitlines(),
+                }
+            )
+        else:
+            sys.stdout.write(response.text)
+            sys.stdout.flush()
+        return 0
+    if not as_json:
+        return follow_and_report(state, run_id, as_json=False, stop_at_approval=False)
+    try:
+        for event in LogStream(state.api, run_id):
+            if isinstance(event, Lines):
+                item: dict[str, Any] = {"seq": event.first_seq, "lines": list(event.lines)}
+            elif isinstance(event, Status):
+                item = {"status": event.status}
+            elif isinstance(event, End):
+                item = {"end": True, "run": state.api.run(run_id)}
+            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+            if isinstance(event, End):
+                return 0 if item["run"]["status"] == "succeeded" else 1
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    return 1  # not reached: the stream ends with End or an error
