@@ -19,10 +19,10 @@ class State:
     """Built from the global options; the config and client are made on first use, so
     ``--help`` and usage errors never read a file or open a connection."""
 
-    def __init__(self, url: str | None, token: str | None) -> None:
+    def __init__(self, url: str | None, token: str | None, *, color: bool = True) -> None:
         self.url = url
         self.token = token
-        self.output = Output()
+        self.output = Output(color)
         self._config: Config | None = None
         self._api: Api | None = None
 

@@ -34,15 +34,20 @@ from iac_cli.variables import variables
     metavar="TOKEN",
     help="API token. Default: $IAC_TOKEN, then the config file.",
 )
+@click.option(
+    "--no-color",
+    is_flag=True,
+    help="No colours, also stripped from terraform's output (same as NO_COLOR=1).",
+)
 @click.version_option(package_name="iac-runner", prog_name="iac")
 @click.pass_context
-def app(ctx: click.Context, url: str | None, token: str | None) -> None:
+def app(ctx: click.Context, url: str | None, token: str | None, no_color: bool) -> None:
     """Drive Terraform/OpenTofu runs on an iac-runner backend.
 
     The config file is $IAC_CONFIG or ~/.config/iac/config.toml, with keys url and token.
     Flags beat environment variables, which beat the file.
     """
-    state = State(url, token)
+    state = State(url, token, color=not (no_color or os.environ.get("NO_COLOR")))
     ctx.obj = state
     ctx.call_on_close(state.close)
 

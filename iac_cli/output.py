@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -19,20 +20,33 @@ from rich.text import Text
 
 # Not a terminal (a pipe, a CI log): wide enough that rows do not wrap.
 PIPE_WIDTH = 200
+# SGR sequences, the only escapes terraform writes (colours, bold).
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _console(stderr: bool) -> Console:
+def _console(stderr: bool, color: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     wide = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
-    return Console(stderr=stderr, width=wide, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, width=wide, highlight=False, soft_wrap=False, no_color=not color)
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
 
 
 class Output:
-    """The two streams of one command."""
+    """The two streams of one command. ``color=False`` (``--no-color`` or ``NO_COLOR``)
+    also strips terraform's own colours from log lines."""
 
-    def __init__(self) -> None:
-        self.out = _console(stderr=False)
-        self.err = _console(stderr=True)
+    def __init__(self, color: bool = True) -> None:
+        self.color = color
+        self.out = _console(stderr=False, color=color)
+        self.err = _console(stderr=True, color=color)
+
+    def log(self, text: str, to: TextIO) -> None:
+        """Log text of a run, as terraform wrote it (less its colours without colour)."""
+        to.write(text if self.color else strip_ansi(text))
+        to.flush()
 
     def json(self, value: Any) -> None:
         # Plain print: no Rich markup or wrapping may touch machine-readable output.
@@ -45,13 +59,21 @@ class Output:
     def result(self, message: str) -> None:
         self.out.print(Text(message))
 
+    def _print_table(self, table: Table) -> None:
+        # Rich pads every cell to its column's width; drop the padding at the end of lines.
+        with self.out.capture() as captured:
+            self.out.print(table)
+        text = "".join(line.rstrip() + "\n" for line in captured.get().splitlines())
+        self.out.file.write(text)
+        self.out.file.flush()
+
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
         table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))
-        self.out.print(table)
+        self._print_table(table)
 
     def fields(self, pairs: Iterable[tuple[str, str]]) -> None:
         table = Table(box=None, show_header=False, pad_edge=False, show_edge=False)
@@ -59,7 +81,7 @@ class Output:
         table.add_column(overflow="fold")
         for key, value in pairs:
             table.add_row(key, Text(value))
-        self.out.print(table)
+        self._print_table(table)
 
 
 def parse_time(value: str | None) -> datetime | None:

@@ -335,8 +335,7 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
                 }
             )
         else:
-            sys.stdout.write(response.text)
-            sys.stdout.flush()
+            state.output.log(response.text, sys.stdout)
         return 0
     if not as_json:
         return follow_and_report(state, run_id, as_json=False, stop_at_approval=False)

@@ -126,8 +126,7 @@ def follow_run(
         with closing(stream.events()) as events:
             for event in events:
                 if isinstance(event, Lines):
-                    sink.write("".join(line + "\n" for line in event.lines))
-                    sink.flush()
+                    output.log("".join(line + "\n" for line in event.lines), sink)
                 elif isinstance(event, Status):
                     if event.status == "queued":
                         requeued = True  # back in the queue (e.g. its runner was full)
