@@ -8,8 +8,9 @@ Runner tokens and TLS client keys are secrets: encrypted at rest and only decryp
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -186,10 +187,30 @@ def runner_connection(row: Runner, cipher: Cipher) -> RunnerConnection:
 
 
 _SPEC_FIELDS = set(RunnerSpec.__dataclass_fields__)
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def read_runners_file(path: Path) -> list[RunnerSpec]:
-    """Parse a JSON runners file: a list of registrations, or {"runners": [...]}."""
+def _expand_env(value: str, environ: Mapping[str, str], where: str) -> str:
+    """Replace each ``${NAME}`` in ``value`` by the environment variable NAME (set, non-empty)."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = environ.get(name)
+        if not found:
+            state = "is empty" if found == "" else "is not set"
+            raise Invalid(f"{where} refers to ${{{name}}}, but environment variable {name} {state}")
+        return found
+
+    return _ENV_REF_RE.sub(lookup, value)
+
+
+def read_runners_file(path: Path, environ: Mapping[str, str] | None = None) -> list[RunnerSpec]:
+    """Parse a JSON runners file: a list of registrations, or {"runners": [...]}.
+
+    String fields may hold ``${NAME}`` references, replaced by environment variables, so
+    that the file can be committed while tokens and keys come from the environment.
+    """
+    environ = os.environ if environ is None else environ
     try:
         doc = json.loads(path.read_text())
     except OSError as exc:
@@ -207,12 +228,15 @@ def read_runners_file(path: Path) -> list[RunnerSpec]:
         unknown = set(item) - _SPEC_FIELDS
         if unknown:
             raise Invalid(f"runners file {path}: entry {i} has unknown keys {sorted(unknown)}")
-        spec = RunnerSpec(**item)
+        expanded = dict(item)
         for field in ("name", "address", "token", "tls_ca_pem", "tls_cert_pem", "tls_key_pem"):
-            value = getattr(spec, field)
+            value = item.get(field)
             if value is not None and not isinstance(value, str):
                 raise Invalid(f"runners file {path}: entry {i}: {field} must be a string")
-        specs.append(spec)
+            if value is not None:
+                where = f"runners file {path}: entry {i} ({item['name']}): {field}"
+                expanded[field] = _expand_env(value, environ, where)
+        specs.append(RunnerSpec(**expanded))
     return specs
 
 
