@@ -208,6 +208,18 @@ def test_compose_file_has_postgres_the_backend_and_a_runner_per_provider() -> No
     }
 
 
+def seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", duration))
+
+
+@pytest.mark.parametrize("service", RUNNERS)
+def test_docker_waits_for_a_runner_to_drain_before_killing_it(service: str) -> None:
+    args = parse_command(SERVICES[service]["command"])
+    escalation = args.grace + 5  # SIGINT, grace, SIGTERM, 5 s, SIGKILL
+    assert seconds(SERVICES[service]["stop_grace_period"]) > args.drain_timeout + escalation
+
+
 @pytest.mark.parametrize("service", IAC_SERVICES)
 def test_services_build_the_combined_image(service: str) -> None:
     build = SERVICES[service]["build"]
