@@ -25,6 +25,7 @@ from backend.logs import LogHub
 from backend.pool import RunnerPool
 from backend.store import runners as runner_store
 from backend.store import tokens
+from backend.web import pages
 
 log = logging.getLogger("iac.backend")
 API_PREFIX = "/api/v1"
@@ -105,4 +106,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Terraform authenticates with per-run credentials, not API tokens.
     app.include_router(state.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    pages.install(app)  # the web UI: HTML pages and /static
     return app

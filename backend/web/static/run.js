@@ -1,0 +1,226 @@
+/* /runs/{id}: the run's facts and history, approve/cancel buttons, and the live log.
+ *
+ * The log is GET /api/v1/runs/{id}/logs?follow=true read with fetch() (EventSource cannot
+ * send the Authorization header). Each message event carries {"seq": first, "lines": [...]}
+ * with `id: <last seq>`; after a dropped connection the page reconnects with
+ * `Last-Event-ID: <last seq shown>`, so the log resumes with no gap and no line twice. */
+"use strict";
+
+(function () {
+  const { el, api, apiFetch, flash, statusBadge, timeCell, fmtDuration, TERMINAL } = IAC;
+  const EXECUTING = new Set(["running", "applying"]);
+
+  let runId = 0;
+  let run = null;
+
+  // -- the run's facts -------------------------------------------------------------------
+  function fact(name, ...value) {
+    return [el("dt", {}, name), el("dd", { dataset: { fact: name.toLowerCase() } }, ...value)];
+  }
+
+  function render() {
+    document.getElementById("run-title").textContent = `${run.operation} of ${run.deployment}`;
+    document.getElementById("run-status").replaceWith(statusBadge(run.status, "run-status"));
+    const changes = run.has_changes === null ? "" : run.has_changes ? "yes" : "no";
+    document
+      .getElementById("run-facts")
+      .replaceChildren(
+        ...fact("Deployment", run.deployment),
+        ...fact("Operation", run.operation, run.auto_approve ? " (auto-approve)" : ""),
+        ...fact("Runner", run.runner_id || "—"),
+        ...fact("Priority", String(run.priority)),
+        ...fact("Tool", run.tool_version || "—"),
+        ...fact("Config", `v${run.config_version}`),
+        ...fact("Queued", timeCell(run.created_at)),
+        ...fact("Started", timeCell(run.started_at) || "—"),
+        ...fact("Ended", timeCell(run.ended_at) || "—"),
+        ...fact("Duration", fmtDuration(run.started_at, run.ended_at) || "—"),
+        ...fact("Changes", changes || "—"),
+        ...fact("Exit code", run.exit_code === null ? "—" : String(run.exit_code)),
+        ...(run.status === "queued" && run.wait_reason ? fact("Waiting", run.wait_reason) : []),
+        ...(run.cancel_requested ? fact("Cancel", `${run.cancel_requested} cancel requested`) : []),
+      );
+    const error = document.getElementById("run-error");
+    error.textContent = run.error_msg || "";
+    error.hidden = !run.error_msg;
+    document
+      .getElementById("events")
+      .replaceChildren(
+        ...(run.events || []).map((e) =>
+          el("li", { dataset: { kind: e.kind } }, timeCell(e.at), " ", el("b", {}, e.kind), e.message ? ` ${e.message}` : ""),
+        ),
+      );
+    const ended = TERMINAL.has(run.status);
+    document.getElementById("approve").hidden = run.status !== "awaiting_approval";
+    const cancel = document.getElementById("cancel");
+    cancel.hidden = ended;
+    cancel.disabled = Boolean(run.cancel_requested);
+    cancel.textContent = run.cancel_requested ? "Cancel requested…" : "Cancel";
+    document.getElementById("force-cancel").hidden = ended || !EXECUTING.has(run.status);
+  }
+
+  async function refresh() {
+    run = await api(`/runs/${runId}`);
+    render();
+    return !TERMINAL.has(run.status);
+  }
+
+  // -- actions ---------------------------------------------------------------------------
+  function confirmText(action) {
+    const what = `run ${run.id} (${run.operation} of ${run.deployment})`;
+    if (action === "approve") {
+      return `Approve ${what}? Terraform will apply the saved plan.`;
+    }
+    if (action === "cancel") {
+      return `Cancel ${what}? Terraform is interrupted and stops cleanly, releasing its state lock.`;
+    }
+    return (
+      `Force-cancel ${what}? Its processes are killed at once; the backend releases the ` +
+      `state lock, and a resource being changed may be left tainted.`
+    );
+  }
+
+  async function act(action) {
+    if (!run || !window.confirm(confirmText(action))) return;
+    const path = {
+      approve: `/runs/${runId}/approve`,
+      cancel: `/runs/${runId}/cancel`,
+      force: `/runs/${runId}/cancel?force=true`,
+    }[action];
+    try {
+      run = { ...run, ...(await api(path, { method: "POST" })) };
+      render();
+      flash(null);
+      await refresh();
+    } catch (err) {
+      if (!(err instanceof IAC.AuthError)) flash(`Could not ${action === "force" ? "force-cancel" : action}: ${err.message}`);
+    }
+  }
+
+  // -- the log ---------------------------------------------------------------------------
+  const ansi = new IAC.AnsiRenderer();
+  let lastSeq = 0;
+  let following = true;
+
+  function logBox() {
+    return document.getElementById("log");
+  }
+
+  function streamState(text) {
+    document.getElementById("stream-state").textContent = text;
+  }
+
+  function appendBatch(first, lines) {
+    let html = "";
+    for (let i = 0; i < lines.length; i++) {
+      const seq = first + i;
+      if (seq <= lastSeq) continue; // already shown (a replay overlapping a resume)
+      if (seq > lastSeq + 1) {
+        html += `<span class="line gap">[lines ${lastSeq + 1}–${seq - 1} missing]</span>`;
+      }
+      html += `<span class="line" data-seq="${seq}">${ansi.toHtml(lines[i])}</span>`;
+      lastSeq = seq;
+    }
+    if (!html) return;
+    const box = logBox();
+    box.insertAdjacentHTML("beforeend", html);
+    if (following) box.scrollTop = box.scrollHeight;
+    else document.getElementById("follow").hidden = false;
+  }
+
+  function onEvent(event) {
+    if (event.type === "message") {
+      const batch = JSON.parse(event.data);
+      appendBatch(batch.seq, batch.lines);
+    } else if (event.type === "status") {
+      const { status } = JSON.parse(event.data);
+      if (run) {
+        run.status = status;
+        render();
+      }
+      refresh().catch(() => {});
+    } else if (event.type === "end") {
+      return true;
+    }
+    return false;
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  /** Follow the log until the `end` event, reconnecting (with Last-Event-ID) when the
+   * connection drops: 0.5 s after the first failure, doubling up to 5 s. */
+  async function followLog() {
+    let delay = 500;
+    for (;;) {
+      let ended = false;
+      try {
+        const headers = { Accept: "text/event-stream" };
+        if (lastSeq > 0) headers["Last-Event-ID"] = String(lastSeq);
+        streamState(lastSeq > 0 ? "reconnecting…" : "connecting…");
+        const response = await apiFetch(`/runs/${runId}/logs?follow=true`, { headers });
+        if (response.status === 404) {
+          streamState("");
+          flash(`Run ${runId} does not exist.`);
+          return;
+        }
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        streamState("live");
+        delay = 500;
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        const parser = new IAC.SseParser((event) => {
+          if (onEvent(event)) ended = true;
+        });
+        while (!ended) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          parser.feed(value);
+        }
+        if (ended) {
+          reader.cancel().catch(() => {});
+          streamState(`end of log (${lastSeq} lines)`);
+          return;
+        }
+      } catch (err) {
+        if (err instanceof IAC.AuthError) return;
+      }
+      streamState(`connection lost; reconnecting in ${delay / 1000} s…`);
+      await sleep(delay);
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+
+  function trackScroll() {
+    const box = logBox();
+    const followButton = document.getElementById("follow");
+    box.addEventListener("scroll", () => {
+      following = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
+      followButton.hidden = following;
+    });
+    followButton.addEventListener("click", () => {
+      following = true;
+      box.scrollTop = box.scrollHeight;
+      followButton.hidden = true;
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    runId = Number(document.body.dataset.runId);
+    if (!IAC.getToken()) return IAC.toLogin("missing");
+    trackScroll();
+    document.getElementById("approve").addEventListener("click", () => act("approve"));
+    document.getElementById("cancel").addEventListener("click", () => act("cancel"));
+    document.getElementById("force-cancel").addEventListener("click", () => act("force"));
+    IAC.poll(async () => {
+      try {
+        return await refresh();
+      } catch (err) {
+        if (err instanceof IAC.ApiError && err.status === 404) {
+          flash(`Run ${runId} does not exist.`);
+          return false;
+        }
+        throw err;
+      }
+    }, 2000);
+    followLog();
+  });
+})();

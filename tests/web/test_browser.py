@@ -1,0 +1,382 @@
+"""The web UI in a real browser (headless Chromium) against a real backend, real runner
+servers and real terraform: sign in, watch a log stream live and resume after the backend
+restarts, approve, cancel, the runners page, and a refused token."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import Dialog, Page, Request, expect
+
+from tests.backend.platform import TOKEN
+from tests.conftest import OFFLINE_CONFIG, pids_matching, wait_for
+from tests.web.conftest import Platform, screenshot, sign_in
+
+LINES_CONFIG = """\
+resource "terraform_data" "lines" {
+  provisioner "local-exec" {
+    command = "for i in $(seq 1 %d); do echo line-$i; sleep %s; done"
+  }
+}
+"""
+
+LONG_CONFIG = """\
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "echo started; sleep %s"
+  }
+}
+"""
+
+PROVISIONER = """\
+resource "terraform_data" "%s" {
+  provisioner "local-exec" {
+    command = "%s"
+  }
+}
+"""
+
+FAST_CONFIG = 'resource "terraform_data" "x" {}\n'
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_lines(page: Page) -> list[str]:
+    return page.locator("#log .line").all_inner_texts()
+
+
+def stored_lines(platform: Platform, run_id: int) -> list[str]:
+    """The run's stored log as the page should show it: colours gone, text as printed."""
+    return [ANSI.sub("", line) for line in platform.backend.log_text(run_id).splitlines()]
+
+
+def printed(lines: list[str]) -> list[int]:
+    found = (re.search(r"\(local-exec\): line-(\d+)$", line) for line in lines)
+    return [int(m.group(1)) for m in found if m]
+
+
+def accept_next_dialog(page: Page) -> list[str]:
+    """Accept the next confirm() and keep its text."""
+    messages: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    return messages
+
+
+def at_bottom(page: Page) -> Any:
+    return page.evaluate(
+        "() => { const b = document.getElementById('log');"
+        " return b.scrollHeight - b.scrollTop - b.clientHeight < 24; }"
+    )
+
+
+def test_sign_in_then_the_overview_shows_new_runs_without_a_reload(
+    platform: Platform, page: Page
+) -> None:
+    platform.backend.deploy(
+        "overview", {"main.tf": FAST_CONFIG}, required_labels={"provider": "gcp"}
+    )
+    page.goto(platform.url + "/")
+    page.wait_for_url("**/login?reason=missing&next=%2F")
+    expect(page.locator("#login-message")).to_have_text("Sign in with an API token to continue.")
+    page.fill("#token", TOKEN)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(platform.url + "/")
+    assert TOKEN not in page.url
+    assert page.evaluate("sessionStorage.getItem('iac.apiToken')") == TOKEN
+    assert page.evaluate("document.cookie") == ""
+
+    # Started after the page was opened: the overview's polling picks it up.
+    run = platform.backend.start("overview", "plan")
+    row = page.locator(f"#runs tr[data-run-id='{run['id']}']")
+    expect(row.locator(".status")).to_have_text("succeeded")
+    cells = row.locator("td").all_inner_texts()
+    assert cells[1:5] == ["overview", "plan", "succeeded", "gcp-1"], cells
+    assert cells[6] and cells[7] and cells[8], cells  # queued, started, ended
+    assert re.fullmatch(r"\d+\.\d s", cells[9]), cells
+    row.locator("a").first.click()
+    page.wait_for_url(f"{platform.url}/runs/{run['id']}")
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+
+
+def test_the_run_page_streams_the_log_live_and_follows_the_tail(
+    platform: Platform, page: Page
+) -> None:
+    n = 60
+    platform.backend.deploy(
+        "stream", {"main.tf": LINES_CONFIG % (n, "0.2")}, required_labels={"provider": "aws"}
+    )
+    sign_in(page, platform.url)
+    run = platform.backend.start("stream", "apply", auto_approve=True)
+    page.goto(f"{platform.url}/runs/{run['id']}")
+    log = page.locator("#log")
+    expect(log).to_contain_text("(local-exec): line-3", timeout=60_000)
+    # The loop has ~11 s to go: the lines after this one arrive while the page watches.
+    assert f"line-{n}" not in log.inner_text()
+    expect(page.locator("#stream-state")).to_have_text("live")
+    expect(page.locator("#run-status")).to_have_text("applying")
+    expect(page.locator("#force-cancel")).to_be_visible()
+    screenshot(page, "run-streaming")
+
+    # The page follows the tail while the user stays at the bottom (60 lines overflow the
+    # box; the page's CSP forbids wait_for_function's eval, so wait on elements)...
+    expect(page.locator("#log .line").nth(60)).to_be_attached()
+    assert page.evaluate("(b => b.scrollHeight > b.clientHeight)(document.getElementById('log'))")
+    assert at_bottom(page)
+    # ...and stops following when the user scrolls up, while lines keep arriving.
+    page.evaluate("document.getElementById('log').scrollTop = 0")
+    expect(page.locator("#follow")).to_be_visible()
+    seen = len(log_lines(page))
+    expect(page.locator("#log .line").nth(seen + 5)).to_be_attached()
+    assert page.evaluate("document.getElementById('log').scrollTop") == 0
+    page.click("#follow")
+    expect(page.locator("#follow")).to_be_hidden()
+    assert at_bottom(page)
+
+    expect(log).to_contain_text(f"(local-exec): line-{n}", timeout=60_000)
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    expect(page.locator("#stream-state")).to_contain_text("end of log")
+    assert at_bottom(page)
+    shown = log_lines(page)
+    assert shown == stored_lines(platform, run["id"])
+    assert printed(shown) == list(range(1, n + 1))
+    seqs = page.locator("#log .line").evaluate_all("ls => ls.map(l => Number(l.dataset.seq))")
+    assert seqs == list(range(1, len(shown) + 1))
+    # terraform's colours are rendered as spans, never shown as escape codes.
+    assert page.locator("#log span.ansi-bold").count() > 0
+    assert "\x1b" not in log.inner_text()
+    expect(page.locator("#events li[data-kind='succeeded']")).to_have_count(1)
+
+
+def test_the_log_resumes_with_last_event_id_after_the_backend_restarts(
+    platform: Platform, page: Page
+) -> None:
+    # Lines 1-20, then the provisioner waits for the gate file, then lines 21-40: the
+    # backend is back before terraform saves its state (a restart takes seconds under load).
+    gate = platform.tmp / "resume-gate"
+    command = (
+        "for i in $(seq 1 20); do echo line-$i; sleep 0.05; done; "
+        f"while [ ! -e {gate} ]; do sleep 0.1; done; "
+        "for i in $(seq 21 40); do echo line-$i; sleep 0.05; done"
+    )
+    config = PROVISIONER % ("gated", command)
+    platform.backend.deploy("resume", {"main.tf": config}, required_labels={"provider": "aws"})
+    sign_in(page, platform.url)
+    run = platform.backend.start("resume", "apply", auto_approve=True)
+    streams: list[Request] = []
+    page.on("request", lambda r: streams.append(r) if "/logs?follow=true" in r.url else None)
+    page.goto(f"{platform.url}/runs/{run['id']}")
+    expect(page.locator("#log")).to_contain_text("(local-exec): line-5", timeout=60_000)
+    platform.restart_backend()
+    gate.touch()
+    expect(page.locator("#log")).to_contain_text("(local-exec): line-40", timeout=90_000)
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=60_000)
+
+    shown = log_lines(page)
+    assert shown == stored_lines(platform, run["id"])  # every line once, in order
+    assert printed(shown) == list(range(1, 41))
+    assert page.locator("#log .gap").count() == 0
+    resumed_from = [r.all_headers().get("last-event-id") for r in streams[1:]]
+    assert resumed_from and all(h is not None and int(h) >= 5 for h in resumed_from), resumed_from
+    assert streams[0].all_headers().get("last-event-id") is None
+    for request in streams:
+        assert request.all_headers()["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_approve_a_plan_from_the_page(platform: Platform, page: Page) -> None:
+    platform.backend.deploy(
+        "approve", {"main.tf": OFFLINE_CONFIG}, required_labels={"provider": "aws"}
+    )
+    platform.backend.call(
+        "PUT", "/deployments/approve/variables/greeting", 201, json={"value": "hi from the web"}
+    )
+    sign_in(page, platform.url)
+    run = platform.backend.start("approve", "apply")
+    page.goto(f"{platform.url}/runs/{run['id']}")
+    expect(page.locator("#run-status")).to_have_text("awaiting approval", timeout=60_000)
+    expect(page.locator("#log")).to_contain_text("1 to add")
+    approve = page.locator("#approve")
+    expect(approve).to_be_visible()
+    screenshot(page, "run-awaiting-approval")
+
+    # Dismissing the confirmation changes nothing.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    approve.click()
+    expect(page.locator("#run-status")).to_have_text("awaiting approval")
+    assert platform.backend.run(run["id"])["status"] == "awaiting_approval"
+
+    messages = accept_next_dialog(page)
+    approve.click()
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=60_000)
+    assert messages and f"Approve run {run['id']}" in messages[0], messages
+    expect(page.locator("#log")).to_contain_text("provisioned hi from the web")
+    expect(page.locator("#log")).to_contain_text("Apply complete! Resources: 1 added")
+    expect(page.locator("#events li[data-kind='approved']")).to_have_count(1)
+    expect(approve).to_be_hidden()
+    expect(page.locator("#cancel")).to_be_hidden()
+    assert platform.backend.run(run["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["graceful", "force"])
+def test_cancel_a_long_run_from_the_page(platform: Platform, page: Page, force: bool) -> None:
+    marker = "74.0202" if force else "74.0101"
+    name = "long-force" if force else "long"
+    platform.backend.deploy(
+        name, {"main.tf": LONG_CONFIG % marker}, required_labels={"provider": "aws"}
+    )
+    sign_in(page, platform.url)
+    run = platform.backend.start(name, "apply", auto_approve=True)
+    page.goto(f"{platform.url}/runs/{run['id']}")
+    expect(page.locator("#log")).to_contain_text("(local-exec): started", timeout=60_000)
+    wait_for(lambda: pids_matching(f"sleep {marker}"), timeout=30)
+    button = page.locator("#force-cancel" if force else "#cancel")
+    expect(button).to_be_visible()
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    button.click()
+    expect(page.locator("#run-status")).to_have_text("applying")
+    assert platform.backend.run(run["id"])["cancel_requested"] is None
+
+    messages = accept_next_dialog(page)
+    button.click()
+    expect(page.locator("#run-status")).to_have_text("canceled", timeout=60_000)
+    assert messages and ("Force-cancel" if force else "Cancel") in messages[0], messages
+    expect(page.locator("#run-error")).to_contain_text("SIGKILL" if force else "SIGINT")
+    expect(page.locator("#events li[data-kind='cancel_requested']")).to_have_count(1)
+    expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#force-cancel")).to_be_hidden()
+    expect(page.locator("#stream-state")).to_contain_text("end of log")
+    wait_for(lambda: not pids_matching(f"sleep {marker}"))
+    assert platform.backend.call("GET", f"/deployments/{name}/state", 200)["lock"] is None
+    screenshot(page, f"run-canceled-{'force' if force else 'graceful'}")
+
+
+def test_runners_page_lists_labels_health_and_load(platform: Platform, page: Page) -> None:
+    sign_in(page, platform.url, "/runners")
+    aws = page.locator("#runners tr[data-runner='aws-1']")
+    gcp = page.locator("#runners tr[data-runner='gcp-1']")
+    expect(aws.locator(".labels")).to_have_text("provider=aws")
+    expect(gcp.locator(".labels")).to_have_text("provider=gcp")
+    expect(aws.locator(".health")).to_have_text("healthy")
+    expect(gcp.locator(".health")).to_have_text("healthy")
+    expect(gcp.locator(".load")).to_have_text(re.compile(r"^\s*0 / 2$"))
+    expect(gcp.locator(".draining")).to_have_text("no")
+    expect(aws).to_contain_text("terraform 1.")
+    expect(aws).to_contain_text(platform.runners["aws-1"].address)
+
+    # A run on gcp-1 shows in its load while it runs.
+    platform.backend.deploy(
+        "busy", {"main.tf": LONG_CONFIG % "74.0303"}, required_labels={"provider": "gcp"}
+    )
+    run = platform.backend.start("busy", "apply", auto_approve=True)
+    expect(gcp.locator(".load")).to_have_text(re.compile(r"^\s*1 / 2$"), timeout=60_000)
+    screenshot(page, "runners")
+    platform.backend.call("POST", f"/runs/{run['id']}/cancel", 200, params={"force": True})
+    platform.backend.wait(run["id"], "canceled")
+    expect(gcp.locator(".load")).to_have_text(re.compile(r"^\s*0 / 2$"))
+
+
+def test_a_wrong_token_sends_you_back_to_login(platform: Platform, page: Page) -> None:
+    page.goto(platform.url + "/login")
+    page.fill("#token", "not-the-token")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-message")).to_contain_text("The API token was refused")
+    assert page.url == platform.url + "/login"
+    assert page.evaluate("sessionStorage.getItem('iac.apiToken')") is None
+    screenshot(page, "login-refused")
+
+    # A token that the API refuses later (revoked, expired, mistyped) leads back to /login.
+    page.evaluate("sessionStorage.setItem('iac.apiToken', 'revoked-token')")
+    page.goto(platform.url + "/runners")
+    page.wait_for_url("**/login?reason=invalid&next=%2Frunners")
+    expect(page.locator("#login-message")).to_contain_text("The API token was refused")
+    assert page.evaluate("sessionStorage.getItem('iac.apiToken')") is None
+
+    # Signing in returns to the page that asked.
+    page.fill("#token", TOKEN)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(platform.url + "/runners")
+    expect(page.locator("#runners tr[data-runner='aws-1']")).to_be_visible()
+
+    page.click("#sign-out")
+    page.wait_for_url("**/login?reason=signed_out")
+    expect(page.locator("#login-message")).to_have_text("You are signed out.")
+    assert page.evaluate("sessionStorage.getItem('iac.apiToken')") is None
+
+    # `next` only ever leads to a path of this site.
+    page.goto(platform.url + "/login?next=//example.invalid/x")
+    page.fill("#token", TOKEN)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(platform.url + "/")
+
+
+def test_log_lines_are_text_colours_are_spans(platform: Platform, page: Page) -> None:
+    """Markup that terraform prints is shown as text; ANSI colours become classes."""
+    config = """\
+resource "terraform_data" "markup" {
+  provisioner "local-exec" {
+    command = "printf '\\\\033[31mred-text\\\\033[0m <img src=x id=injected> & done\\\\n'"
+  }
+}
+"""
+    platform.backend.deploy("markup", {"main.tf": config}, required_labels={"provider": "aws"})
+    sign_in(page, platform.url)
+    run = platform.backend.start("markup", "apply", auto_approve=True)
+    page.goto(f"{platform.url}/runs/{run['id']}")
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=60_000)
+    expect(page.locator("#log")).to_contain_text("red-text <img src=x id=injected> & done")
+    assert page.locator("#injected").count() == 0
+    expect(page.locator("#log .ansi-fg-1", has_text="red-text")).to_have_count(1)
+
+    html = page.evaluate(
+        "new IAC.AnsiRenderer().toHtml("
+        "'\\x1b[1m\\x1b[32mok\\x1b[0m \\x1b[2K<script>x</script>\\x1b[4;91mu\\x1b[24m!')"
+    )
+    assert html == (
+        '<span class="ansi-fg-2 ansi-bold">ok</span> &lt;script&gt;x&lt;/script&gt;'
+        '<span class="ansi-fg-9 ansi-underline">u</span><span class="ansi-fg-9">!</span>'
+    )
+
+
+def test_the_sse_parser_handles_split_chunks_and_line_endings(
+    platform: Platform, page: Page
+) -> None:
+    page.goto(platform.url + "/login")
+    events = page.evaluate(
+        """() => {
+        const seen = [];
+        const parser = new IAC.SseParser((e) => seen.push(e));
+        for (const chunk of ['id: 4\\r', '\\ndata: {"seq": 1,', ' "lines": ["a"]}\\r\\n\\r\\n',
+                             ': keep-alive\\n\\nevent: status\\nda', 'ta: {"status": "x"}\\n\\n',
+                             'event: end\\rdata: {}\\r\\r']) {
+          parser.feed(chunk);
+        }
+        return seen;
+    }"""
+    )
+    assert events == [
+        {"type": "message", "data": '{"seq": 1, "lines": ["a"]}', "lastEventId": "4"},
+        {"type": "status", "data": '{"status": "x"}', "lastEventId": "4"},
+        {"type": "end", "data": "{}", "lastEventId": "4"},
+    ]
+
+
+def test_the_overview_lists_every_run(platform: Platform, page: Page) -> None:
+    """Last in the module, so the overview shows the runs of the tests above."""
+    platform.backend.deploy(
+        "waiting", {"main.tf": FAST_CONFIG}, required_labels={"provider": "azure"}
+    )
+    waiting = platform.backend.start("waiting", "plan", priority=5)
+    sign_in(page, platform.url)
+    runs = platform.backend.call("GET", "/runs", 200)
+    expect(page.locator("#runs tbody tr")).to_have_count(len(runs))
+    row = page.locator(f"#runs tr[data-run-id='{waiting['id']}']")
+    expect(row.locator(".wait-reason")).to_contain_text("provider=azure")
+    screenshot(page, "runs-overview")
+    platform.backend.call("POST", f"/runs/{waiting['id']}/cancel", 200)
+    expect(row.locator(".status")).to_have_text("canceled")
