@@ -41,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from backend import metrics
 from backend.crypto import Cipher
 from backend.db import Database
-from backend.errors import Conflict
+from backend.errors import Conflict, Invalid
 from backend.logs import LogBatch, LogHub
 from backend.models import (
     TERMINAL_STATUSES,
@@ -58,6 +58,7 @@ from backend.store import logs as log_store
 from backend.store import state as state_store
 from backend.store import variables as variable_store
 from backend.store.runs import add_event, get_run, hash_state_token
+from backend.versions import Constraint, parse_constraint, required_version
 from protos.iacrunner.v1 import runner_pb2 as pb
 
 log = logging.getLogger("iac.backend.engine")
@@ -118,6 +119,18 @@ def phase_steps(operation: str, phase: str) -> list[Step]:
             args.append("-destroy")
         return [init, Step("plan", "plan", tuple(args), (PLAN_FILE,), cleanup=True)]
     return [init, Step("apply", "apply", (PLAN_FILE,), cleanup=True)]
+
+
+def tf_files(config_archive: bytes) -> dict[str, str]:
+    """The top-level *.tf files of a configuration archive, as text."""
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(config_archive), mode="r:gz") as tar:
+        for member in tar:
+            if member.isfile() and "/" not in member.name and member.name.endswith(".tf"):
+                data = tar.extractfile(member)
+                if data is not None:
+                    files[member.name] = data.read().decode("utf-8", "replace")
+    return files
 
 
 def build_workspace(config_archive: bytes, plan_file: bytes | None) -> bytes:
@@ -239,6 +252,7 @@ class Engine:
         self._background: list[asyncio.Task[None]] = []
         self._secret = b""
         self._is_postgres = db.engine.dialect.name == "postgresql"
+        self._required: dict[int, str | None] = {}  # config version id -> required_version
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -334,16 +348,20 @@ class Engine:
                 waits[run.id] = "waiting for the active run of this deployment to finish"
                 depth[labels] = depth.get(labels, 0) + 1
                 continue
-            word = "plan" if queued else run.operation
-            views, reason = choose(
-                list(self.pool.views.values()), deployment.required_labels, deployment.tool, [word]
+            views, reason, version = choose(
+                list(self.pool.views.values()),
+                deployment.required_labels,
+                deployment.tool,
+                "plan" if queued else run.operation,
+                await self._constraint(deployment, run.config_version_id),
+                None if queued else run.tool_version,
             )
             if not views:
                 waits[run.id] = reason
                 depth[labels] = depth.get(labels, 0) + 1
                 continue
             runner = views[0].name
-            if await self._claim(run.id, run.status, runner):
+            if await self._claim(run.id, run.status, runner, version):
                 placed += 1
                 held.add(deployment.id)
                 self.pool.reserve(runner)
@@ -372,7 +390,27 @@ class Engine:
                     .values(wait_reason=reason)
                 )
 
-    async def _claim(self, run_id: int, status: str, runner: str) -> bool:
+    async def _constraint(
+        self, deployment: Deployment, config_version_id: int
+    ) -> Constraint | None:
+        """The deployment's version constraint, else its configuration's required_version."""
+        text = deployment.version_constraint
+        if not text:
+            if config_version_id not in self._required:
+                async with self.db.session() as session:
+                    config = await session.get(ConfigVersion, config_version_id)
+                    archive = config.archive if config is not None else b""
+                files = await asyncio.to_thread(tf_files, archive)
+                self._required[config_version_id] = required_version(files)
+            text = self._required[config_version_id]
+        if not text:
+            return None
+        try:
+            return parse_constraint(text)
+        except Invalid:
+            return None  # terraform itself will say what is wrong with it
+
+    async def _claim(self, run_id: int, status: str, runner: str, version: str) -> bool:
         async with self.db.session() as session:
             query = select(Run).where(Run.id == run_id)
             if self._is_postgres:
@@ -399,6 +437,7 @@ class Engine:
                 run.status = RunStatus.RUNNING.value
             run.claimed_by = self.options.backend_id
             run.runner_id = runner
+            run.tool_version = version
             run.dispatch_count += 1
             run.heartbeat_at = utcnow()
             run.started_at = run.started_at or utcnow()
@@ -655,6 +694,7 @@ class Engine:
                     collect=list(step.collect),
                     cleanup=step.cleanup,
                     on_disconnect=pb.CONTINUE,
+                    tool_version=run.tool_version or "",
                 )
                 result = await self._follow(
                     execution, writer, runner_run_id, offset, request, first=index == 0

@@ -23,6 +23,7 @@ from backend.models import Runner, RunnerStatus, utcnow
 from backend.runner_client import RunnerClient
 from backend.store import runners as runner_store
 from backend.store.runners import RunnerConnection
+from backend.versions import Constraint, highest
 
 log = logging.getLogger("iac.backend.pool")
 
@@ -41,11 +42,13 @@ class RunnerView:
     def free(self) -> int:
         return self.max_concurrent - self.active
 
-    def has_tool(self, tool: str) -> bool:
-        return any(t.get("name") == tool for t in self.tools)
+    def versions(self, tool: str) -> list[str]:
+        return [
+            str(t.get("version")) for t in self.tools if t.get("name") == tool and t.get("version")
+        ]
 
-    def accepts(self, command: str) -> bool:
-        return not self.accept or command in self.accept
+    def accepts(self, operation: str) -> bool:
+        return not self.accept or operation in self.accept
 
 
 def view_of(row: Runner) -> RunnerView:
@@ -63,29 +66,47 @@ def view_of(row: Runner) -> RunnerView:
 
 
 def choose(
-    views: list[RunnerView], required: dict[str, str], tool: str, commands: list[str]
-) -> tuple[list[RunnerView], str]:
-    """Runners that can take the run, least loaded first, or none and the reason why."""
+    views: list[RunnerView],
+    required: dict[str, str],
+    tool: str,
+    operation: str,
+    constraint: Constraint | None = None,
+    exact: str | None = None,
+) -> tuple[list[RunnerView], str, str]:
+    """Runners that can take the run, least loaded first, and the tool version to run:
+    `exact` when given (an apply uses its plan's version), else the highest version any
+    fitting runner has that satisfies `constraint`. With no runner: ([], reason, "")."""
     labelled = [v for v in views if required.items() <= v.labels.items()]
     if not labelled:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(required.items())) or "any"
-        return [], f"no registered runner has the labels {wanted}"
+        return [], f"no registered runner has the labels {wanted}", ""
     up = [v for v in labelled if v.status == RunnerStatus.HEALTHY.value]
     if not up:
         states = ", ".join(f"{v.name}: {v.status}" for v in labelled)
-        return [], f"no healthy runner with the required labels ({states})"
-    able = [v for v in up if v.has_tool(tool) and all(v.accepts(c) for c in commands)]
+        return [], f"no healthy runner with the required labels ({states})", ""
+    able = [v for v in up if v.accepts(operation) and v.versions(tool)]
     if not able:
-        return [], f"no healthy runner with the required labels has {tool} and accepts " + (
-            ", ".join(commands)
+        return (
+            [],
+            f"no healthy runner with the required labels has {tool} and accepts {operation}",
+            "",
         )
+    offered = sorted({ver for v in able for ver in v.versions(tool)})
+    if exact:
+        target: str | None = exact if exact in offered else None
+        wanted = f"{tool} {exact} (the version of this run's plan)"
+    else:
+        target = highest(offered, constraint)
+        wanted = f"{tool} satisfying {constraint.text!r}" if constraint else f"a release of {tool}"
+    if target is None:
+        return [], f"no healthy runner has {wanted}; available: {', '.join(offered)}", ""
+    able = [v for v in able if target in v.versions(tool)]
     free = [v for v in able if v.free > 0]
     if not free:
-        return [], "every fitting runner is busy (" + ", ".join(
-            f"{v.name} {v.active}/{v.max_concurrent}" for v in able
-        ) + ")"
+        busy = ", ".join(f"{v.name} {v.active}/{v.max_concurrent}" for v in able)
+        return [], f"every fitting runner is busy ({busy})", target
     free.sort(key=lambda v: (v.active / max(v.max_concurrent, 1), v.active, v.name))
-    return free, ""
+    return free, "", target
 
 
 class RunnerPool:

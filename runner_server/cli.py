@@ -14,6 +14,7 @@ import logging
 import sys
 
 from runner_server.config import ServerConfig
+from runner_stdio.tools import ToolError, parse_tool_entries
 
 
 def _env(name: str, default: str = "") -> str:
@@ -138,8 +139,18 @@ def serve_parser() -> argparse.ArgumentParser:
         "--accept",
         action="append",
         default=None,
-        help="a command this runner accepts, repeatable (default: all allowed) "
-        "[IAC_RUNNER_ACCEPT, comma-separated]",
+        help="an operation this runner accepts: plan, apply or destroy; repeatable "
+        "(default: all). A plan-only runner refuses every state-changing command "
+        "with PERMISSION_DENIED [IAC_RUNNER_ACCEPT, comma-separated]",
+    )
+    p.add_argument(
+        "--tool",
+        action="append",
+        default=None,
+        metavar="NAME@VERSION=PATH",
+        help="another binary of a tool, repeatable, e.g. "
+        "terraform@1.9.8=/opt/terraform/1.9.8/terraform; the version is read from "
+        "the binary (`version -json`) [IAC_RUNNER_TOOLS, comma-separated]",
     )
     return p
 
@@ -188,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         retention_bytes=args.retention_bytes,
         runner_bin=args.runner_bin,
         accept=accept,
+        tools=parse_tool_entries(",".join(args.tool or []) or _env("IAC_RUNNER_TOOLS")),
     )
 
 
@@ -225,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except ValueError as exc:  # a malformed number in an IAC_RUNNER_* variable
         parser.error(str(exc))
-    config = config_from_args(args)
     try:
+        config = config_from_args(args)
         config.check()
-    except ValueError as exc:
+    except (ValueError, ToolError) as exc:
         print(f"iac-runner-server: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except OSError as exc:
+    except (OSError, ToolError) as exc:
         print(f"iac-runner-server: {exc}", file=sys.stderr)
         return 2
     return 0

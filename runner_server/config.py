@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 
 from runner_server.workspace import Limits
+from runner_stdio.tools import OPERATIONS
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ServerConfig:
     retention_bytes: int = 4 * 1024 * 1024
     runner_bin: str = ""
     accept: list[str] = field(default_factory=list)
+    tools: list[tuple[str, str, str]] = field(default_factory=list)  # (name, version, path)
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -64,6 +66,11 @@ class ServerConfig:
                 f"refusing to listen on non-loopback address {self.host!r} without auth: "
                 "set --token (IAC_RUNNER_TOKEN) or --tls-client-ca for mTLS, "
                 "or pass --insecure if the network is trusted"
+            )
+        bad = [a for a in self.accept if a not in OPERATIONS]
+        if bad:
+            raise ValueError(
+                f"--accept {bad[0]!r} is not an operation; use: {', '.join(OPERATIONS)}"
             )
         if self.max_concurrent < 1:
             raise ValueError("--max-concurrent must be at least 1")

@@ -38,7 +38,7 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 class RunnerServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.service = RunnerService(config, detect())
+        self.service = RunnerService(config, detect(config.tools))
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.aio.server(
             interceptors=interceptors,

@@ -21,9 +21,9 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
 from runner_server.runs import ProtocolError, RetentionError, Run
-from runner_server.toolinfo import ToolInfo
+from runner_server.toolinfo import ToolInfo, tools_env
 from runner_stdio.protocol import RequestError, now_iso, parse_request
-from runner_stdio.tools import ToolError, check_command, get_spec
+from runner_stdio.tools import ToolError, accepted, check_command, get_spec, operation_of
 
 log = logging.getLogger("iac_runner_server")
 
@@ -87,15 +87,27 @@ class RunnerService:
             )
         except (RequestError, ToolError) as exc:
             raise RunnerError("invalid", str(exc)) from None
-        if self.config.accept and req.command not in self.config.accept:
+        if not accepted(self.config.accept, req.command, list(req.args)):
             raise RunnerError(
                 "permission",
-                f"this runner does not accept {req.command!r}; it accepts: "
-                + ", ".join(self.config.accept),
+                f"this runner does not accept {operation_of(req.command, list(req.args))} "
+                f"({req.command!r}); it accepts: {', '.join(self.config.accept)}",
             )
-        tool = next((t for t in self.tools if t.name == spec.name), None)
-        if tool is None:
+        tools = [t for t in self.tools if t.name == spec.name]
+        if not tools:
             raise RunnerError("precondition", f"{spec.name} is not installed on this runner")
+        if req.tool_version:
+            tool = next((t for t in tools if t.version == req.tool_version), None)
+            if tool is None:
+                have = ", ".join(sorted({t.version for t in tools}))
+                raise RunnerError(
+                    "invalid",
+                    f"tool_version: {spec.name} {req.tool_version} is not on this runner; "
+                    f"it has: {have}",
+                )
+            body["tool_version"] = tool.version
+        else:
+            tool = next((t for t in tools if t.is_default), tools[0])
         for rel in req.collect:
             if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
                 raise RunnerError("invalid", f"collect path {rel!r} must be relative to work_dir")
@@ -172,6 +184,7 @@ class RunnerService:
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,
             limit=256 * 1024,
+            env={**os.environ, **tools_env(self.tools)},
         )
 
     async def _take_runner_process(self) -> asyncio.subprocess.Process:

@@ -36,9 +36,13 @@ EPILOG = """\
 request (stdin):  {"tool": "terraform", "work_dir": "/tmp/iac-deployments/run-1",
                    "command": "plan", "args": ["-out=tfplan"],
                    "env_vars": {"TF_VAR_region": "us-east-1"}, "timeout": 30,
-                   "sensitive_env": ["TF_VAR_password"]}
+                   "sensitive_env": ["TF_VAR_password"], "tool_version": "1.11.4"}
 response (stdout): {"success": true, "output": "...", "exit_code": 0, "error_msg": "",
                     "started_at": "...Z", "ended_at": "...Z"}
+
+tool_version (optional) picks a binary listed in IAC_RUNNER_TOOLS
+("terraform@1.11.4=/opt/terraform/1.11.4/terraform,..."); without it the default
+binary (IAC_RUNNER_TERRAFORM_BIN / IAC_RUNNER_TOFU_BIN or PATH) runs.
 
 exit status: 0 tool succeeded, 1 tool failed / timed out / canceled,
              2 request refused, 3 internal error
@@ -150,7 +154,7 @@ def _main(argv: list[str] | None) -> int:
         request = parse_request(raw, max_timeout=args.max_timeout)
         spec = get_spec(request.tool)
         check_command(spec, request.command)
-        binary = find_binary(spec)
+        binary = find_binary(spec, request.tool_version)
         work_dir = resolve_work_dir(request.work_dir, args.workspace_root)
     except (RequestError, ToolError) as exc:
         return _refuse(args.stream, str(exc), EXIT_INVALID)
@@ -192,7 +196,12 @@ def _main(argv: list[str] | None) -> int:
     )
     truncated = isinstance(sink, BoundedOutput) and sink.truncated
     output = sink.pieces() if isinstance(sink, BoundedOutput) else ()
-    _answer(args.stream, fields, {"outcome": outcome.status, "output_truncated": truncated}, output)
+    extra = {
+        "outcome": outcome.status,
+        "output_truncated": truncated,
+        "tool_version": request.tool_version,
+    }
+    _answer(args.stream, fields, extra, output)
     return EXIT_OK if outcome.success else EXIT_TOOL_FAILED
 
 

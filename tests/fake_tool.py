@@ -9,9 +9,12 @@ Used through IAC_RUNNER_TERRAFORM_BIN. Invoked as `fake <command> [options]`:
   --sleep S        then run a child `sleep S` and wait for it (a grandchild to kill)
   --exit N         exit status
   --write PATH     write a file PATH (relative to cwd) containing "artifact"
+Terraform's own flags are tolerated: `version -json` reports $FAKE_TF_VERSION (default
+1.11.4), `-out=FILE` writes FILE, `-detailed-exitcode` exits 2 ("changes present").
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,11 +30,19 @@ p.add_argument("--every", type=float, default=0)
 p.add_argument("--sleep", default="")
 p.add_argument("--exit", type=int, default=0)
 p.add_argument("--write", default="")
-a = p.parse_args()
+a, rest = p.parse_known_args()
+version = os.environ.get("FAKE_TF_VERSION", "1.11.4")
 
 if a.command == "version":
-    os.write(1, b"Terraform v1.11.4\non linux_amd64\n")
+    if "-json" in rest:
+        os.write(1, json.dumps({"terraform_version": version}).encode() + b"\n")
+    else:
+        os.write(1, f"Terraform v{version}\non linux_amd64\n".encode())
     sys.exit(0)
+for arg in rest:
+    if arg.startswith("-out="):
+        with open(arg[5:], "w") as f:
+            f.write("fake plan")
 for name in a.echo_env:
     os.write(1, f"{name}={os.environ.get(name, '')}\n".encode())
 for i in range(1, a.lines + 1):
@@ -45,4 +56,4 @@ if a.write:
         f.write("artifact")
 if a.sleep:
     subprocess.run(["sleep", a.sleep], check=False)
-sys.exit(a.exit)
+sys.exit(2 if "-detailed-exitcode" in rest and not a.exit else a.exit)

@@ -98,6 +98,7 @@ def test_events_order_and_gap_free_seq_across_batches(tool_env, tmp_path):
         "ended_at",
         "outcome",
         "output_truncated",
+        "tool_version",
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from sqlalchemy import delete, exists, select
@@ -12,22 +11,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import ACTIVE_STATUSES, Deployment, Run, StateLock, Tool
 from backend.store.validation import check_labels, check_name
+from backend.versions import parse_constraint
 
-# One constraint: an optional operator and a version, as terraform's required_version takes.
-_CONSTRAINT_RE = re.compile(r"^(=|!=|>|>=|<|<=|~>)?\s*v?\d+(\.\d+){0,2}(-[0-9A-Za-z.-]+)?$")
 PRIORITY_RANGE = (-1000, 1000)
 
 
 def check_version_constraint(constraint: str | None) -> str | None:
     if constraint is None or not constraint.strip():
         return None
-    parts = [p.strip() for p in constraint.split(",")]
-    if len(constraint) > 128 or not all(_CONSTRAINT_RE.match(p) for p in parts):
-        raise Invalid(
-            f"version constraint {constraint!r} is invalid: use terraform's syntax, "
-            "e.g. '>= 1.5, < 2.0' or '~> 1.9'"
-        )
-    return ", ".join(parts)
+    if len(constraint) > 128:
+        raise Invalid("a version constraint must be at most 128 characters")
+    try:
+        parse_constraint(constraint)
+    except Invalid as exc:
+        raise Invalid(f"{exc}; use terraform's syntax, e.g. '>= 1.5, < 2.0' or '~> 1.9'") from None
+    return ", ".join(p.strip() for p in constraint.split(","))
 
 
 def check_priority(priority: int) -> int:
