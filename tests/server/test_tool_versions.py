@@ -98,8 +98,8 @@ def test_plan_only_runner_refuses_state_changes(fake_env: dict[str, str], tmp_pa
     try:
         stub = server.stub()
         assert list(stub.GetInfo(pb.GetInfoRequest()).accept) == ["plan"]
-        for command, args in [("init", []), ("plan", []), ("show", []), ("version", [])]:
-            assert result_of(execute(stub, tool="terraform", command=command, args=args)).success
+        for command in ("init", "plan", "show", "version"):
+            assert result_of(execute(stub, tool="terraform", command=command)).success
         for command, args in [
             ("apply", ["tfplan"]),
             ("apply", ["-auto-approve"]),
