@@ -253,6 +253,7 @@ class Stack:
         print(
             f"""
 The platform is running:
+  web UI         {self.url}/   (log in with the API token)
   API            {self.url}/api/v1   (token: cat {self.data / "api-token"})
   API docs       {self.url}/docs
   runner         127.0.0.1:{self.runner_port} (local-1, provider=local)
