@@ -86,7 +86,7 @@ def decode(event: str, data: str) -> Event | None:
     return None  # an event type this client does not know yet
 
 
-def open_events(api: Api, run_id: int, after_seq: int) -> Iterator[Event]:
+def open_events(api: Api, run_id: int, after_seq: int) -> Generator[Event, None, None]:
     """One connection: the events after ``after_seq``; ``StreamDropped`` (or an
     ``httpx.TransportError``) when it ends without ``end``. API refusals raise ``CliError``."""
     headers = {"Accept": "text/event-stream"}

@@ -43,9 +43,12 @@ class Output:
         self.out = _console(stderr=False, color=color)
         self.err = _console(stderr=True, color=color)
 
+    def clean(self, text: str) -> str:
+        """Log text as terraform wrote it, less its colours when colour is off."""
+        return text if self.color else strip_ansi(text)
+
     def log(self, text: str, to: TextIO) -> None:
-        """Log text of a run, as terraform wrote it (less its colours without colour)."""
-        to.write(text if self.color else strip_ansi(text))
+        to.write(self.clean(text))
         to.flush()
 
     def json(self, value: Any) -> None:

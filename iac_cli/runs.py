@@ -331,7 +331,7 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
                 {
                     "run_id": run_id,
                     "last_seq": int(response.headers.get("X-Last-Seq", "0")),
-                    "lines": response.text.splitlines(),
+                    "lines": state.output.clean(response.text).splitlines(),
                 }
             )
         else:
@@ -342,7 +342,8 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
     try:
         for event in LogStream(state.api, run_id):
             if isinstance(event, Lines):
-                item: dict[str, Any] = {"seq": event.first_seq, "lines": list(event.lines)}
+                lines = [state.output.clean(line) for line in event.lines]
+                item: dict[str, Any] = {"seq": event.first_seq, "lines": lines}
             elif isinstance(event, Status):
                 item = {"status": event.status}
             elif isinstance(event, End):

@@ -117,8 +117,8 @@ def follow_run(
         output.note(f"{reason}; resuming after line {stream.last_seq}", "yellow")
 
     stream = LogStream(api, run_id, after_seq, on_retry=retrying)
+    run = api.run(run_id)  # no retry yet: a backend never reached is an error at once
     while True:
-        run = poll_run(api, run_id)
         if run["status"] == "queued":
             run = wait_while_queued(api, run, output)
         stream.status = None  # a fresh connection: hear the current status again
@@ -148,6 +148,7 @@ def follow_run(
         if not requeued:
             # The stream ended without `end`: LogStream only does that by raising.
             raise AssertionError("log stream ended without an end event")
+        run = poll_run(api, run_id)
 
 
 def outcome_line(run: dict[str, Any]) -> tuple[str, str]:
