@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-QUEUE_BATCHES = 256
+# A follower this many batches behind is dropped to the store (bounded memory per follower).
+QUEUE_BATCHES = 64
 
 
 @dataclass(frozen=True)
