@@ -10,13 +10,16 @@ checks, with the backend knowing the three runners of deploy/runners.json.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -862,3 +865,108 @@ def test_healthcheck_fails_when_nothing_answers(tmp_path: Path) -> None:
             assert done.returncode == 1, (role, done.stdout, done.stderr)
         unknown = run_healthcheck({"PATH": os.environ["PATH"], "IAC_ROLE": "database"})
         assert unknown.returncode == 1 and "unknown role" in unknown.stderr
+
+
+# -- the operator docs ---------------------------------------------------------------------
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def command_lines(snippet: str) -> list[str]:
+    try:
+        lexer = shlex.shlex(snippet.split(" #")[0], posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        return list(lexer)
+    except ValueError:
+        return []
+
+
+SEPARATORS = {"|", "||", "&&", ";", "(", ")", "$("}
+
+
+def invocations_in(tokens: list[str], anywhere: bool) -> list[list[str]]:
+    """Project commands in a shell command line: at its start, after a separator, or (with
+    `anywhere`) after a compose service or the image name (`docker run ... IMAGE iac-...`)."""
+    found = []
+    for i, token in enumerate(tokens):
+        before = tokens[i - 1] if i else ""
+        at_start = i == 0 or before in SEPARATORS
+        after_target = anywhere and (before in SERVICES or before == "iac-runner")
+        if token in SCRIPTS and (at_start or after_target):
+            found.append(list(itertools.takewhile(lambda t: t not in SEPARATORS, tokens[i:])))
+    return found
+
+
+def doc_invocations(text: str) -> list[list[str]]:
+    """Invocations of the project's commands in a doc: shell code blocks, inline code, and
+    exec-form commands (["iac-runner-server", "--listen", ...]) in YAML blocks."""
+    found: list[list[str]] = []
+    for argv in re.findall(r'\[\s*"iac[a-z-]*"(?:,\s*"[^"]*")*\s*\]', text):
+        found.append(json.loads(argv))
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            found += invocations_in(command_lines(line), anywhere=True)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for snippet in re.findall(r"`([^`\n]+)`", prose):
+        found += invocations_in(command_lines(snippet), anywhere=False)
+    return found
+
+
+@functools.cache
+def help_of(script: str, *words: str) -> str:
+    done = subprocess.run(
+        [str(BIN / script), *words, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (script, words, done.stderr)
+    return done.stdout
+
+
+def known_env_names() -> set[str]:
+    cli = "".join(p.read_text() for p in (ROOT / "iac_cli").glob("*.py"))
+    return (
+        settings_env_names()
+        | runner_env_names()
+        | HEALTHCHECK_ENV
+        | set(re.findall(r'"(IAC_[A-Z0-9_]+)"', cli))
+    )
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_docs_name_only_real_commands_flags_env_vars_and_files(doc: Path) -> None:
+    text = doc.read_text()
+    invocations = doc_invocations(text)
+    assert invocations or doc.name == "tokens.md", f"{doc.name} shows no command"
+    for argv in invocations:
+        script, args = argv[0], argv[1:]
+        words = tuple(itertools.takewhile(lambda a: not a.startswith("-"), args))[:2]
+        help_text = help_of(script, *words)
+        for arg in args:
+            if arg.startswith("--"):
+                flag = arg.split("=", 1)[0]
+                assert re.search(rf"{re.escape(flag)}\b", help_text), (
+                    f"{doc.name}: {' '.join(argv)}: {flag} is not in `{script} "
+                    f"{' '.join(words)} --help`"
+                )
+    unknown = set(re.findall(r"\bIAC_[A-Z0-9_]*[A-Z0-9]\b", text)) - known_env_names()
+    assert not unknown, f"{doc.name} names env vars nothing reads: {sorted(unknown)}"
+    for path in re.findall(
+        r"`((?:deploy|docs|backend|runner_stdio|runner_server|protos)/[^`\s]*)`", text
+    ):
+        exists = (ROOT / path).exists()
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+        assert exists or ignored, f"{doc.name} names {path}, which is not in the repo"
+    for target, anchor in re.findall(r"\]\(([a-z-]+\.md)(?:#([^)]+))?\)", text):
+        linked = ROOT / "docs" / target
+        assert linked.is_file(), f"{doc.name} links to missing {target}"
+        if anchor:
+            slugs = {
+                re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", linked.read_text(), re.M)
+            }
+            assert anchor in slugs, f"{doc.name} links to missing {target}#{anchor}"
+
+
+def test_readme_links_every_operating_doc() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Operating iac-runner", 1)[1].split("\n## ", 1)[0]
+    assert {f"docs/{p.name}" for p in DOCS} == set(re.findall(r"\((docs/[a-z-]+\.md)\)", section))
