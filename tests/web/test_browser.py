@@ -5,6 +5,7 @@ restarts, approve, cancel, the runners page, and a refused token."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,6 +152,32 @@ def test_the_run_page_streams_the_log_live_and_follows_the_tail(
     assert page.locator("#log span.ansi-bold").count() > 0
     assert "\x1b" not in log.inner_text()
     expect(page.locator("#events li[data-kind='succeeded']")).to_have_count(1)
+    with page.expect_download() as download:
+        page.click("#download")
+    assert download.value.suggested_filename == f"run-{run['id']}.log"
+    assert Path(download.value.path()).read_text().splitlines() == shown
+
+
+def test_a_long_log_keeps_its_tail_on_the_page_and_downloads_whole(
+    platform: Platform, page: Page
+) -> None:
+    n = 120
+    platform.backend.deploy(
+        "tail", {"main.tf": LINES_CONFIG % (n, "0")}, required_labels={"provider": "gcp"}
+    )
+    sign_in(page, platform.url)
+    page.evaluate("sessionStorage.setItem('iac.maxLogLines', '50')")
+    run = platform.backend.wait(
+        platform.backend.start("tail", "apply", auto_approve=True)["id"], "succeeded"
+    )
+    page.goto(f"{platform.url}/runs/{run['id']}")
+    expect(page.locator("#stream-state")).to_contain_text("end of log")
+    stored = stored_lines(platform, run["id"])
+    assert log_lines(page) == stored[-50:]
+    expect(page.locator("#log-trimmed")).to_contain_text(f"{len(stored) - 50} earlier lines")
+    with page.expect_download() as download:
+        page.click("#download")
+    assert Path(download.value.path()).read_text().splitlines() == stored
 
 
 def test_the_log_resumes_with_last_event_id_after_the_backend_restarts(

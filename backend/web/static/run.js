@@ -88,8 +88,7 @@
       force: `/runs/${runId}/cancel?force=true`,
     }[action];
     try {
-      run = { ...run, ...(await api(path, { method: "POST" })) };
-      render();
+      await api(path, { method: "POST" });
       flash(null);
       await refresh();
     } catch (err) {
@@ -98,9 +97,14 @@
   }
 
   // -- the log ---------------------------------------------------------------------------
+  // The page keeps the last MAX_LINES lines (a browser slows down with millions of nodes);
+  // the whole log is one click away (Download). sessionStorage "iac.maxLogLines" changes
+  // the limit for this tab (the tests lower it).
+  const MAX_LINES = Number(sessionStorage.getItem("iac.maxLogLines")) || 20000;
   const ansi = new IAC.AnsiRenderer();
   let lastSeq = 0;
   let following = true;
+  let dropped = 0;
 
   function logBox() {
     return document.getElementById("log");
@@ -124,8 +128,36 @@
     if (!html) return;
     const box = logBox();
     box.insertAdjacentHTML("beforeend", html);
+    trim(box);
     if (following) box.scrollTop = box.scrollHeight;
     else document.getElementById("follow").hidden = false;
+  }
+
+  function trim(box) {
+    let excess = box.childElementCount - MAX_LINES;
+    if (excess <= 0) return;
+    dropped += excess;
+    while (excess-- > 0) box.firstElementChild.remove();
+    const note = document.getElementById("log-trimmed");
+    note.textContent = `${dropped} earlier lines are not shown here; Download has the whole log.`;
+    note.hidden = false;
+  }
+
+  /** Save the whole stored log as a text file (fetched with the token, so not a link). */
+  async function download() {
+    try {
+      const response = await apiFetch(`/runs/${runId}/logs`, { headers: { Accept: "text/plain" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const text = IAC.stripAnsi(await response.text());
+      const url = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+      const link = el("a", { href: url, download: `run-${runId}.log` });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) {
+      if (!(err instanceof IAC.AuthError)) flash(`Could not download the log: ${err.message}`);
+    }
   }
 
   function onEvent(event) {
@@ -210,6 +242,7 @@
     document.getElementById("approve").addEventListener("click", () => act("approve"));
     document.getElementById("cancel").addEventListener("click", () => act("cancel"));
     document.getElementById("force-cancel").addEventListener("click", () => act("force"));
+    document.getElementById("download").addEventListener("click", download);
     IAC.poll(async () => {
       try {
         return await refresh();
