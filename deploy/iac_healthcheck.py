@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """`iac-healthcheck`: the HEALTHCHECK of the iac-runner image. Exit 0 when healthy, else 1.
 
-The role is IAC_ROLE (`backend` or `runner`), else guessed from the container's main
-command (/proc/1/cmdline names `iac-backend` or `iac-runner-server`).
+    iac-healthcheck [COMMAND...]
 
-- backend: GET http://127.0.0.1:PORT/healthz must answer 200. PORT is IAC_PORT, else the
-  `--port` of the command, else 8000.
+COMMAND is the container's main command, read from /proc/1/cmdline when not given. The
+role is IAC_ROLE (`backend` or `runner`), else the one COMMAND names (`iac-backend` or
+`iac-runner-server`). Flags of COMMAND beat environment variables, as in the servers.
+
+- backend: GET http://127.0.0.1:PORT/healthz must answer 200. PORT is the `--port` of
+  COMMAND, else IAC_PORT, else 8000.
 - runner: `iac-runner-server health` (grpc.health.v1, needs no token) against 127.0.0.1 and
-  the port of IAC_RUNNER_LISTEN, else of `--listen`, else 50051. When the runner serves TLS
+  the port of `--listen`, else of IAC_RUNNER_LISTEN, else 50051. When the runner serves TLS
   (IAC_RUNNER_TLS_CERT) only a TCP connection is tried: the probe has neither the host name
   in the server's certificate nor, for mTLS, a client certificate.
 """
@@ -52,15 +55,15 @@ def local_host(host: str) -> str:
 
 
 def backend_url(environ: Mapping[str, str], argv: Sequence[str]) -> str:
-    port = environ.get("IAC_PORT") or flag(argv, "--port") or "8000"
-    host = local_host(environ.get("IAC_HOST") or flag(argv, "--host") or "")
+    port = flag(argv, "--port") or environ.get("IAC_PORT") or "8000"
+    host = local_host(flag(argv, "--host") or environ.get("IAC_HOST") or "")
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/healthz"
 
 
 def runner_address(environ: Mapping[str, str], argv: Sequence[str]) -> str:
-    listen = environ.get("IAC_RUNNER_LISTEN") or flag(argv, "--listen") or "127.0.0.1:50051"
+    listen = flag(argv, "--listen") or environ.get("IAC_RUNNER_LISTEN") or "127.0.0.1:50051"
     host, _, port = listen.rpartition(":")
     host = local_host(host)
     if ":" in host:
@@ -109,7 +112,7 @@ def main(environ: Mapping[str, str] = os.environ, argv: Sequence[str] | None = N
     if role == "backend":
         return check_backend(backend_url(environ, argv))
     if role == "runner":
-        tls = bool(environ.get("IAC_RUNNER_TLS_CERT") or flag(argv, "--tls-cert"))
+        tls = bool(flag(argv, "--tls-cert") or environ.get("IAC_RUNNER_TLS_CERT"))
         return check_runner(runner_address(environ, argv), tls)
     print(
         "iac-healthcheck: unknown role: set IAC_ROLE to backend or runner "
@@ -120,4 +123,4 @@ def main(environ: Mapping[str, str] = os.environ, argv: Sequence[str] | None = N
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(argv=sys.argv[1:] or None))

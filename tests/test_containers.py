@@ -497,6 +497,12 @@ def test_wheel_stage_copies_everything_the_wheel_needs(tmp_path: Path) -> None:
             relative = str(module.relative_to(ROOT))
             if "__pycache__" not in relative:
                 assert relative in names, f"{relative} is missing from the wheel"
+    for package, patterns in packages.get("package-data", {}).items():
+        for pattern in patterns:
+            for path in (ROOT / package).glob(pattern):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    relative = str(path.relative_to(ROOT))
+                    assert relative in names, f"{relative} (package data) is missing"
     assert "backend/migrations/script.py.mako" in names
     (scripts_file,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(scripts_file).decode()
@@ -672,9 +678,11 @@ def test_healthcheck_finds_role_and_address_from_the_main_command() -> None:
         "http://127.0.0.1:9000/healthz"
     )
     assert hc.runner_address({}, runner) == "127.0.0.1:6000"
-    # The image's IAC_RUNNER_LISTEN is the default; a --listen flag beats it, as in the server.
-    image = {"IAC_RUNNER_LISTEN": "0.0.0.0:50051"}
+    # The image's IAC_RUNNER_LISTEN and IAC_PORT are defaults; flags beat them, as in the servers.
+    image = {"IAC_RUNNER_LISTEN": "0.0.0.0:50051", "IAC_PORT": "8000"}
     assert hc.runner_address(image, ["iac-runner-server"]) == "127.0.0.1:50051"
+    assert hc.runner_address(image, runner) == "127.0.0.1:6000"
+    assert hc.backend_url(image, [*backend, "--port", "9000"]) == "http://127.0.0.1:9000/healthz"
     assert hc.runner_address({"IAC_RUNNER_LISTEN": "[::]:7000"}, []) == "127.0.0.1:7000"
     assert hc.runner_address({"IAC_RUNNER_LISTEN": "10.0.0.5:7000"}, []) == "10.0.0.5:7000"
 
@@ -682,9 +690,11 @@ def test_healthcheck_finds_role_and_address_from_the_main_command() -> None:
 # -- the entrypoints, started with the compose environment ---------------------------------
 
 
-def run_healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_healthcheck(env: dict[str, str], command: list[str]) -> subprocess.CompletedProcess[str]:
+    """deploy/iac_healthcheck.py as the image runs it, for a container whose main command
+    is `command` (in the image: read from /proc/1/cmdline)."""
     return subprocess.run(
-        [sys.executable, str(DEPLOY / "iac_healthcheck.py")],
+        [sys.executable, str(DEPLOY / "iac_healthcheck.py"), *command],
         env=env,
         capture_output=True,
         text=True,
@@ -779,7 +789,10 @@ def test_runner_answers_its_compose_healthcheck_and_the_image_one(
         [str(BIN / check[0]), *check[1:]], env=env, capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
-    image_check = run_healthcheck({**env, "IAC_ROLE": "runner", "IAC_RUNNER_LISTEN": runner_aws})
+    # The container's main command, with the live address: its --listen beats the env's.
+    command = ["tini", "--", *SERVICES["runner-aws"]["command"]]
+    command[command.index("--listen") + 1] = runner_aws
+    image_check = run_healthcheck(env, command)
     assert image_check.returncode == 0, image_check.stdout + image_check.stderr
 
 
@@ -821,7 +834,8 @@ def test_backend_starts_with_the_compose_env_and_knows_the_three_runners(
         m = wait_for_line(proc, tmp_path / "backend.log", r"running on http://127\.0\.0\.1:(\d+)")
         url = f"http://127.0.0.1:{m.group(1)}"
         assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
-        check = run_healthcheck({**env, "IAC_ROLE": "backend", "IAC_PORT": m.group(1)})
+        command = ["tini", "--", *SERVICES["backend"]["command"]]
+        check = run_healthcheck({**env, "IAC_PORT": m.group(1)}, command)
         assert check.returncode == 0, check.stdout + check.stderr
         assert httpx.get(f"{url}/api/v1/runners", timeout=10).status_code == 401
         listed = httpx.get(
@@ -860,10 +874,10 @@ def test_healthcheck_fails_when_nothing_answers(tmp_path: Path) -> None:
             "IAC_PORT": str(port),
             "IAC_RUNNER_LISTEN": f"127.0.0.1:{port}",
         }
-        for role in ("backend", "runner"):
-            done = run_healthcheck({**env, "IAC_ROLE": role})
-            assert done.returncode == 1, (role, done.stdout, done.stderr)
-        unknown = run_healthcheck({"PATH": os.environ["PATH"], "IAC_ROLE": "database"})
+        for command in (["iac-backend"], ["iac-runner-server"]):
+            done = run_healthcheck(env, command)
+            assert done.returncode == 1, (command, done.stdout, done.stderr)
+        unknown = run_healthcheck({"PATH": os.environ["PATH"]}, ["postgres"])
         assert unknown.returncode == 1 and "unknown role" in unknown.stderr
 
 
