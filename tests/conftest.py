@@ -40,7 +40,9 @@ output "greeting" {
 """
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> object:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
