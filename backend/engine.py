@@ -651,6 +651,10 @@ class Engine:
             "TF_HTTP_UNLOCK_ADDRESS": state_url,
             "TF_HTTP_USERNAME": str(run.id),
             "TF_HTTP_PASSWORD": self.state_token(run),
+            # Terraform gives up on the state endpoint after 2 retries by default; a
+            # backend restart mid-apply must not lose the apply's state: retry for ~1 min.
+            "TF_HTTP_RETRY_MAX": "8",
+            "TF_HTTP_RETRY_WAIT_MAX": "10",
         }
         sensitive = [*env.sensitive_env, "TF_HTTP_PASSWORD"]
         work_dir = f"run-{run.id}-{phase}-{run.dispatch_count}"

@@ -28,6 +28,15 @@ class StatusChange:
     status: str
 
 
+@dataclass(frozen=True)
+class KeepAlive:
+    """Nothing happened for a while: lets the transport send a comment so proxies keep
+    the connection open."""
+
+
+KEEPALIVE_AFTER = 15.0
+
+
 async def _status(db: Database, run_id: int) -> tuple[str, int]:
     async with db.session() as session:
         row = (
@@ -38,11 +47,13 @@ async def _status(db: Database, run_id: int) -> tuple[str, int]:
 
 async def follow(
     db: Database, hub: LogHub, run_id: int, after_seq: int = 0
-) -> AsyncIterator[LogBatch | StatusChange]:
+) -> AsyncIterator[LogBatch | StatusChange | KeepAlive]:
     """Batches of lines after `after_seq`, and status changes, until the run has ended
     and every stored line was sent."""
     sent = after_seq
     status = ""
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()  # of the last item yielded that was not a KeepAlive
 
     def fresh(batch: LogBatch) -> LogBatch | None:
         if batch.last_seq <= sent:
@@ -67,16 +78,19 @@ async def follow(
                     first, lines = log_store.lines_after(chunk, sent)
                     if lines:
                         yield LogBatch(first, tuple(lines))
+                        last_sent = loop.time()
                         sent = first + len(lines) - 1
             for held in snapshot:
                 part = fresh(held)
                 if part is not None:
                     yield part
+                    last_sent = loop.time()
                     sent = part.last_seq
             new_status, stored = await _status(db, run_id)
             if new_status != status:
                 status = new_status
                 yield StatusChange(status)
+                last_sent = loop.time()
             if status in TERMINAL_STATUSES and sent >= stored and not hub.is_live(run_id):
                 return
             if sub is not None:
@@ -89,16 +103,24 @@ async def follow(
                         if new_status != status:
                             status = new_status
                             yield StatusChange(status)
+                            last_sent = loop.time()
+                        elif loop.time() - last_sent > KEEPALIVE_AFTER:
+                            yield KeepAlive()
+                            last_sent = loop.time()
                         continue
                     if batch is None:
                         break
                     part = fresh(batch)
                     if part is not None:
                         yield part
+                        last_sent = loop.time()
                         sent = part.last_seq
                     if sub.overflowed:
                         break  # fell behind: catch up from the store
             else:
+                if loop.time() - last_sent > KEEPALIVE_AFTER:
+                    yield KeepAlive()
+                    last_sent = loop.time()
                 await asyncio.sleep(POLL_INTERVAL)
         finally:
             if sub is not None:

@@ -170,6 +170,16 @@ def health_parser() -> argparse.ArgumentParser:
         default=_env("IAC_RUNNER_TLS_CA"),
         help="CA to verify the server with; enables TLS",
     )
+    p.add_argument(
+        "--tls-cert",
+        default=_env("IAC_RUNNER_HEALTH_TLS_CERT"),
+        help="client certificate (PEM) for a runner that requires mTLS",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=_env("IAC_RUNNER_HEALTH_TLS_KEY"),
+        help="client private key (PEM), with --tls-cert",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds [5]")
     return p
 
@@ -209,8 +219,14 @@ def health_main(argv: list[str]) -> int:
 
     args = health_parser().parse_args(argv)
     if args.tls_ca:
-        with open(args.tls_ca, "rb") as f:
-            channel = grpc.secure_channel(args.address, grpc.ssl_channel_credentials(f.read()))
+        from pathlib import Path
+
+        creds = grpc.ssl_channel_credentials(
+            Path(args.tls_ca).read_bytes(),
+            private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
+            certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+        )
+        channel = grpc.secure_channel(args.address, creds)
     else:
         channel = grpc.insecure_channel(args.address)
     with channel:

@@ -148,3 +148,40 @@ def test_bad_configuration_fails_fast_with_one_line(
     assert proc.returncode == 2
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_health_probe_over_mtls(fake_env: dict[str, str], tmp_path: Path) -> None:
+    ca = make_ca(tmp_path, "ca")
+    cert, key = make_leaf(tmp_path, "server", ca, server=True)
+    client = make_leaf(tmp_path, "client", ca, server=False)
+    server = start_runner(
+        tmp_path,
+        fake_env,
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--tls-client-ca",
+        str(ca[0]),
+    )
+    try:
+        probe = [
+            str(BIN / "iac-runner-server"),
+            "health",
+            "--address",
+            server.address,
+            "--tls-ca",
+            str(ca[0]),
+        ]
+        ok = subprocess.run(
+            [*probe, "--tls-cert", str(client[0]), "--tls-key", str(client[1])],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stderr
+        refused = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+        assert refused.returncode == 1 and "unhealthy" in refused.stderr
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ from backend import metrics
 from backend.api.deps import SessionDep
 from backend.engine import Engine
 from backend.errors import Invalid
-from backend.follow import StatusChange, follow
+from backend.follow import KeepAlive, StatusChange, follow
 from backend.models import Run
 from backend.schemas import RunCreate, RunEventOut, RunOut
 from backend.store import deployments, runlist
@@ -139,7 +139,9 @@ async def run_logs(
         metrics.ACTIVE_STREAMS.inc()
         try:
             async for item in follow(engine.db, engine.hub, run_id, start):
-                if isinstance(item, StatusChange):
+                if isinstance(item, KeepAlive):
+                    yield ": keep-alive\n\n"
+                elif isinstance(item, StatusChange):
                     yield f"event: status\ndata: {json.dumps({'status': item.status})}\n\n"
                 else:
                     data = json.dumps({"seq": item.first_seq, "lines": item.lines})
