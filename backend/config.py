@@ -112,7 +112,8 @@ class Settings(BaseSettings):
         description=(
             "IAC_RUNNERS_FILE: JSON file of runner registrations, a list of "
             '{"name", "address", "token", "tls_ca_pem", "labels"} objects (or '
-            '{"runners": [...]}) upserted on start.'
+            '{"runners": [...]}) upserted on start; "${NAME}" in a value is replaced by '
+            "the environment variable NAME (for tokens kept out of the file)."
         ),
     )
     plan_timeout: int = Field(
