@@ -33,6 +33,10 @@ class Unreachable(CliError):
     """No HTTP answer at all: connection refused, DNS, TLS, timeout, dropped connection."""
 
 
+class ServerError(CliError):
+    """A 5xx answer: the backend (or a proxy in front of it) failed, maybe for a moment."""
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -82,8 +86,10 @@ def api_error(response: httpx.Response, config: Config) -> CliError:
         # Not the backend's words: the URL probably points at something else.
         request = response.request
         detail = f"{detail}: {request.method} {request.url} (is {config.url} an iac backend?)"
-    code = EXIT_USAGE if 400 <= status < 500 else EXIT_FAILURE
-    return CliError(f"{one_line(detail)} (HTTP {status})", code)
+    message = f"{one_line(detail)} (HTTP {status})"
+    if status >= 500:
+        return ServerError(message, EXIT_FAILURE)
+    return CliError(message, EXIT_USAGE if status >= 400 else EXIT_FAILURE)
 
 
 class Api:

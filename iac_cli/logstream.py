@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from iac_cli.client import Api, Unreachable, describe_transport_error
+from iac_cli.client import Api, ServerError, Unreachable, describe_transport_error
 
 # The backend sends nothing while a run waits (queued, awaiting approval): a silent stream is
 # not a dead one. Past this many seconds of silence we reconnect anyway, which costs nothing
@@ -168,12 +168,11 @@ class LogStream:
                         yield event
                         return
                 raise StreamDropped("the log stream closed before the run ended")
-            except (StreamDropped, httpx.TransportError) as exc:
-                reason = (
-                    describe_transport_error(self.api.config.url, exc)
-                    if isinstance(exc, httpx.TransportError)
-                    else str(exc)
-                )
+            except (StreamDropped, httpx.TransportError, ServerError) as exc:
+                if isinstance(exc, httpx.TransportError):
+                    reason = describe_transport_error(self.api.config.url, exc)
+                else:
+                    reason = str(exc)
                 if isinstance(exc, httpx.ReadTimeout):
                     # Silence, not failure: reconnect at once, and do not count it.
                     failing_since, delay = None, 0.1

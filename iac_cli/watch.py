@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from rich.status import Status as RichStatus
 
-from iac_cli.client import Api, Unreachable
+from iac_cli.client import Api, ServerError, Unreachable
 from iac_cli.logstream import GIVE_UP_AFTER, End, Lines, LogStream, Status
 from iac_cli.output import Output, parse_time, run_duration, show_duration
 
@@ -79,7 +79,7 @@ def poll_run(api: Api, run_id: int) -> dict[str, Any]:
     while True:
         try:
             return api.run(run_id)
-        except Unreachable:
+        except (Unreachable, ServerError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)

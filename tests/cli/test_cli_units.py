@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from iac_cli.archive import pack_directory
-from iac_cli.client import Api, Unreachable, api_error
+from iac_cli.client import Api, ServerError, Unreachable, api_error
 from iac_cli.config import DEFAULT_URL, Config, load_config
 from iac_cli.errors import CliError, UsageError
 from iac_cli.logstream import End, Event, Lines, LogStream, Status, StreamDropped, parse_sse
@@ -123,6 +123,7 @@ def test_log_stream_trims_overlap_and_repeats_no_status() -> None:
     script: list[list[Event | Exception]] = [
         [Status("running"), Lines(1, ("l1", "l2", "l3")), StreamDropped("cut")],
         [Status("running"), Lines(2, ("l2", "l3", "l4")), httpx.ReadError("reset")],
+        [ServerError("Bad Gateway (HTTP 502)")],
         [Status("running"), Lines(5, ("l5",)), Status("succeeded"), End()],
     ]
 
@@ -139,12 +140,12 @@ def test_log_stream_trims_overlap_and_repeats_no_status() -> None:
         events = list(LogStream(api, 7, opener=opener, on_retry=retries.append, give_up_after=60))
     finally:
         api.close()
-    assert connections == [0, 3, 4]
+    assert connections == [0, 3, 4, 4]
     lines = [line for e in events if isinstance(e, Lines) for line in e.lines]
     assert lines == ["l1", "l2", "l3", "l4", "l5"]
     assert [e.status for e in events if isinstance(e, Status)] == ["running", "succeeded"]
     assert isinstance(events[-1], End)
-    assert len(retries) == 2
+    assert len(retries) == 3 and retries[-1] == "Bad Gateway (HTTP 502)"
 
 
 def test_log_stream_gives_up_on_a_dead_backend() -> None:
@@ -174,6 +175,7 @@ def test_api_errors_read_as_one_line() -> None:
     error = api_error(_response(422, json=validation), config)
     assert error.message == "labels.a: Input should be a string (HTTP 422)"
     error = api_error(_response(500, text="Internal Server Error\n  at line 3"), config)
+    assert isinstance(error, ServerError)
     assert (error.message, error.exit_code) == ("Internal Server Error at line 3 (HTTP 500)", 1)
     error = api_error(_response(404, json={"detail": "Not Found"}), config)
     assert "is http://h an iac backend?" in error.message
