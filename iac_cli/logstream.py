@@ -18,9 +18,9 @@ import httpx
 
 from iac_cli.client import Api, ServerError, Unreachable, describe_transport_error
 
-# The backend sends nothing while a run waits (queued, awaiting approval): a silent stream is
-# not a dead one. Past this many seconds of silence we reconnect anyway, which costs nothing
-# (Last-Event-ID) and notices a connection that died without a FIN.
+# The backend sends a ``: keep-alive`` comment after 15 s of quiet (a queued run, a run
+# awaiting approval), so this much silence means a connection that died without a FIN:
+# reconnect, which costs nothing with Last-Event-ID.
 READ_TIMEOUT = 30.0
 GIVE_UP_AFTER = 60.0
 
@@ -174,7 +174,7 @@ class LogStream:
                 else:
                     reason = str(exc)
                 if isinstance(exc, httpx.ReadTimeout):
-                    # Silence, not failure: reconnect at once, and do not count it.
+                    # A dead connection (or a backend without keep-alives): reconnect at once.
                     failing_since, delay = None, 0.1
                     self.reconnects += 1
                     continue
