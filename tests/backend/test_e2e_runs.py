@@ -299,6 +299,8 @@ def test_bad_run_requests_are_4xx_and_change_nothing(backend: Backend) -> None:
         ("POST", "/runs/999999/cancel", 404),
         ("GET", "/runs/999999/logs", 404),
         ("GET", "/runs/abc", 422),
+        ("GET", "/runs?status=bogus", 422),
+        ("GET", "/runs?limit=0", 422),
     ]:
         response = backend.client.request(method, path)
         assert response.status_code == status, (method, path, response.text)

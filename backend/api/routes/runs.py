@@ -14,7 +14,7 @@ from backend.api.deps import SessionDep
 from backend.engine import Engine
 from backend.errors import Invalid
 from backend.follow import KeepAlive, StatusChange, follow
-from backend.models import Run
+from backend.models import Run, RunStatus
 from backend.schemas import RunCreate, RunEventOut, RunOut
 from backend.store import deployments, runlist
 from backend.store import logs as log_store
@@ -72,7 +72,7 @@ async def create_run(body: RunCreate, session: SessionDep, request: Request) -> 
 async def list_runs(
     session: SessionDep,
     deployment: str | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunOut]:
     return [
