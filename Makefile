@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO := protos/iacrunner/v1/runner.proto
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install proto proto-check lint format test bench run soak clean
 
@@ -38,6 +39,12 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The performance figures of issue 6, each against a baseline measured in the same run:
+# one line per figure, JSON in bench/results.json. ~10 minutes on 2 cores.
+# Options: BENCH_ARGS="--only relay --lines 200000" (python -m bench --help).
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""`make bench`: the performance figures of issue 6, each against its baseline (see run.py)."""

@@ -1,0 +1,286 @@
+"""Figure 6: dispatch of queued short runs over a pool of runner servers.
+
+The work: `runs` no-op plans with real terraform, the backend's cheapest run (a plan of
+a configuration with no resources: init with the archive, then plan -out=tfplan).
+- project: one deployment per run on a fresh backend (SQLite), `runs` POST /runs sent
+  as fast as the API takes them (8 in flight), until the last run has ended (its
+  `ended_at`, the backend's own clock): runs/s.
+- baseline: a simple client (this process, asyncio gRPC) feeding the same init + plan
+  Execute pair per run straight to the same runner servers, as many at once as they
+  take (max_concurrent each), same archive, collect and cleanup: runs/s.
+- the same on PostgreSQL with 2 backend processes sharing a fresh database
+  (iac_bench_<hex>, dropped afterwards); runs are submitted to both alternately.
+Runner servers run with their default max_concurrent (4). Target: >= 0.8 of the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import grpc
+import httpx
+
+from bench.common import (
+    API_TOKEN,
+    EMPTY_CONFIG,
+    Backend,
+    Context,
+    Row,
+    RunnerServer,
+    execute_request,
+    log,
+    postgres_database,
+    runner_stub,
+    sqlite_url,
+    start_backend,
+    start_runner,
+    tar_gz,
+)
+
+RUNNERS = 4
+MAX_CONCURRENT = 4  # the runner server's default
+IN_FLIGHT = 8  # concurrent API requests while setting up and submitting
+TARGET = 0.8
+PLAN_ARGS = ["-out=tfplan", "-detailed-exitcode"]
+ARCHIVE = tar_gz({"main.tf": EMPTY_CONFIG})
+FAILED = ("failed", "canceled", "timed_out")
+
+
+@dataclass
+class Point:
+    runners: int
+    runs: int
+    backend: float = 0.0  # runs/s
+    direct: float = 0.0  # runs/s
+    failed: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.backend / self.direct if self.direct else 0.0
+
+
+# -- the baseline: a simple client -------------------------------------------------------
+async def _pair(stub: Any, work_dir: str) -> None:
+    for request in (
+        execute_request(command="init", work_dir=work_dir, workspace=ARCHIVE),
+        execute_request(
+            command="plan", args=PLAN_ARGS, work_dir=work_dir, collect=["tfplan"], cleanup=True
+        ),
+    ):
+        result = None
+        async for event in stub.Execute(request):
+            if event.WhichOneof("event") == "result":
+                result = event.result
+        if result is None or not (result.success or result.exit_code == 2):
+            raise RuntimeError(f"direct {request.command} in {work_dir}: {result}")
+
+
+async def _direct(servers: list[RunnerServer], runs: int) -> float:
+    jobs = iter(range(runs))
+    channels = [grpc.aio.insecure_channel(s.address) for s in servers]
+    tag = time.monotonic_ns()
+
+    async def worker(stub: Any) -> None:
+        for i in jobs:
+            await _pair(stub, f"direct-{tag}-{i}")
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(
+            *(worker(runner_stub(ch)) for ch in channels for _ in range(MAX_CONCURRENT))
+        )
+        return runs / (time.perf_counter() - start)
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+def direct_rate(servers: list[RunnerServer], runs: int) -> float:
+    return asyncio.run(_direct(servers, runs))
+
+
+# -- the project: queued backend runs ------------------------------------------------------
+async def _each(calls: list[Any]) -> None:
+    """Await the coroutine factories in `calls`, IN_FLIGHT at a time."""
+    it = iter(calls)
+
+    async def lane() -> None:
+        for call in it:
+            await call()
+
+    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+
+
+def _client(backend: Backend) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=backend.url + "/api/v1",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        timeout=120,
+    )
+
+
+async def _check(response: httpx.Response, status: int) -> None:
+    if response.status_code != status:
+        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
+
+
+async def _create_deployments(backend: Backend, runs: int) -> None:
+    async with _client(backend) as http:
+
+        def make(i: int) -> Any:
+            async def call() -> None:
+                name = f"d{i}"
+                await _check(await http.post("/deployments", json={"name": name}), 201)
+                response = await http.post(
+                    f"/deployments/{name}/config",
+                    content=ARCHIVE,
+                    headers={"Content-Type": "application/gzip"},
+                )
+                await _check(response, 201)
+
+            return call
+
+        await _each([make(i) for i in range(runs)])
+
+
+async def _submit(backends: list[Backend], runs: int) -> float:
+    """POST every run (alternating backends); returns the time.time() of the first POST."""
+    clients = [_client(b) for b in backends]
+    lanes = itertools.cycle(clients)
+    try:
+
+        def make(i: int, http: httpx.AsyncClient) -> Any:
+            async def call() -> None:
+                body = {"deployment": f"d{i}", "operation": "plan"}
+                await _check(await http.post("/runs", json=body), 201)
+
+            return call
+
+        calls = [make(i, next(lanes)) for i in range(runs)]
+        start = time.time()
+        await _each(calls)
+        return start
+    finally:
+        for http in clients:
+            await http.aclose()
+
+
+def _wait_all(backend: Backend, runs: int, timeout: float) -> tuple[float, int]:
+    """Wait until no run is queued or running; (latest ended_at, runs that did not succeed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [
+            backend.call("GET", "/runs", params={"status": s, "limit": 1})
+            for s in ("queued", "running")
+        ]
+        if not any(busy):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"runs still queued or running after {timeout} s")
+        time.sleep(0.25)
+    failures = [
+        f"run {r['id']} {r['status']}: {r['error_msg']}"
+        for s in FAILED
+        for r in backend.call("GET", "/runs", params={"status": s, "limit": 1000})
+    ]
+    failed = len(failures)
+    if failures:
+        log("dispatch: runs that did not succeed: " + "; ".join(failures[:3]))
+    ended = [
+        datetime.fromisoformat(r["ended_at"]).timestamp()
+        for r in backend.call("GET", "/runs", params={"status": "succeeded", "limit": 1000})
+    ]
+    if len(ended) < min(runs - failed, 1000):
+        raise RuntimeError(f"only {len(ended)} of {runs} runs succeeded")
+    return max(ended), failed
+
+
+def backend_rate(
+    ctx: Context, servers: list[RunnerServer], runs: int, db_url: str, replicas: int, tag: str
+) -> tuple[float, int]:
+    """(runs/s, runs that failed) of `runs` queued plans on `replicas` backends."""
+    backends: list[Backend] = []
+    try:
+        for i in range(replicas):
+            backends.append(start_backend(ctx.tmp, ctx.env, db_url, f"{tag}-b{i}"))
+        for server in servers:
+            backends[0].register(server)
+        for b in backends:
+            b.wait_healthy([s.name for s in servers])
+        asyncio.run(_create_deployments(backends[0], runs))
+        start = asyncio.run(_submit(backends, runs))
+        end, failed = _wait_all(backends[0], runs, timeout=60 + runs * 2)
+        return runs / (end - start), failed
+    finally:
+        for b in backends:
+            b.stop()
+
+
+@contextmanager
+def pool(ctx: Context, count: int, tag: str) -> Iterator[list[RunnerServer]]:
+    """`count` fresh runner servers with real terraform. Fresh for every backend: a runner
+    keeps finished runs (for Attach) for 10 minutes, and a new backend database numbers
+    its runs from 1 again, so a reused runner would refuse them as ALREADY_EXISTS."""
+    with ThreadPoolExecutor(count) as threads:
+        starting = [
+            threads.submit(start_runner, ctx.tmp, ctx.env, f"{tag}-r{i}") for i in range(count)
+        ]
+    servers = [f.result() for f in starting if f.exception() is None]
+    try:
+        if len(servers) < count:
+            problem = next(f.exception() for f in starting if f.exception() is not None)
+            raise RuntimeError(f"a runner server did not start: {problem}")
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def measure(
+    ctx: Context, runners: int, runs: int, tag: str, db: str = "sqlite", replicas: int = 1
+) -> Point:
+    """One point: the direct client, then the backend(s), on the same fresh runners."""
+    point = Point(runners, runs)
+    where = "SQLite" if db == "sqlite" else f"PostgreSQL, {replicas} backends"
+    log(f"dispatch: {runs} runs over {runners} runner(s), {where}: direct client, then backend")
+    with pool(ctx, runners, tag) as servers:
+        point.direct = direct_rate(servers, runs)
+        if db == "sqlite":
+            url = sqlite_url(ctx.tmp, tag)
+            point.backend, point.failed = backend_rate(ctx, servers, runs, url, replicas, tag)
+        else:
+            with postgres_database() as url:
+                point.backend, point.failed = backend_rate(ctx, servers, runs, url, replicas, tag)
+    return point
+
+
+def row(point: Point, where: str) -> Row:
+    return Row(
+        "6",
+        f"{point.runs} queued runs, {point.runners} runners, {where}",
+        "runs/s",
+        point.backend,
+        point.direct,
+        target=f">= {TARGET}x",
+        ok=point.ratio >= TARGET and point.failed == 0,
+        details={"failed_runs": point.failed},
+    )
+
+
+def run(ctx: Context) -> list[Row]:
+    runs = ctx.sizes.runs
+    point = measure(ctx, RUNNERS, runs, "dispatch-sqlite")
+    ctx.shared[f"dispatch:{RUNNERS}x{runs}"] = point
+    rows = [row(point, "SQLite")]
+    if ctx.postgres:
+        rows.append(row(measure(ctx, RUNNERS, runs, "dispatch-pg", "postgres", 2), "PG x2"))
+    return rows

@@ -1,0 +1,154 @@
+"""Figure 1: relay throughput, pipe -> iac-runner --stream -> runner server -> gRPC -> client.
+
+The producer (bench/producer.py, a Python fake terraform) prints `lines` lines of 100
+bytes, one write per line, as terraform does. Project: the lines/s a Python gRPC client
+receives from Execute on a real runner server whose terraform is the producer. Baseline,
+in the same run: the same producer's pipe read line by line by a Python parent.
+Measurements alternate (baseline, project, ...) `repeat` times; medians are reported.
+
+Also reported, for information:
+- one message per line: bench/perline.py, a one-hop gRPC server that sends one message
+  per line (no iac-runner, no JSON), measured over `per_line_lines` lines: the per-message
+  cost of Python gRPC that batching avoids;
+- a fast producer: `yes <99 bytes> | head -n lines` (a C producer that fills the pipe
+  with big writes), through the same runner server, against its own pipe baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.common import (
+    Context,
+    Row,
+    execute_request,
+    log,
+    pipe_lines,
+    runner_stub,
+    start_runner,
+    stop_process,
+)
+
+TARGET = 0.5
+
+
+def stream_rate(stub: Any, env_vars: dict[str, str], expected: int) -> tuple[float, int]:
+    """Execute a run that prints `expected` lines; (lines/s received, output messages).
+    Checks that every line arrives once, in order."""
+    start = time.perf_counter()
+    next_seq = 1
+    messages = 0
+    result = None
+    request = execute_request(command="plan", work_dir="relay", env_vars=env_vars)
+    for event in stub.Execute(request):
+        kind = event.WhichOneof("event")
+        if kind == "output":
+            lines = event.output.lines
+            if lines[0].seq != next_seq:
+                raise RuntimeError(f"line {next_seq} expected, got {lines[0].seq}")
+            next_seq += len(lines)
+            messages += 1
+        elif kind == "result":
+            result = event.result
+    elapsed = time.perf_counter() - start
+    received = next_seq - 1
+    if result is None or not result.success or received != expected:
+        raise RuntimeError(f"relay run: {received}/{expected} lines, result {result}")
+    return received / elapsed, messages
+
+
+def pipe_rate(ctx: Context, env_vars: dict[str, str], expected: int) -> float:
+    count, seconds = pipe_lines([ctx.producer, "plan"], {**ctx.env, **env_vars}, ctx.tmp)
+    if count != expected:
+        raise RuntimeError(f"pipe baseline read {count}/{expected} lines")
+    return count / seconds
+
+
+def paired(ctx: Context, stub: Any, env_vars: dict[str, str], n: int) -> dict[str, Any]:
+    """Baseline and project measured alternately; medians and every sample."""
+    pipe: list[float] = []
+    relay: list[float] = []
+    messages: list[int] = []
+    for _ in range(ctx.sizes.repeat):
+        pipe.append(pipe_rate(ctx, env_vars, n))
+        rate, count = stream_rate(stub, env_vars, n)
+        relay.append(rate)
+        messages.append(count)
+    return {
+        "pipe": statistics.median(pipe),
+        "relay": statistics.median(relay),
+        "pipe_samples": [round(x) for x in pipe],
+        "relay_samples": [round(x) for x in relay],
+        "lines_per_message": round(n / statistics.median(messages), 1),
+    }
+
+
+def per_line_rate(ctx: Context, n: int) -> float:
+    """Lines/s through bench/perline.py, one gRPC message per line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.perline", ctx.producer],
+        env={**ctx.env, "PYTHONPATH": str(ctx.root)},
+        stdout=subprocess.PIPE,
+        cwd=ctx.root,
+    )
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        import grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            rate, _ = stream_rate(runner_stub(channel), {"BENCH_LINES": str(n)}, n)
+        return rate
+    finally:
+        stop_process(proc)
+
+
+def run(ctx: Context) -> list[Row]:
+    n = ctx.sizes.lines
+    server = start_runner(ctx.tmp, ctx.env, "relay", tool=ctx.producer)
+    try:
+        with server.channel() as channel:
+            stub = runner_stub(channel)
+            log(f"relay: {n:,} lines, producer -> pipe vs runner server, x{ctx.sizes.repeat}")
+            slow = paired(ctx, stub, {"BENCH_LINES": str(n)}, n)
+            log(f"relay: fast producer (yes | head -n {n})")
+            fast = paired(ctx, stub, {"BENCH_LINES": str(n), "BENCH_FAST": "1"}, n)
+    finally:
+        server.stop()
+    per_line_n = ctx.sizes.per_line_lines
+    log(f"relay: one message per line, {per_line_n:,} lines")
+    per_line = per_line_rate(ctx, per_line_n)
+    ctx.shared["relay_rate"] = slow["relay"]
+    return [
+        Row(
+            "1",
+            "relay, 1 write per line",
+            "lines/s",
+            slow["relay"],
+            slow["pipe"],
+            target=f">= {TARGET}x",
+            ok=slow["relay"] >= TARGET * slow["pipe"],
+            details={"lines": n, **slow},
+        ),
+        Row(
+            "1",
+            "relay, 1 gRPC message per line",
+            "lines/s",
+            per_line,
+            slow["pipe"],
+            details={"lines": per_line_n, "server": "bench/perline.py (one hop, no batching)"},
+        ),
+        Row(
+            "1",
+            "relay, fast producer (yes|head)",
+            "lines/s",
+            fast["relay"],
+            fast["pipe"],
+            details={"lines": n, **fast},
+        ),
+    ]
