@@ -206,10 +206,14 @@ class LogWriter:
         async with self._lock:
             if not self._lines:
                 return
-            lines, self._lines, self._bytes = self._lines, [], 0
+            # Taken off only once stored: a failed write (the database restarting) keeps
+            # them for the next flush, so no line is lost and none takes another's seq.
+            lines = self._lines[:]
             first = self.stored_seq + 1
             async with self.db.session() as session:
                 last = await log_store.append_chunk(session, self.run_id, first, lines)
+            del self._lines[: len(lines)]
+            self._bytes = sum(len(line) for line in self._lines)
             self.stored_seq = last
             self.hub.stored(self.run_id, last)
 
@@ -219,7 +223,10 @@ class LogWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), FLUSH_INTERVAL)
             self._due.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # the database is away: keep the lines, retry
+                log.warning("storing the log of run %s failed, will retry: %s", self.run_id, exc)
 
 
 @dataclass
