@@ -37,6 +37,7 @@ import grpc
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
 from backend import metrics
 from backend.crypto import Cipher
@@ -153,6 +154,13 @@ def build_workspace(config_archive: bytes, plan_file: bytes | None) -> bytes:
             info.mode = 0o644
             dst.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+def _database_lost(exc: BaseException) -> bool:
+    """A lost or refused database connection, as opposed to an error in a statement."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 class StepFailed(Exception):
@@ -617,6 +625,11 @@ class Engine:
                 await writer.flush()
             await self._finish(run_id, exc.status, str(exc), exc.exit_code)
         except Exception as exc:
+            if _database_lost(exc):
+                # A restart or failover of the database, not a fault of the run, which goes
+                # on on its runner: left claimed, the maintenance loop re-attaches it.
+                log.warning("run %s: lost the database (%s); re-attaching later", run_id, exc)
+                return
             log.exception("run %s failed in the engine", run_id)
             with contextlib.suppress(Exception):
                 if writer is not None:
