@@ -213,9 +213,17 @@ class RunnerService:
             await spare.wait()
 
     def _make_work_dir(self, prepared: Prepared) -> None:
+        existed = os.path.isdir(prepared.work_dir)
         os.makedirs(prepared.work_dir, exist_ok=True)
         if prepared.request.workspace:
-            workspace.unpack(prepared.request.workspace, prepared.work_dir, self.config.limits)
+            try:
+                workspace.unpack(prepared.request.workspace, prepared.work_dir, self.config.limits)
+            except BaseException:
+                # Half an archive (the disk filled up, an entry was refused) must not stay
+                # behind: on a full disk it would make every later run fail too.
+                if not existed:
+                    workspace.remove(self.config.workspace_root, prepared.work_dir)
+                raise
 
     def _release_slot(self) -> None:
         self.active -= 1
