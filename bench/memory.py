@@ -1,11 +1,13 @@
 """Figure 4: peak memory while one run prints `lines` lines to 3 live followers.
 
 A backend plan run on a runner server whose terraform is the producer (100-byte lines,
-one write per line), with 3 SSE followers (threads of this process) attached from the
-start; each must receive every line once, in order. A fresh runner server and backend
-(SQLite) per size, so each peak is that run's. Peak RSS is VmHWM from /proc/<pid>/status
-(the kernel's high-water mark), polled every 10 ms, for the runner server, the backend,
-and every `iac-runner` the runner server started (the largest is reported).
+one write per line), with 3 SSE followers attached from the start, each its own process
+(`python -m bench.memory URL RUN_ID`, as 3 separate clients would be); each must
+receive every line once, in order. A fresh runner server and backend (SQLite) per size,
+so each peak is that run's. Peak RSS is VmHWM from /proc/<pid>/status (the kernel's
+high-water mark), polled every 10 ms, for the runner server, the backend, and every
+`iac-runner` the runner server started (the largest is reported); the RSS of each
+server before the run ("idle") is in the details.
 Measured at `memory_small` lines too: the baseline column, to show the peak is flat in
 the number of lines. Target: each < 100 MB, and flat (at most 1.2x the small size's).
 """
@@ -13,19 +15,19 @@ the number of lines. Target: each < 100 MB, and flat (at most 1.2x the small siz
 from __future__ import annotations
 
 import json
-import threading
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
 
 import httpx
 
 from bench.common import (
     API_TOKEN,
-    Backend,
     Context,
     PeakWatcher,
     Row,
     log,
+    read_status_kb,
     sqlite_url,
     start_backend,
     start_runner,
@@ -36,31 +38,39 @@ LIMIT_MB = 100.0
 FLAT_FACTOR = 1.2
 
 
-@dataclass
-class Follower:
-    lines: int = 0
-    error: str = ""
-
-
-def follow(backend: Backend, run_id: int, out: Follower) -> None:
-    """Read the SSE log to its end, checking that every seq comes once, in order."""
-    url = f"{backend.url}/api/v1/runs/{run_id}/logs"
+def follow(url: str, run_id: int) -> dict[str, object]:
+    """Read a run's SSE log to its end, checking that every seq comes once, in order."""
+    lines = 0
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    logs = f"{url}/api/v1/runs/{run_id}/logs"
     try:
         with httpx.stream(
-            "GET", url, params={"follow": "true"}, headers=headers, timeout=600
+            "GET", logs, params={"follow": "true"}, headers=headers, timeout=600
         ) as response:
             for line in response.iter_lines():
                 if line.startswith("event: end"):
-                    return
+                    return {"lines": lines}
                 if line.startswith('data: {"seq"'):
                     batch = json.loads(line[6:])
-                    if batch["seq"] != out.lines + 1:
-                        out.error = f"seq {batch['seq']} after {out.lines}"
-                        return
-                    out.lines += len(batch["lines"])
+                    if batch["seq"] != lines + 1:
+                        return {"lines": lines, "error": f"seq {batch['seq']} after {lines}"}
+                    lines += len(batch["lines"])
     except httpx.HTTPError as exc:
-        out.error = repr(exc)
+        return {"lines": lines, "error": repr(exc)}
+    return {"lines": lines, "error": "the stream ended without an end event"}
+
+
+def start_followers(ctx: Context, url: str, run_id: int) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.memory", url, str(run_id)],
+            cwd=ctx.root,
+            env=ctx.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(FOLLOWERS)
+    ]
 
 
 def measure(ctx: Context, lines: int) -> dict[str, float]:
@@ -68,34 +78,37 @@ def measure(ctx: Context, lines: int) -> dict[str, float]:
     name = f"memory-{lines}"
     server = start_runner(ctx.tmp, ctx.env, name, tool=ctx.producer)
     backend = start_backend(ctx.tmp, ctx.env, sqlite_url(ctx.tmp, name), f"{name}-backend")
+    followers: list[subprocess.Popen[str]] = []
     try:
         backend.register(server)
         backend.wait_healthy([server.name])
-        backend.deploy(
-            "big", {"main.tf": "# lines from the producer\n"}, {"BENCH_LINES": str(lines)}
-        )
+        config = {"main.tf": "# lines from the producer\n"}
+        backend.deploy("big", config, {"BENCH_LINES": str(lines)})
+        idle = {
+            "runner server idle": read_status_kb(server.pid, "VmRSS") / 1024,
+            "backend idle": read_status_kb(backend.pid, "VmRSS") / 1024,
+        }
         roots = {"runner server": server.pid, "backend": backend.pid}
         with PeakWatcher(roots, [server.pid]) as watcher:
             start = time.perf_counter()
             run = backend.start_run("big")
-            followers = [Follower() for _ in range(FOLLOWERS)]
-            threads = [
-                threading.Thread(target=follow, args=(backend, run["id"], f)) for f in followers
-            ]
-            for t in threads:
-                t.start()
+            followers = start_followers(ctx, backend.url, run["id"])
             done = backend.wait_run(run["id"], interval=0.2)
             elapsed = time.perf_counter() - start
-            for t in threads:
-                t.join(600)
+            outputs = [f.communicate(timeout=600)[0] for f in followers]
         if done["status"] != "succeeded":
             raise RuntimeError(f"memory run: {done['status']} {done['error_msg']}")
-        for f in followers:
-            if f.error or f.lines < lines:
-                raise RuntimeError(f"a follower got {f.lines}/{lines} lines: {f.error}")
+        for out in outputs:
+            got = json.loads(out)
+            if got.get("error") or got["lines"] < lines:
+                raise RuntimeError(f"a follower got {got['lines']}/{lines} lines: {got}")
         peaks = {k: v / 1024 for k, v in watcher.peaks_kb.items()}
-        return {**peaks, "lines_per_s": lines / elapsed}
+        return {**peaks, **idle, "lines_per_s": lines / elapsed}
     finally:
+        for f in followers:
+            if f.poll() is None:
+                f.kill()
+                f.wait()
         backend.stop()
         server.stop()
 
@@ -108,6 +121,7 @@ def run(ctx: Context) -> list[Row]:
     rows = []
     for process in ("iac-runner", "runner server", "backend"):
         peak, base = at_big[process], at_small[process]
+        idle = at_big.get(f"{process} idle")
         rows.append(
             Row(
                 "4",
@@ -117,7 +131,10 @@ def run(ctx: Context) -> list[Row]:
                 base,
                 target=f"< {LIMIT_MB:.0f} MB, <= {FLAT_FACTOR}x",
                 ok=peak < LIMIT_MB and peak <= FLAT_FACTOR * base,
-                details={"baseline": f"the same at {small:,} lines"},
+                details={
+                    "baseline": f"the same at {small:,} lines",
+                    **({"idle_rss_mb": round(idle, 1)} if idle else {}),
+                },
             )
         )
     rows.append(
@@ -131,3 +148,7 @@ def run(ctx: Context) -> list[Row]:
         )
     )
     return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(follow(sys.argv[1], int(sys.argv[2]))))

@@ -165,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     log(header)
     rows: list[Row] = []
+    durations: dict[str, float] = {}
     try:
         for name in names:
             figure, module = BENCHMARKS[name]
             t0 = time.time()
             rows += attempt(name, figure, ctx, module)
-            log(f"{name}: {time.time() - t0:.0f} s")
+            durations[name] = round(time.time() - t0, 1)
+            log(f"{name}: {durations[name]:.0f} s")
     finally:
         if args.keep:
             log(f"scratch directory kept: {tmp}")
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "elapsed_s": round(elapsed, 1),
+        "durations_s": durations,
         "commit": git_commit(),
         "machine": {
             "cores": os.cpu_count(),
