@@ -44,7 +44,7 @@ def unpack(archive: bytes, dest: str, limits: Limits) -> int:
     number of members written."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(archive), mode="r:*")
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, OSError) as exc:  # EOFError: a truncated gzip
         raise WorkspaceError(f"workspace is not a tar or tar.gz archive: {exc}") from None
     members: list[tarfile.TarInfo] = []
     total = 0
