@@ -507,12 +507,15 @@ class Network:
 
 
 def established_to(address: str, port: int) -> bool:
-    """Whether any TCP connection of the root namespace to address:port is established."""
-    want = "{:08X}:{:04X}".format(int.from_bytes(socket.inet_aton(address), "little"), port)
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] == want and fields[3] == "01":
-            return True
+    """Whether any TCP connection of the root namespace to address:port is established
+    (over IPv4, or IPv6 with the v4-mapped address, as gRPC's dual-stack sockets do)."""
+    word = "{:08X}".format(int.from_bytes(socket.inet_aton(address), "little"))
+    wanted = {f"{word}:{port:04X}", f"0000000000000000FFFF0000{word}:{port:04X}"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[2] in wanted and fields[3] == "01":
+                return True
     return False
 
 
