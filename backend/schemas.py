@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.store.validation import MAX_ID
+
 
 class RunnerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -130,7 +132,10 @@ class RunCreate(BaseModel):
     )
     auto_approve: bool = Field(default=False, description="Apply without waiting for approval.")
     config_version: int | None = Field(
-        default=None, description="Configuration version to use; default: the latest."
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="Configuration version to use; default: the latest.",
     )
 
 

@@ -15,6 +15,7 @@ from backend.crypto import Cipher
 from backend.db import Database
 from backend.models import ApiToken, Deployment
 from backend.store import deployments, tokens
+from backend.store.validation import MAX_ID
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -88,3 +89,6 @@ async def deployment_from_path(
 
 
 DeploymentDep = Annotated[Deployment, Depends(deployment_from_path)]
+
+# A run id, config version or state version in a path.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

@@ -24,6 +24,7 @@ from sqlalchemy.orm import defer
 from backend.errors import Conflict, Forbidden, Invalid, NotFound, StateLocked, Unauthenticated
 from backend.models import STATE_ACCESS_STATUSES, Deployment, Run, StateLock, StateVersion
 from backend.store.runs import add_event, hash_state_token
+from backend.store.validation import MAX_ID
 
 MAX_LOCK_ID_CHARS = 255
 # The md5 of the empty marker version a DELETE leaves (no real state is empty).
@@ -46,7 +47,7 @@ async def authorize_run(
     Unauthenticated when they match no run; Forbidden when the run is real but is not
     executing on this deployment.
     """
-    if not username.isdigit() or not password:
+    if not (username.isascii() and username.isdigit()) or int(username) > MAX_ID or not password:
         raise Unauthenticated("state access needs the run id and the run's state token")
     run = await session.get(Run, int(username))
     expected = run.state_token_hash if run is not None else None

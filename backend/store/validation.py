@@ -10,6 +10,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:-]{0,128}$")
 MAX_LABELS = 64
+# Ids, versions and log seqs are INTEGER columns (32 bits on PostgreSQL): a larger number
+# names nothing, and the database driver would fail on it instead of answering 404.
+MAX_ID = 2**31 - 1
 
 
 def check_name(name: str, what: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from starlette.datastructures import UploadFile
 
-from backend.api.deps import DeploymentDep, SessionDep, SettingsDep
+from backend.api.deps import DeploymentDep, IdPath, SessionDep, SettingsDep
 from backend.archive import Limits
 from backend.errors import Invalid, TooLarge
 from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut
@@ -110,7 +110,9 @@ async def list_config_versions(
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-async def download_config(version: int, deployment: DeploymentDep, session: SessionDep) -> Response:
+async def download_config(
+    version: IdPath, deployment: DeploymentDep, session: SessionDep
+) -> Response:
     row = await configs.get_config_version(session, deployment, version)
     filename = f"{deployment.name}-v{row.version}.tar.gz"
     return Response(

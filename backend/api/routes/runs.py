@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from backend import metrics
-from backend.api.deps import SessionDep
+from backend.api.deps import IdPath, SessionDep
 from backend.engine import Engine
 from backend.errors import Invalid
 from backend.follow import KeepAlive, StatusChange, follow
@@ -19,6 +19,7 @@ from backend.schemas import RunCreate, RunEventOut, RunOut
 from backend.store import deployments, runlist
 from backend.store import logs as log_store
 from backend.store import runs as run_store
+from backend.store.validation import MAX_ID
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -84,7 +85,7 @@ async def list_runs(
 
 
 @router.get("/{run_id}")
-async def get_run(run_id: int, session: SessionDep) -> RunOut:
+async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
     out = run_out(*(await runlist.run_row(session, run_id)))
     out.events = [
         RunEventOut.model_validate(e) for e in await run_store.list_events(session, run_id)
@@ -93,14 +94,14 @@ async def get_run(run_id: int, session: SessionDep) -> RunOut:
 
 
 @router.post("/{run_id}/approve")
-async def approve_run(run_id: int, session: SessionDep, request: Request) -> RunOut:
+async def approve_run(run_id: IdPath, session: SessionDep, request: Request) -> RunOut:
     await engine_of(request).approve(run_id)
     return run_out(*(await runlist.run_row(session, run_id)))
 
 
 @router.post("/{run_id}/cancel")
 async def cancel_run(
-    run_id: int, session: SessionDep, request: Request, force: bool = False
+    run_id: IdPath, session: SessionDep, request: Request, force: bool = False
 ) -> RunOut:
     await engine_of(request).cancel(run_id, force=force)
     session.expire_all()
@@ -110,18 +111,20 @@ async def cancel_run(
 def _resume_from(last_event_id: str | None, after: int) -> int:
     if last_event_id is None:
         return after
-    if not last_event_id.strip().isdigit():
+    if not last_event_id.strip().isdigit() or not last_event_id.isascii():
         raise Invalid(f"Last-Event-ID {last_event_id!r} must be the seq of the last line received")
+    if int(last_event_id) > MAX_ID:
+        raise Invalid(f"Last-Event-ID {last_event_id!r} is larger than any seq")
     return int(last_event_id)
 
 
 @router.get("/{run_id}/logs", response_model=None)
 async def run_logs(
-    run_id: int,
+    run_id: IdPath,
     session: SessionDep,
     request: Request,
     follow_: Annotated[bool, Query(alias="follow", description="Server-Sent Events, live")] = False,
-    after: Annotated[int, Query(ge=0, description="Only lines after this seq")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this seq")] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> PlainTextResponse | StreamingResponse:
     """The stored log as text; with `follow=true` an SSE stream: one `id: <last seq>` event

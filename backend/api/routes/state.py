@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from backend.api.deps import DatabaseDep, DeploymentDep, SessionDep, SettingsDep
+from backend.api.deps import DatabaseDep, DeploymentDep, IdPath, SessionDep, SettingsDep
 from backend.errors import Forbidden, TooLarge, Unauthenticated
 from backend.models import Run
 from backend.schemas import StateLockOut, StateOut, StateVersionOut
@@ -140,7 +140,7 @@ async def show_state(deployment: DeploymentDep, session: SessionDep) -> StateOut
     responses={200: {"content": {"application/json": {}}}},
 )
 async def download_state(
-    version_id: int, deployment: DeploymentDep, session: SessionDep
+    version_id: IdPath, deployment: DeploymentDep, session: SessionDep
 ) -> Response:
     row = await state.get_state_version(session, deployment, version_id)
     return Response(row.data, media_type="application/json")
