@@ -22,6 +22,8 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The backend sets these itself for every run (state access, per-run credentials).
 RESERVED_ENV_PREFIXES = ("TF_HTTP_", "IAC_")
 MAX_VALUE_CHARS = 256 * 1024
+# Runners refuse these (they would inject code into the tool): refuse them here, at once.
+LOADER_HOOKS = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT")
 
 
 @dataclass
@@ -50,6 +52,11 @@ def check_key(key: str, category: str) -> str:
             raise Invalid(
                 f"environment variable name {key!r} is invalid: start with a letter or '_', "
                 "then letters, digits or '_' (at most 128)"
+            )
+        if key in LOADER_HOOKS:
+            raise Invalid(
+                f"environment variable {key!r} is not allowed: runners refuse loader hooks "
+                f"({', '.join(LOADER_HOOKS)})"
             )
         if key.upper().startswith(RESERVED_ENV_PREFIXES):
             raise Invalid(
