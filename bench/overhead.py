@@ -1,6 +1,7 @@
 """Figure 2: what one run costs on top of running terraform by hand.
 
 Real terraform, `samples` runs of each, one at a time and 0.2 s apart (an idle pool),
+the variants of one comparison taken in turn (so load from elsewhere hits all alike),
 p50 and p99:
 - `terraform version`: direct; (a) `iac-runner` (JSON on stdin, a new Python process);
   (b) Execute on a runner server (which keeps a spare iac-runner started).
@@ -52,15 +53,26 @@ PLAN_ARGS = ["-out=tfplan", "-detailed-exitcode"]
 PAUSE = 0.2
 
 
-def sample(n: int, fn: Callable[[], object], warmup: int) -> list[float]:
-    """Milliseconds of n calls of fn, PAUSE apart, after `warmup` unmeasured calls."""
+def interleaved(
+    n: int, warmup: int, variants: dict[str, Callable[[], float]]
+) -> dict[str, list[float]]:
+    """Milliseconds of n runs of each variant, taken in turn (one of each, then again), so
+    that a burst of load from elsewhere hits every variant alike. Each call returns its
+    own duration in ms. PAUSE before every call; `warmup` unmeasured rounds first."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for call in variants.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(n):
-        time.sleep(PAUSE)
-        times.append(timed(fn) * 1000)
+        for name, call in variants.items():
+            time.sleep(PAUSE)
+            times[name].append(call())
     return times
+
+
+def ms(fn: Callable[[], object]) -> Callable[[], float]:
+    """fn, returning how long it took in ms."""
+    return lambda: timed(fn) * 1000
 
 
 def check(proc: subprocess.CompletedProcess[bytes], ok: tuple[int, ...] = (0,)) -> None:
@@ -182,36 +194,50 @@ def run(ctx: Context) -> list[Row]:
                 if not result.artifacts:
                     raise RuntimeError("the plan file was not collected")
 
-            log(f"overhead: terraform version x{n}: direct, iac-runner, Execute")
-            version_direct = sample(n, lambda: direct.terraform_run(config, "version"), warm)
-            version_stdio = sample(n, lambda: direct.iac_runner(config, "version", []), warm)
-            version_execute = sample(n, execute_version, warm)
-            log(f"overhead: no-op plan x{n}: direct, iac-runner, Execute")
-            plan_direct = sample(n, lambda: direct.terraform_run(config, "plan", *PLAN_ARGS), warm)
-            plan_stdio = sample(n, lambda: direct.iac_runner(config, "plan", PLAN_ARGS), warm)
-            plan_execute = sample(n, execute_plan, warm)
-            log(f"overhead: init+plan x{n}: direct, Execute pair, backend plan run")
-            pair_direct = sample(n, lambda: direct.init_plan(config), warm)
-            pair_execute = sample(n, execute_init_plan, warm)
+            backend.register(server)
+            backend.wait_healthy([server.name])
+            backend.deploy("noop", {"main.tf": EMPTY_CONFIG}, {})
 
-        backend.register(server)
-        backend.wait_healthy([server.name])
-        backend.deploy("noop", {"main.tf": EMPTY_CONFIG}, {})
-        for _ in range(warm):
-            backend_run_ms(backend, "noop")
-        pair_backend = []
-        for _ in range(n):
-            time.sleep(PAUSE)
-            pair_backend.append(backend_run_ms(backend, "noop"))
+            log(f"overhead: terraform version x{n}: direct, iac-runner, Execute")
+            version = interleaved(
+                n,
+                warm,
+                {
+                    "direct": ms(lambda: direct.terraform_run(config, "version")),
+                    "stdio": ms(lambda: direct.iac_runner(config, "version", [])),
+                    "execute": ms(execute_version),
+                },
+            )
+            log(f"overhead: no-op plan x{n}: direct, iac-runner, Execute")
+            plan = interleaved(
+                n,
+                warm,
+                {
+                    "direct": ms(lambda: direct.terraform_run(config, "plan", *PLAN_ARGS)),
+                    "stdio": ms(lambda: direct.iac_runner(config, "plan", PLAN_ARGS)),
+                    "execute": ms(execute_plan),
+                },
+            )
+            log(f"overhead: init+plan x{n}: direct, 2 Executes, backend plan run")
+            pair = interleaved(
+                n,
+                warm,
+                {
+                    "direct": ms(lambda: direct.init_plan(config)),
+                    "execute": ms(execute_init_plan),
+                    "backend": lambda: backend_run_ms(backend, "noop"),
+                },
+            )
     finally:
         backend.stop()
         server.stop()
 
+    pair_direct, pair_execute, pair_backend = pair["direct"], pair["execute"], pair["backend"]
     rows = [
-        *rows_for("2a", "version, iac-runner", version_stdio, version_direct, None),
-        *rows_for("2b", "version, Execute", version_execute, version_direct, VERSION_FACTOR),
-        *rows_for("2a", "no-op plan, iac-runner", plan_stdio, plan_direct, None),
-        *rows_for("2b", "no-op plan, Execute", plan_execute, plan_direct, None),
+        *rows_for("2a", "version, iac-runner", version["stdio"], version["direct"], None),
+        *rows_for("2b", "version, Execute", version["execute"], version["direct"], VERSION_FACTOR),
+        *rows_for("2a", "no-op plan, iac-runner", plan["stdio"], plan["direct"], None),
+        *rows_for("2b", "no-op plan, Execute", plan["execute"], plan["direct"], None),
         *rows_for("2b", "init+plan, 2 Executes", pair_execute, pair_direct, None),
     ]
     b50, c50 = percentile(pair_execute, 0.5), percentile(pair_backend, 0.5)

@@ -64,7 +64,7 @@ def run(ctx: Context) -> list[Row]:
             "backend_runs_per_s": p.backend,
             "direct_runs_per_s": p.direct,
             "ratio": p.ratio,
-            "failed": p.failed,
+            "failed": len(p.failures),
         }
         for p in points
     ]
