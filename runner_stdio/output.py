@@ -24,10 +24,26 @@ MAX_LINE_BYTES = 64 * 1024
 MASK = "***"
 
 
+# Lines of a multi-line secret shorter than this are not masked on their own ("}", "").
+MIN_SECRET_LINE = 4
+
+
+def mask_forms(secret: str) -> set[str]:
+    """The ways a secret shows up in a tool's output: as is; quoted, as terraform prints
+    strings in plans and its `Executing: [...]` lines (\\" \\\\ \\n); with HCL's `$${`;
+    and, for a multi-line secret printed line by line (heredocs, echo), each line."""
+    quoted = json.dumps(secret, ensure_ascii=False)[1:-1]
+    forms = {secret, quoted, quoted.replace("${", "$${").replace("%{", "%%{")}
+    if "\n" in secret:
+        forms.update(line for line in secret.split("\n") if len(line.strip()) >= MIN_SECRET_LINE)
+    return {f for f in forms if f}
+
+
 class LineSplitter:
     def __init__(self, secrets: list[str]) -> None:
         # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        forms = {form for s in secrets if s for form in mask_forms(s)}
+        self._secrets = sorted(forms, key=len, reverse=True)
         self._carry: dict[str, bytes] = {s: b"" for s in STREAMS}
 
     def mask(self, text: str) -> str:
