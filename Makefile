@@ -46,6 +46,12 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The reliability tests (tests/reliability) at full size: 200 load runs on SQLite and
+# PostgreSQL, thousands of fuzzed inputs per entry point, three database restarts, the
+# link that comes back. `make test` runs the same tests at their quick size.
+soak: $(STAMP)
+	IAC_SOAK=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -51,6 +51,14 @@ def platform(rel_env: dict[str, str], module_tmp: Path) -> Iterator[tuple[Backen
         runner.stop()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The soak profile's sizes outgrow the suite's 300 s per-test timeout."""
+    if SOAK:
+        for item in items:
+            if "tests/reliability/" in str(item.path):
+                item.add_marker(pytest.mark.timeout(3600))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not Counter.totals:
         return
