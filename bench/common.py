@@ -45,10 +45,10 @@ PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
 @dataclass
 class Sizes:
     lines: int = 1_000_000  # figures 1, 4 and 5: lines of the big stream
-    per_line_lines: int = 50_000  # figure 1: the one-message-per-line relay (~7 k/s)
+    per_line_lines: int = 20_000  # figure 1: the one-message-per-line relay (~10-20 k/s)
     repeat: int = 3  # figures 1 and 5: alternating repetitions, the median is kept
     samples: int = 30  # figure 2: measured repetitions per command
-    warmup: int = 2  # figure 2: unmeasured repetitions first
+    warmup: int = 1  # figure 2: unmeasured rounds first
     latency_lines: int = 100  # figure 3: lines printed 100 ms apart
     memory_small: int = 250_000  # figure 4: the second size, to show flatness
     runs: int = 500  # figure 6: queued runs
