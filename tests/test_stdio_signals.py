@@ -228,7 +228,7 @@ def test_guard_survives_signals_sent_by_name(tool_env, slow_tf):
 # -- escalation, with tools that ignore signals ------------------------------------------
 
 STUBBORN_TOOL = """\
-import signal, subprocess
+import os, signal, subprocess
 IGNORED = {ignored!r}
 for name in IGNORED:  # the child inherits SIG_IGN
     signal.signal(getattr(signal, name), signal.SIG_IGN)
@@ -236,12 +236,13 @@ child = subprocess.Popen(["sleep", "{seconds}"])
 
 
 def note(signum, frame):
-    print("got", signal.Signals(signum).name, flush=True)
+    # os.write, not print: a signal landing inside print() would re-enter its buffer.
+    os.write(1, f"got {{signal.Signals(signum).name}}\\n".encode())
 
 
 for name in IGNORED:
     signal.signal(getattr(signal, name), note)
-print("ready", flush=True)
+os.write(1, b"ready\\n")
 child.wait()
 """
 
