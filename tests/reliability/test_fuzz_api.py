@@ -130,7 +130,7 @@ def test_rest_api_fuzzed_from_its_openapi_schema(
     schema = schemathesis.openapi.from_dict(spec)
     operations = _operations(spec, isolated=bool(fuzz_netns))
     assert len(operations) >= 20
-    examples = size(10, 150) if mode == GenerationMode.POSITIVE else size(4, 100)
+    examples = size(6, 150) if mode == GenerationMode.POSITIVE else size(3, 100)
     with inside_netns(fuzz_netns) if fuzz_netns else _nowhere():
         for method, path in operations:
             operation = schema[path][method]

@@ -180,7 +180,7 @@ def _expect_clear_end(call: Any) -> None:
 
 
 @given(request=execute_requests)
-@fuzz_settings(120, 3000)
+@fuzz_settings(100, 3000)
 def test_execute_fuzz(fuzz_server: tuple[Server, grpc.Channel], request: pb.ExecuteRequest) -> None:
     Counter.add("inputs fuzzed (gRPC)")
     stub = pb_grpc.RunnerStub(fuzz_server[1])

@@ -37,7 +37,7 @@ RESPONSE_FIELDS = {
 
 
 @given(body=stdin_bodies, max_timeout=st.sampled_from([10.0, 86400.0, float("inf")]))
-@fuzz_settings(1000, 50_000)
+@fuzz_settings(500, 20_000)
 def test_parse_request_accepts_or_refuses_with_a_message(body: bytes, max_timeout: float) -> None:
     Counter.add("inputs fuzzed (stdio parser, in-process)")
     try:
@@ -66,7 +66,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @given(work_dir=any_text | st.sampled_from(["..", "link-out", "link-out/..", "w/../..", "/"]))
-@fuzz_settings(1000, 20_000)
+@fuzz_settings(500, 20_000)
 def test_work_dir_resolves_inside_the_root_or_is_refused(tree: Path, work_dir: str) -> None:
     Counter.add("inputs fuzzed (work_dir, in-process)")
     root = tree / "root"
@@ -109,7 +109,7 @@ def _check_answer(answer: dict[str, Any], status: int) -> None:
 
 
 @given(body=stdin_bodies, stream=st.booleans())
-@fuzz_settings(150, 3000)
+@fuzz_settings(100, 3000)
 def test_iac_runner_answers_every_input_once_without_a_traceback(
     fuzz_env: dict[str, str], body: bytes, stream: bool
 ) -> None:

@@ -49,11 +49,11 @@ from tests.reliability.harness import (
 
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
 RUNNER_TOKEN = "netns-runner-token-0123456789"
-LOST_TIMEOUT = 8.0
+LOST_TIMEOUT = 4.0
 PORT = 50051
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def network() -> Iterator[Network]:
     require_netns()
     try:
@@ -66,9 +66,9 @@ def network() -> Iterator[Network]:
         net.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def hosts(
-    network: Network, rel_env: dict[str, str], tmp_path: Path
+    network: Network, rel_env: dict[str, str], module_tmp: Path
 ) -> Iterator[tuple[Backend, dict[str, tuple[Host, Server]]]]:
     """Runners net-a and net-b on two hosts, and a backend on the bridge that knows both."""
     started: dict[str, tuple[Host, Server]] = {}
@@ -77,7 +77,7 @@ def hosts(
         for name in ("net-a", "net-b"):
             host = network.add_host()
             server = start_server(
-                tmp_path,
+                module_tmp,
                 rel_env,
                 name,
                 "--label",
@@ -91,9 +91,9 @@ def hosts(
             )
             started[name] = (host, server)
         backend = start_backend_at(
-            tmp_path,
+            module_tmp,
             rel_env,
-            f"sqlite:///{tmp_path / 'iac.db'}",
+            f"sqlite:///{module_tmp / 'iac.db'}",
             host=network.gateway,
             IAC_RUNNER_LOST_TIMEOUT=str(LOST_TIMEOUT),
         )
@@ -119,11 +119,11 @@ def hosts(
             server.stop()
 
 
-def _progress(server: Server) -> int:
-    """How far the local-exec loop got on the runner host (it writes its count to a file
-    in its work_dir, which the test sees: the namespaces share the file system)."""
-    counts = [int(p.read_text() or 0) for p in server.workspace_root.glob("*/progress")]
-    return max(counts, default=0)
+def _progress(server: Server, run: dict[str, Any]) -> int:
+    """How far the run's local-exec loop got on the runner host (it writes its count to a
+    file in its work_dir, which the test sees: the namespaces share the file system)."""
+    files = server.workspace_root.glob(f"run-{run['id']}-apply-*/progress")
+    return max((int(p.read_text() or 0) for p in files), default=0)
 
 
 def _deploy_on(backend: Backend, name: str, runner: str, n: int, pause: str) -> dict[str, Any]:
@@ -140,11 +140,11 @@ def test_a_short_flap_of_the_link_loses_and_doubles_nothing(
     n = 60
     run = _deploy_on(backend, "flap", "net-a", n, "0.1")
     follower = Follower(backend, run["id"]).start()
-    wait_for(lambda: _progress(server) >= 10, timeout=120)
+    wait_for(lambda: _progress(server, run) >= 10, timeout=120)
     network.cut(host)
-    cut_at = _progress(server)
+    cut_at = _progress(server, run)
     # The runner goes on while it is cut off: hold the cut until it printed 20 more lines.
-    wait_for(lambda: _progress(server) >= cut_at + 20, timeout=30)
+    wait_for(lambda: _progress(server, run) >= cut_at + 20, timeout=30)
     network.mend(host)
     run = backend.wait(run["id"], *TERMINAL, timeout=120)
     assert run["status"] == "succeeded", run
@@ -159,7 +159,7 @@ def test_a_lasting_cut_fails_the_run_after_the_lost_timeout_and_new_runs_go_else
     backend, started = hosts
     host, server = started["net-a"]
     run = _deploy_on(backend, "cut", "net-a", 600, "0.2")
-    wait_for(lambda: _progress(server) >= 3, timeout=120)
+    wait_for(lambda: _progress(server, run) >= 3, timeout=120)
     lock = backend.call("GET", "/deployments/cut/state", 200)["lock"]
     assert lock is not None and lock["run_id"] == run["id"]
     network.cut(host)
@@ -244,7 +244,7 @@ def test_a_link_back_within_the_lost_timeout_reattaches_with_every_line_once(
         n = 300
         run = _deploy_on(backend, "back", "net-r", n, "0.1")
         follower = Follower(backend, run["id"]).start()
-        wait_for(lambda: _progress(server) >= 10, timeout=120)
+        wait_for(lambda: _progress(server, run) >= 10, timeout=120)
         assert established_to(host.address, PORT)
         network.cut(host)
         # Until gRPC gave the connection up (keepalive): the stream is broken for sure.
