@@ -52,6 +52,11 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
+# How every Fernet token starts (version byte 0x80, base64): a state (JSON) or a plan
+# file (zip) stored before a key was configured never does.
+FERNET_PREFIX = b"gAAAAA"
+
+
 class Cipher:
     """Encrypts and decrypts secrets; usable without a key until a secret must be stored."""
 
@@ -69,6 +74,26 @@ class Cipher:
             )
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
         return self._fernet.encrypt(data)
+
+    def seal(self, data: bytes) -> bytes:
+        """Terraform's own files (state, saved plans) hold every secret of a run in
+        plaintext: stored encrypted when a key is configured, else as they are."""
+        if not data or self._fernet is None:
+            return data
+        return self._fernet.encrypt(data)
+
+    def unseal(self, data: bytes) -> bytes:
+        """What `seal` stored (a file stored before a key was set comes back as is)."""
+        if not data.startswith(FERNET_PREFIX):
+            return data
+        if self._fernet is None:
+            raise DecryptionFailed(f"ENCRYPTION_KEY is not set; {KEY_HINT}")
+        try:
+            return self._fernet.decrypt(data)
+        except InvalidToken:
+            raise DecryptionFailed(
+                "a stored state or plan file does not decrypt with ENCRYPTION_KEY (wrong key?)"
+            ) from None
 
     def decrypt(self, ciphertext: bytes) -> str:
         if self._fernet is None:

@@ -651,7 +651,7 @@ class Engine:
             config = await session.get(ConfigVersion, run.config_version_id)
             assert deployment is not None and config is not None
             env = await variable_store.run_environment(session, self.cipher, deployment)
-            plan_file = run.plan_file
+            plan_file = self.cipher.unseal(run.plan_file) if run.plan_file else None
         phase = "plan" if run.status == RunStatus.RUNNING.value else "apply"
         steps = phase_steps(run.operation, phase)
         client = await self.pool.client_for(run.runner_id or "")
@@ -831,7 +831,7 @@ class Engine:
         async with self.db.session() as session:
             run = await get_run(session, run_id, for_update=True)
             run.has_changes = changes
-            run.plan_file = plan
+            run.plan_file = self.cipher.seal(plan) if plan is not None else None
             run.tool_version = result.tool_version or run.tool_version
             if run.operation == "plan" or not changes:
                 note = "plan has changes" if changes else "no changes"

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from backend.crypto import Cipher
 from backend.errors import Conflict, Forbidden, Invalid, NotFound, StateLocked, Unauthenticated
 from backend.models import STATE_ACCESS_STATUSES, Deployment, Run, StateLock, StateVersion
 from backend.store.runs import add_event, hash_state_token
@@ -201,8 +202,10 @@ async def write_state(
     run_id: int | None,
     content_md5: str | None = None,
     parsed: tuple[int, str, str] | None = None,
+    cipher: Cipher | None = None,
 ) -> StateVersion:
-    """Store a new state version, honouring the lock (StateLocked / Conflict)."""
+    """Store a new state version, honouring the lock (StateLocked / Conflict); encrypted
+    with `cipher` when it has a key (`unseal` reads it back)."""
     serial, lineage, md5 = parsed or parse_state(data, content_md5)
     await _check_writer(session, deployment, lock_id)
     latest = await current_state(session, deployment.id)
@@ -215,7 +218,7 @@ async def write_state(
         deployment_id=deployment.id,
         serial=serial,
         lineage=lineage,
-        data=data,
+        data=cipher.seal(data) if cipher is not None else data,
         md5=md5,
         run_id=run_id,
     )

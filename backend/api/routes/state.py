@@ -13,7 +13,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from backend.api.deps import DatabaseDep, DeploymentDep, IdPath, SessionDep, SettingsDep
+from backend.api.deps import (
+    CipherDep,
+    DatabaseDep,
+    DeploymentDep,
+    IdPath,
+    SessionDep,
+    SettingsDep,
+)
 from backend.errors import Forbidden, TooLarge, Unauthenticated
 from backend.models import Run
 from backend.schemas import StateLockOut, StateOut, StateVersionOut
@@ -63,12 +70,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 @router.get("/{deployment}")
-async def get_state(access: AccessDep, session: SessionDep) -> Response:
+async def get_state(access: AccessDep, session: SessionDep, cipher: CipherDep) -> Response:
     current = await state.current_state(session, access.deployment.id)
     if current is None:
         # Terraform reads 204 (like 404) as "no state yet".
         return Response(status_code=204)
-    return Response(current.data, media_type="application/json")
+    return Response(cipher.unseal(current.data), media_type="application/json")
 
 
 @router.post("/{deployment}")
@@ -76,6 +83,7 @@ async def post_state(
     access: AccessDep,
     session: SessionDep,
     settings: SettingsDep,
+    cipher: CipherDep,
     request: Request,
     lock_id: LockIdQuery = None,
 ) -> Response:
@@ -86,7 +94,13 @@ async def post_state(
     else:
         parsed = state.parse_state(data, md5)
     await state.write_state(
-        session, access.deployment, data, lock_id=lock_id, run_id=access.run.id, parsed=parsed
+        session,
+        access.deployment,
+        data,
+        lock_id=lock_id,
+        run_id=access.run.id,
+        parsed=parsed,
+        cipher=cipher,
     )
     return Response(status_code=200)
 
@@ -140,7 +154,7 @@ async def show_state(deployment: DeploymentDep, session: SessionDep) -> StateOut
     responses={200: {"content": {"application/json": {}}}},
 )
 async def download_state(
-    version_id: IdPath, deployment: DeploymentDep, session: SessionDep
+    version_id: IdPath, deployment: DeploymentDep, session: SessionDep, cipher: CipherDep
 ) -> Response:
     row = await state.get_state_version(session, deployment, version_id)
-    return Response(row.data, media_type="application/json")
+    return Response(cipher.unseal(row.data), media_type="application/json")
