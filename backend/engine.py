@@ -90,6 +90,8 @@ BUSY = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
 FLUSH_LINES = 2000
 FLUSH_BYTES = 256 * 1024
 FLUSH_INTERVAL = 0.2
+# Unstored log bytes at which reading from the runner pauses until they are stored.
+BACKLOG_BYTES = 4 * FLUSH_BYTES
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,10 @@ class LogWriter:
         self.hub.publish(self.run_id, LogBatch(first, tuple(texts)))
         if len(self._lines) >= FLUSH_LINES or self._bytes >= FLUSH_BYTES:
             self._due.set()
+
+    @property
+    def backlogged(self) -> bool:
+        return self._bytes >= BACKLOG_BYTES
 
     async def flush(self) -> None:
         async with self._lock:
@@ -785,6 +791,10 @@ class Engine:
                     kind = event.WhichOneof("event")
                     if kind == "output":
                         writer.add(offset, event.output.lines)
+                        if writer.backlogged:
+                            # Store before reading on: the runner's stream (and so the
+                            # tool's pipe) waits instead of this process's memory growing.
+                            await writer.flush()
                     elif kind == "started":
                         started = True
                     elif kind == "result":
