@@ -104,10 +104,11 @@ def _check_answer(answer: dict[str, Any], status: int) -> None:
         assert answer["success"] is True and answer["exit_code"] == 0
     else:
         assert answer["success"] is False and answer["error_msg"], answer
-    if status == 2:
+    if status in (2, 3):
         assert answer["exit_code"] == -1
 
 
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 1 MiB bodies
 @given(body=stdin_bodies, stream=st.booleans())
 @fuzz_settings(100, 3000)
 def test_iac_runner_answers_every_input_once_without_a_traceback(
@@ -124,9 +125,19 @@ def test_iac_runner_answers_every_input_once_without_a_traceback(
         check=False,
     )
     assert b"Traceback" not in proc.stderr and b"Traceback" not in proc.stdout
-    assert proc.returncode in (0, 1, 2), (proc.returncode, proc.stdout[-500:], proc.stderr[-500:])
+    assert proc.returncode in (0, 1, 2, 3), (
+        proc.returncode,
+        proc.stdout[-500:],
+        proc.stderr[-500:],
+    )
+    if proc.returncode == 3:
+        # Valid, but refused by the OS at exec: one argument over Linux's 128 KiB (as
+        # tests/test_stdio_protocol.py::test_tool_that_cannot_be_started_is_an_internal_error
+        # documents). Still one clear answer.
+        assert b"could not run terraform: [Errno 7] Argument list too long" in proc.stdout
     assert proc.stdout.endswith(b"\n")
-    Counter.add("iac-runner answers: " + ("refusals" if proc.returncode == 2 else "results"))
+    kind = {2: "refusals", 3: "refused by the OS at exec"}.get(proc.returncode, "results")
+    Counter.add("iac-runner answers: " + kind)
     lines = proc.stdout.decode().splitlines()
     if stream:
         events = [json.loads(line) for line in lines]

@@ -198,7 +198,9 @@ def test_a_slow_sse_follower_slows_neither_the_run_nor_other_followers(
         peak = sampler.stop()
 
         assert run["status"] == "succeeded", run
-        assert _duration(run) < 1.5 * _duration(base) + 10, (_duration(run), _duration(base))
+        # Were the run held back by its slow follower, it would take hours (one line per
+        # second); the margin is for the load of a shared machine, not for a slowdown.
+        assert _duration(run) < 3 * _duration(base) + 30, (_duration(run), _duration(base))
         fast.join()
         assert fast.ended - ended < 10, "the fast follower lagged behind the run"
         fast.check(run_lines_once(backend, run, "slow", n))
