@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  scale: {args.scale}  lines: {ctx.sizes.lines:,}  runs: {ctx.sizes.runs}"
     )
     log(header)
+    cores = os.cpu_count() or 1
+    if load_start[0] > cores / 2:
+        log(
+            f"warning: load average {load_start[0]:.1f} on {cores} cores: other work competes "
+            "with the benchmarks, figures will be low and noisy"
+        )
     rows: list[Row] = []
     durations: dict[str, float] = {}
     try:
