@@ -78,6 +78,8 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level="info",
         proxy_headers=False,
+        # Longer than clients keep idle connections, so a request rarely meets a close.
+        timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
     try:
