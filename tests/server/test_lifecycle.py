@@ -23,6 +23,13 @@ resource "terraform_data" "slow" {
 """
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _start_and_wait_for_line(stub, **fields):  # type: ignore[no-untyped-def]
     """Start Execute; return the call and the events up to the first output line."""
     call = stub.Execute(pb.ExecuteRequest(**fields))
@@ -249,7 +256,14 @@ def test_sigkill_of_iac_runner_still_gives_a_result_and_no_orphan(
         stub, tool="terraform", command="plan", args=["--lines", "1", "--sleep", marker]
     )
     wait_for(lambda: pids_matching(f"sleep {marker}"))
-    runners = [p for p in pids_matching("iac-runner --stream")]
+    # Only this server's children (other runner servers on the machine keep theirs), and
+    # only the one running a tool: the spare waiting for a request has no child.
+    runners = [
+        p
+        for p in pids_matching("iac-runner --stream")
+        if _ppid(p) == fake_runner.proc.pid
+        and any(_ppid(c) == p for c in pids_matching("fake-terraform"))
+    ]
     assert runners
     for pid in runners:
         import os
