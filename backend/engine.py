@@ -644,7 +644,8 @@ class Engine:
         finally:
             if flusher is not None:
                 flusher.cancel()
-            self.executions.pop(run_id, None)
+            if self.executions.get(run_id) is execution:  # a re-dispatch may have replaced it
+                del self.executions[run_id]
             self.pool.release(execution.runner)
             self.hub.close(run_id)
             self.wake()
