@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from runner_server.config import ServerConfig
 from runner_stdio.tools import ToolError, parse_tool_entries
@@ -32,29 +33,123 @@ def _labels_from_env(text: str) -> list[tuple[str, str]]:
     return [_label(item.strip()) for item in text.split(",") if item.strip()]
 
 
+def _number(kind: type[int] | type[float], flag: str, env: str) -> Callable[[str], float]:
+    """An argparse type that names both places a bad number can come from."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'} "
+                f"(set by {flag} or {env})"
+            ) from None
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+# One row per option: flag, environment variable, default ("" = none), type, help. The
+# environment variable, when set, replaces the default; the command line wins over both.
+_SERVE_OPTIONS: list[tuple[str, str, str, type[int] | type[float] | None, str]] = [
+    ("--listen", "IAC_RUNNER_LISTEN", "127.0.0.1:50051", None, "HOST:PORT to serve on"),
+    (
+        "--workspace-root",
+        "IAC_RUNNER_WORKSPACE_ROOT",
+        "/tmp/iac-deployments",
+        None,
+        "runs execute in directories under this root",
+    ),
+    (
+        "--max-concurrent",
+        "IAC_RUNNER_MAX_CONCURRENT",
+        "4",
+        int,
+        "runs at once; more get RESOURCE_EXHAUSTED",
+    ),
+    ("--runner-id", "IAC_RUNNER_ID", "", None, "this runner's id (default: the host name)"),
+    ("--token", "IAC_RUNNER_TOKEN", "", None, "require 'authorization: Bearer TOKEN' metadata"),
+    ("--tls-cert", "IAC_RUNNER_TLS_CERT", "", None, "server certificate (PEM)"),
+    ("--tls-key", "IAC_RUNNER_TLS_KEY", "", None, "server private key (PEM)"),
+    (
+        "--tls-client-ca",
+        "IAC_RUNNER_TLS_CLIENT_CA",
+        "",
+        None,
+        "CA that client certificates must chain to: mTLS",
+    ),
+    (
+        "--metrics-listen",
+        "IAC_RUNNER_METRICS_LISTEN",
+        "",
+        None,
+        "HOST:PORT for Prometheus /metrics",
+    ),
+    (
+        "--grace",
+        "IAC_RUNNER_GRACE",
+        "20",
+        float,
+        "seconds between SIGINT and SIGTERM when a run is canceled",
+    ),
+    (
+        "--default-timeout",
+        "IAC_RUNNER_DEFAULT_TIMEOUT",
+        "3600",
+        float,
+        "timeout of a run that asks for none",
+    ),
+    (
+        "--drain-timeout",
+        "IAC_RUNNER_DRAIN_TIMEOUT",
+        "300",
+        float,
+        "on SIGTERM, how long active runs may finish before they are canceled",
+    ),
+    (
+        "--retention-seconds",
+        "IAC_RUNNER_RETENTION_SECONDS",
+        "600",
+        float,
+        "how long a finished run stays available to Attach",
+    ),
+    (
+        "--retention-bytes",
+        "IAC_RUNNER_RETENTION_BYTES",
+        str(4 * 1024 * 1024),
+        int,
+        "output bytes kept per run for Attach (4 MiB)",
+    ),
+    (
+        "--runner-bin",
+        "IAC_RUNNER_BIN",
+        "",
+        None,
+        "path of the iac-runner executable (default: beside this Python)",
+    ),
+]
+
+
+def _add_options(
+    p: argparse.ArgumentParser,
+    options: list[tuple[str, str, str, type[int] | type[float] | None, str]],
+) -> None:
+    for flag, env, default, kind, text in options:
+        shown = f"{env}, {default}" if default else env
+        action = p.add_argument(flag, default=_env(env, default), help=f"{text} [{shown}]")
+        if kind is not None:
+            action.type = _number(kind, flag, env)
+
+
 def serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iac-runner-server",
         description="gRPC runner server: runs terraform/tofu through iac-runner and streams "
-        "every output line. `iac-runner-server health` probes a running server.",
+        "every output line. `iac-runner-server health` probes a running server. Each option "
+        "can also be set by the environment variable named in brackets.",
     )
-    p.add_argument(
-        "--listen",
-        default=_env("IAC_RUNNER_LISTEN", "127.0.0.1:50051"),
-        help="HOST:PORT to serve on [IAC_RUNNER_LISTEN, 127.0.0.1:50051]",
-    )
-    p.add_argument(
-        "--workspace-root",
-        default=_env("IAC_RUNNER_WORKSPACE_ROOT", "/tmp/iac-deployments"),
-        help="runs execute in directories under this root "
-        "[IAC_RUNNER_WORKSPACE_ROOT, /tmp/iac-deployments]",
-    )
-    p.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=int(_env("IAC_RUNNER_MAX_CONCURRENT", "4")),
-        help="runs at once; more get RESOURCE_EXHAUSTED [IAC_RUNNER_MAX_CONCURRENT, 4]",
-    )
+    _add_options(p, _SERVE_OPTIONS)
     p.add_argument(
         "--label",
         type=_label,
@@ -63,77 +158,10 @@ def serve_parser() -> argparse.ArgumentParser:
         help="KEY=VALUE, repeatable, e.g. provider=aws [IAC_RUNNER_LABELS, comma-separated]",
     )
     p.add_argument(
-        "--runner-id",
-        default=_env("IAC_RUNNER_ID", ""),
-        help="this runner's id [IAC_RUNNER_ID, the host name]",
-    )
-    p.add_argument(
-        "--token",
-        default=_env("IAC_RUNNER_TOKEN"),
-        help="require 'authorization: Bearer TOKEN' metadata [IAC_RUNNER_TOKEN]",
-    )
-    p.add_argument(
-        "--tls-cert",
-        default=_env("IAC_RUNNER_TLS_CERT"),
-        help="server certificate (PEM) [IAC_RUNNER_TLS_CERT]",
-    )
-    p.add_argument(
-        "--tls-key",
-        default=_env("IAC_RUNNER_TLS_KEY"),
-        help="server private key (PEM) [IAC_RUNNER_TLS_KEY]",
-    )
-    p.add_argument(
-        "--tls-client-ca",
-        default=_env("IAC_RUNNER_TLS_CLIENT_CA"),
-        help="CA that client certificates must chain to: mTLS [IAC_RUNNER_TLS_CLIENT_CA]",
-    )
-    p.add_argument(
         "--insecure",
         action="store_true",
         default=_env("IAC_RUNNER_INSECURE") in ("1", "true", "yes"),
         help="allow a non-loopback listener without token or mTLS [IAC_RUNNER_INSECURE]",
-    )
-    p.add_argument(
-        "--metrics-listen",
-        default=_env("IAC_RUNNER_METRICS_LISTEN"),
-        help="HOST:PORT for Prometheus /metrics [IAC_RUNNER_METRICS_LISTEN, off]",
-    )
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=float(_env("IAC_RUNNER_GRACE", "20")),
-        help="seconds between SIGINT and SIGTERM when a run is canceled [IAC_RUNNER_GRACE, 20]",
-    )
-    p.add_argument(
-        "--default-timeout",
-        type=float,
-        default=float(_env("IAC_RUNNER_DEFAULT_TIMEOUT", "3600")),
-        help="timeout of a run that asks for none [IAC_RUNNER_DEFAULT_TIMEOUT, 3600]",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=float(_env("IAC_RUNNER_DRAIN_TIMEOUT", "300")),
-        help="on SIGTERM, how long active runs may finish before they are canceled "
-        "[IAC_RUNNER_DRAIN_TIMEOUT, 300]",
-    )
-    p.add_argument(
-        "--retention-seconds",
-        type=float,
-        default=float(_env("IAC_RUNNER_RETENTION_SECONDS", "600")),
-        help="how long a finished run stays available to Attach "
-        "[IAC_RUNNER_RETENTION_SECONDS, 600]",
-    )
-    p.add_argument(
-        "--retention-bytes",
-        type=int,
-        default=int(_env("IAC_RUNNER_RETENTION_BYTES", str(4 * 1024 * 1024))),
-        help="output bytes kept per run for Attach [IAC_RUNNER_RETENTION_BYTES, 4 MiB]",
-    )
-    p.add_argument(
-        "--runner-bin",
-        default=_env("IAC_RUNNER_BIN"),
-        help="path of the iac-runner executable [IAC_RUNNER_BIN, beside this Python]",
     )
     p.add_argument(
         "--accept",
@@ -160,27 +188,34 @@ def health_parser() -> argparse.ArgumentParser:
         prog="iac-runner-server health",
         description="Exit 0 if the runner at ADDRESS reports SERVING on grpc.health.v1, else 1.",
     )
-    p.add_argument(
-        "--address",
-        default=_env("IAC_RUNNER_LISTEN", "127.0.0.1:50051"),
-        help="HOST:PORT of the runner [IAC_RUNNER_LISTEN, 127.0.0.1:50051]",
+    _add_options(
+        p,
+        [
+            ("--address", "IAC_RUNNER_LISTEN", "127.0.0.1:50051", None, "HOST:PORT of the runner"),
+            (
+                "--tls-ca",
+                "IAC_RUNNER_TLS_CA",
+                "",
+                None,
+                "CA to verify the server with; enables TLS",
+            ),
+            (
+                "--tls-cert",
+                "IAC_RUNNER_HEALTH_TLS_CERT",
+                "",
+                None,
+                "client certificate (PEM) for a runner that requires mTLS",
+            ),
+            (
+                "--tls-key",
+                "IAC_RUNNER_HEALTH_TLS_KEY",
+                "",
+                None,
+                "client private key (PEM), with --tls-cert",
+            ),
+            ("--timeout", "IAC_RUNNER_HEALTH_TIMEOUT", "5", float, "seconds"),
+        ],
     )
-    p.add_argument(
-        "--tls-ca",
-        default=_env("IAC_RUNNER_TLS_CA"),
-        help="CA to verify the server with; enables TLS",
-    )
-    p.add_argument(
-        "--tls-cert",
-        default=_env("IAC_RUNNER_HEALTH_TLS_CERT"),
-        help="client certificate (PEM) for a runner that requires mTLS",
-    )
-    p.add_argument(
-        "--tls-key",
-        default=_env("IAC_RUNNER_HEALTH_TLS_KEY"),
-        help="client private key (PEM), with --tls-cert",
-    )
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds [5]")
     return p
 
 
@@ -249,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     parser = serve_parser()
-    try:
-        args = parser.parse_args(argv)
-    except ValueError as exc:  # a malformed number in an IAC_RUNNER_* variable
-        parser.error(str(exc))
+    args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
         config.check()

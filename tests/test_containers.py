@@ -177,7 +177,8 @@ def runner_env_names() -> set[str]:
     names = set()
     for path in ("runner_server/cli.py", "runner_stdio/cli.py"):
         source = (ROOT / path).read_text()
-        names |= set(re.findall(r"""(?:_env|environ\.get)\(\s*["'](IAC_[A-Z0-9_]+)["']""", source))
+        # Read through _env(...)/environ.get(...) or named in an option table's row.
+        names |= set(re.findall(r"""["'](IAC_[A-Z0-9_]+)["']""", source))
     return names | {spec.bin_env for spec in TOOLS.values()}
 
 

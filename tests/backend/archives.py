@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import zipfile
@@ -19,7 +20,11 @@ def tar_gz(
     """A tar.gz of ``files`` (default: one main.tf) plus raw ``extra`` members."""
     files = {"main.tf": MAIN_TF} if files is None else files
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    # mtime=0: the same files give the same bytes (test ids are stable across processes).
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

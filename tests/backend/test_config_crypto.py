@@ -89,7 +89,11 @@ def test_cipher_round_trip_and_rotation() -> None:
         Cipher(None).encrypt("x")
 
 
-@pytest.mark.parametrize("key", ["", "abc", "x" * 44, f"{Fernet.generate_key().decode()},bad"])
+@pytest.mark.parametrize(
+    "key",
+    ["", "abc", "x" * 44, f"{Fernet.generate_key().decode()},bad"],
+    ids=["empty", "short", "not-base64", "second-bad"],
+)
 def test_malformed_keys(key: str) -> None:
     with pytest.raises(MalformedKey, match="ENCRYPTION_KEY"):
         parse_key(key)

@@ -126,20 +126,27 @@ def test_refuses_non_loopback_listener_without_auth(
 
 
 @pytest.mark.parametrize(
-    ("args", "fragment"),
+    ("args", "env", "fragment"),
     [
-        (["--listen", "nonsense"], "must be HOST:PORT"),
-        (["--tls-cert", "/nonexistent.pem"], "must be given together"),
-        (["--label", "novalue"], "must be KEY=VALUE"),
-        (["--max-concurrent", "0"], "at least 1"),
+        (["--listen", "nonsense"], {}, "must be HOST:PORT"),
+        (["--tls-cert", "/nonexistent.pem"], {}, "must be given together"),
+        (["--label", "novalue"], {}, "must be KEY=VALUE"),
+        (["--max-concurrent", "0"], {}, "at least 1"),
+        (["--grace", "soon"], {}, "'soon' is not a number (set by --grace or IAC_RUNNER_GRACE)"),
+        (
+            [],
+            {"IAC_RUNNER_MAX_CONCURRENT": "four"},
+            "'four' is not an integer (set by --max-concurrent or IAC_RUNNER_MAX_CONCURRENT)",
+        ),
+        (["health"], {"IAC_RUNNER_HEALTH_TIMEOUT": "x"}, "'x' is not a number"),
     ],
 )
 def test_bad_configuration_fails_fast_with_one_line(
-    tool_env: dict[str, str], tmp_path: Path, args: list[str], fragment: str
+    tool_env: dict[str, str], args: list[str], env: dict[str, str], fragment: str
 ) -> None:
     proc = subprocess.run(
         [str(BIN / "iac-runner-server"), *args],
-        env=tool_env,
+        env={**tool_env, **env},
         capture_output=True,
         text=True,
         timeout=30,
