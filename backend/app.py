@@ -2,7 +2,8 @@
 
 Start-up (``prepare``): migrate the database, check that stored secrets are readable with
 the configured key, store the bootstrap API token, apply the runners file. The CLI runs the
-same sequence before starting uvicorn, to fail fast with a one-line reason.
+same sequence before starting uvicorn, to fail fast with a one-line reason, with the
+migration in a child process (see ``backend.cli``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ API_PREFIX = "/api/v1"
 BOOTSTRAP_TOKEN_NAME = "bootstrap (IAC_API_TOKEN)"
 
 
-async def prepare(settings: Settings) -> tuple[Database, Cipher]:
-    """Bring the database and secrets into a state the API can serve from."""
+async def prepare(settings: Settings, *, migrate_schema: bool = True) -> tuple[Database, Cipher]:
+    """Bring the database and secrets into a state the API can serve from
+    (``migrate_schema=False``: the caller has migrated the database already)."""
     cipher = Cipher(settings.encryption_key.get_secret_value() if settings.encryption_key else None)
-    await migrate(settings.database_url)
+    if migrate_schema:
+        await migrate(settings.database_url)
     database = Database(settings.database_url)
     try:
         async with database.session() as session:
@@ -62,12 +65,14 @@ def engine_options(settings: Settings) -> EngineOptions:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, migrated: bool = False) -> FastAPI:
+    """The application; its start-up migrates the database unless ``migrated`` says the
+    caller did (``iac-backend serve`` migrates in a child process)."""
     settings = settings if settings is not None else Settings.load()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database, cipher = await prepare(settings)
+        database, cipher = await prepare(settings, migrate_schema=not migrated)
         app.state.db = database
         app.state.cipher = cipher
         engine = Engine(

@@ -1,20 +1,24 @@
 """``iac-backend``: ``serve`` (the default) runs the API under uvicorn; ``migrate`` only
-migrates. Bad configuration ends the process at once with one line saying why (exit 2)."""
+migrates. Bad configuration ends the process at once with one line saying why (exit 2).
+
+``serve`` migrates in a short-lived child process (``python -m backend.migrate``) before it
+loads the application, so the long-running server never imports Alembic and Mako; the
+child reports a failure the same way, one line and exit 2, and the server passes it on.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import uvicorn
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from backend.app import create_app, prepare
 from backend.config import Settings
 from backend.crypto import SecretsUnreadable
 from backend.db import migrate
@@ -46,7 +50,7 @@ def _db_reason(exc: BaseException, url: str) -> str:
     return f"database {shown} is unreachable or unusable: {text}"
 
 
-def run_checked(coro: Any, settings: Settings) -> Any:
+def run_checked(coro: Any, database_url: str) -> Any:
     """Run start-up work, turning the failures a user can fix into one line and exit 2."""
     try:
         return asyncio.run(coro)
@@ -55,7 +59,29 @@ def run_checked(coro: Any, settings: Settings) -> Any:
     except Invalid as exc:
         fail(str(exc))
     except (DBAPIError, SQLAlchemyError, OSError, TimeoutError) as exc:
-        fail(_db_reason(exc, settings.database_url))
+        fail(_db_reason(exc, database_url))
+
+
+def migrate_in_child(database_url: str) -> None:
+    """Migrate in ``python -m backend.migrate`` (the URL goes over stdin, never argv, where
+    any user could read its password). The child's one-line reason is already on stderr
+    when it fails; this process then exits with its status."""
+    # -P: the child imports this installation's `backend`, not one in the working directory.
+    child = [sys.executable, "-P", "-m", "backend.migrate"]
+    try:
+        done = subprocess.run(child, input=database_url, text=True, check=False)
+    except OSError as exc:
+        fail(f"could not start the migration process {sys.executable}: {exc}")
+    if done.returncode < 0:
+        fail(f"the migration process was killed by signal {-done.returncode}")
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)
+
+
+def migrate_main() -> None:
+    """The child's side of `migrate_in_child`: migrate the database named on stdin."""
+    database_url = sys.stdin.read().strip()
+    run_checked(migrate(database_url), database_url)
 
 
 def print_config(settings: Settings) -> None:
@@ -66,14 +92,18 @@ def print_config(settings: Settings) -> None:
 
 def serve(settings: Settings) -> int:
     print_config(settings)
+    migrate_in_child(settings.database_url)
+    import uvicorn
+
+    from backend.app import create_app, prepare
 
     async def preflight() -> None:
-        database, _ = await prepare(settings)
+        database, _ = await prepare(settings, migrate_schema=False)
         await database.dispose()
 
-    run_checked(preflight(), settings)
+    run_checked(preflight(), settings.database_url)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, migrated=True),
         host=settings.host,
         port=settings.port,
         log_level="info",
@@ -114,7 +144,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     settings = load_settings(host=args.host, port=args.port)
     if command == "migrate":
-        run_checked(migrate(settings.database_url), settings)
+        run_checked(migrate(settings.database_url), settings.database_url)
         shown = make_url(settings.database_url).render_as_string(hide_password=True)
         print(f"iac-backend: database {shown} is at the latest schema", flush=True)
         return 0

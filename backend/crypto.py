@@ -7,12 +7,19 @@ run when encrypted data exists but no key, or the wrong key, is configured.
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import Invalid
 from backend.models import Runner, Variable
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+
+# `cryptography` (~7 MB resident) is imported only where a key is parsed or generated: a
+# backend without ENCRYPTION_KEY never loads it.
 
 KEY_HINT = "generate one with ./generate-encryption-key.sh"
 
@@ -31,6 +38,8 @@ class DecryptionFailed(Exception):
 
 def parse_key(raw: str) -> MultiFernet:
     """Build the cipher from ENCRYPTION_KEY; raise MalformedKey with a one-line reason."""
+    from cryptography.fernet import Fernet, MultiFernet
+
     parts = [p.strip() for p in raw.split(",") if p.strip()]
     if not parts:
         raise MalformedKey(f"ENCRYPTION_KEY is empty; {KEY_HINT}")
@@ -49,6 +58,8 @@ def parse_key(raw: str) -> MultiFernet:
 
 def generate_key() -> str:
     """A new random Fernet key."""
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode()
 
 
@@ -88,6 +99,8 @@ class Cipher:
             return data
         if self._fernet is None:
             raise DecryptionFailed(f"ENCRYPTION_KEY is not set; {KEY_HINT}")
+        from cryptography.fernet import InvalidToken  # loaded with the key
+
         try:
             return self._fernet.decrypt(data)
         except InvalidToken:
@@ -98,6 +111,8 @@ class Cipher:
     def decrypt(self, ciphertext: bytes) -> str:
         if self._fernet is None:
             raise DecryptionFailed(f"ENCRYPTION_KEY is not set; {KEY_HINT}")
+        from cryptography.fernet import InvalidToken  # loaded with the key
+
         try:
             return self._fernet.decrypt(ciphertext).decode()
         except InvalidToken:

@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -26,6 +24,13 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from backend.config import normalize_database_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (and Mako) are imported only by the functions that migrate: `iac-backend serve`
+# migrates in a short-lived child process (`backend.migrate`), so the server itself never
+# holds them (~11 MB resident).
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -99,6 +104,8 @@ class Database:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -106,6 +113,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
     command.upgrade(alembic_config(connection), revision)

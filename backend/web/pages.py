@@ -10,13 +10,16 @@ markup that might slip into a log line.
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -53,14 +56,22 @@ def _static_version() -> str:
     return digest.hexdigest()[:12]
 
 
-templates = Jinja2Templates(directory=TEMPLATES_DIR)
-templates.env.globals["static_version"] = _static_version()
+@cache
+def templates() -> Jinja2Templates:
+    """The page templates, loaded with Jinja2 on the first page served: a backend used only
+    through the API never imports it."""
+    from fastapi.templating import Jinja2Templates
+
+    loaded = Jinja2Templates(directory=TEMPLATES_DIR)
+    loaded.env.globals["static_version"] = _static_version()
+    return loaded
+
 
 router = APIRouter(include_in_schema=False)
 
 
 def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, context, headers=SECURITY_HEADERS)
+    return templates().TemplateResponse(request, template, context, headers=SECURITY_HEADERS)
 
 
 @router.get("/", response_class=HTMLResponse)
