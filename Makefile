@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO := protos/iacrunner/v1/runner.proto
 PYTEST_ARGS ?=
+# Test processes: the suite mostly waits on real servers and terraform, so 2 on 2 cores.
+PYTEST_JOBS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: install proto proto-check lint format test bench run soak clean
@@ -38,7 +40,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 # The performance figures of issue 6, each against a baseline measured in the same run:
 # one line per figure, JSON in bench/results.json. ~10 minutes on 2 cores.

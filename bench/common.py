@@ -8,15 +8,10 @@ bench/producer.py (through IAC_RUNNER_TERRAFORM_BIN) when a benchmark needs exac
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,16 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
+from tests import procs
+from tests.backend import platform
+from tests.backend.archives import tar_gz
+from tests.backend.platform import TOKEN as API_TOKEN
+from tests.backend.platform import Backend
+from tests.procs import RunnerProcess as RunnerServer
+from tests.procs import stop_process
+
+__all__ = ["API_TOKEN", "Backend", "RunnerServer", "stop_process", "tar_gz"]
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCER_SOURCE = Path(__file__).parent / "producer.py"
-API_TOKEN = "bench-admin-token-0123456789"
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 128 * 1024 * 1024)]
 # A configuration with no resources and no providers: the cheapest plan there is.
 EMPTY_CONFIG = 'terraform {\n  required_version = ">= 1.5"\n}\n'
 PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
@@ -101,219 +102,49 @@ def make_producer(directory: Path) -> str:
     return str(path)
 
 
-def tar_gz(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- processes -----------------------------------------------------------------------------
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@dataclass
-class RunnerServer:
-    """A real `iac-runner-server` on 127.0.0.1:<ephemeral>."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    name: str
-    log: Path
-    workspace_root: Path
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address, options=GRPC_OPTIONS)
-
-    def aio_channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
+# -- processes ---------------------------------------------------------------------------
+# The same real processes as the end-to-end tests start (tests/procs.py and
+# tests/backend/platform.py); what only the benchmarks need is here.
 def start_runner(
     tmp: Path, env: dict[str, str], name: str, *args: str, tool: str = ""
 ) -> RunnerServer:
     """Start `iac-runner-server --listen 127.0.0.1:0` and wait for the port it reports.
     `tool`: the terraform binary (IAC_RUNNER_TERRAFORM_BIN), default terraform on PATH."""
-    root = tmp / f"{name}-ws"
-    root.mkdir(exist_ok=True)
-    log = tmp / f"{name}.log"
     server_env = {**env, "IAC_RUNNER_TERRAFORM_BIN": tool} if tool else env
-    argv = [
-        str(BIN / "iac-runner-server"),
-        "--listen",
-        "127.0.0.1:0",
-        "--workspace-root",
-        str(root),
-        "--runner-id",
-        name,
-        *args,
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=server_env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"listening"' in line:
-                return RunnerServer(proc, int(json.loads(line)["port"]), name, log, root)
-        if proc.poll() is not None:
-            raise RuntimeError(f"runner server {name} exited {proc.returncode}: {log.read_text()}")
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError(f"runner server {name} did not start: {log.read_text()}")
+    return procs.start_runner(tmp, server_env, *args, name=name)
 
 
-@dataclass
-class Backend:
-    """A real `iac-backend serve` process and an HTTP client for its API."""
+def start_backend(tmp: Path, env: dict[str, str], db_url: str, name: str = "backend") -> Backend:
+    """Start `iac-backend serve` on a free port, with the product's default settings."""
+    return platform.start_backend(tmp, env, db_url, name=name, poll_interval=None)
 
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    client: httpx.Client = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(
-            base_url=self.url + "/api/v1",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-            timeout=60,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
-        response = self.client.request(method, path, **kw)
-        if response.status_code != expect:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
-        return response.json() if response.content else None
-
-    def register(self, runner: RunnerServer) -> None:
-        body = {"name": runner.name, "address": runner.address, "labels": {}}
-        self.call("POST", "/runners", 201, json=body)
-
-    def wait_healthy(self, names: list[str], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            runners = {r["name"]: r for r in self.call("GET", "/runners")}
-            if all(runners.get(n, {}).get("status") == "healthy" for n in names):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"runners not healthy: {runners}")
-            time.sleep(0.05)
-
-    def deploy(self, name: str, files: dict[str, str], env_vars: dict[str, str]) -> None:
-        self.call("POST", "/deployments", 201, json={"name": name})
-        self.call(
-            "POST",
-            f"/deployments/{name}/config",
-            201,
-            content=tar_gz(files),
-            headers={"Content-Type": "application/gzip"},
-        )
-        for key, value in env_vars.items():
-            self.call(
-                "PUT",
-                f"/deployments/{name}/variables/{key}",
-                201,
-                json={"value": value, "category": "env"},
-            )
-
-    def start_run(self, deployment: str, operation: str = "plan") -> dict[str, Any]:
-        body = {"deployment": deployment, "operation": operation}
-        return dict(self.call("POST", "/runs", 201, json=body))
-
-    def run(self, run_id: int) -> dict[str, Any]:
-        return dict(self.call("GET", f"/runs/{run_id}"))
-
-    def wait_run(self, run_id: int, timeout: float = 600, interval: float = 0.02) -> dict[str, Any]:
-        """Poll the run until it ends; fail if it is still queued after QUEUED_LIMIT s."""
-        start = time.monotonic()
-        while True:
-            run = self.run(run_id)
-            if run["status"] in TERMINAL:
-                return run
-            waited = time.monotonic() - start
-            if run["status"] == "queued" and waited > QUEUED_LIMIT:
-                raise RuntimeError(f"run {run_id} still queued: {run['wait_reason']}")
-            if waited > timeout:
-                raise RuntimeError(f"run {run_id} still {run['status']} after {timeout} s")
-            time.sleep(interval)
-
-    def stop(self) -> None:
-        self.client.close()
-        stop_process(self.proc)
+def register(backend: Backend, servers: list[RunnerServer], timeout: float = 30) -> None:
+    """Register the runner servers with the backend and wait until it sees them healthy."""
+    for server in servers:
+        backend.register(server.name, server.address)
+    backend.wait_runners_healthy(*(s.name for s in servers), timeout=timeout)
 
 
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
 QUEUED_LIMIT = 30.0  # seconds a run of an idle pool may stay queued before we give up
 
 
-def start_backend(tmp: Path, env: dict[str, str], db_url: str, name: str = "backend") -> Backend:
-    """Start `iac-backend serve` on a free port (cwd: a scratch directory, so no .env)."""
-    port = free_port()
-    home = tmp / name
-    home.mkdir(exist_ok=True)
-    backend_env = {
-        **env,
-        "DATABASE_URL": db_url,
-        "IAC_DATA_DIR": str(home / "data"),
-        "IAC_API_TOKEN": API_TOKEN,
-        "IAC_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "IAC_BACKEND_ID": name,
-    }
-    log = tmp / f"{name}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "iac-backend"), "serve", "--port", str(port)],
-            env=backend_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    with httpx.Client(timeout=1) as probe:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"backend {name} exited {proc.returncode}: {log.read_text()}")
-            try:
-                if probe.get(url + "/healthz").status_code == 200:
-                    return Backend(proc, url, log)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"backend {name} did not start: {log.read_text()}")
+def wait_run(
+    backend: Backend, run_id: int, timeout: float = 600, interval: float = 0.02
+) -> dict[str, Any]:
+    """Poll the run until it ends; fail if it is still queued after QUEUED_LIMIT s."""
+    start = time.monotonic()
+    while True:
+        run = backend.run(run_id)
+        if run["status"] in TERMINAL:
+            return run
+        waited = time.monotonic() - start
+        if run["status"] == "queued" and waited > QUEUED_LIMIT:
+            raise RuntimeError(f"run {run_id} still queued: {run['wait_reason']}")
+        if waited > timeout:
+            raise RuntimeError(f"run {run_id} still {run['status']} after {timeout} s")
+        time.sleep(interval)
 
 
 def sqlite_url(tmp: Path, name: str) -> str:

@@ -42,6 +42,7 @@ from bench.common import (
     execute_request,
     log,
     postgres_database,
+    register,
     runner_stub,
     sqlite_url,
     start_backend,
@@ -215,10 +216,9 @@ def backend_rate(
     try:
         for i in range(replicas):
             backends.append(start_backend(ctx.tmp, ctx.env, db_url, f"{tag}-b{i}"))
-        for server in servers:
-            backends[0].register(server)
-        for b in backends:
-            b.wait_healthy([s.name for s in servers])
+        register(backends[0], servers)
+        for b in backends[1:]:
+            b.wait_runners_healthy(*(s.name for s in servers))
         asyncio.run(_create_deployments(backends[0], runs))
         start = asyncio.run(_submit(backends, runs))
         end, failures = _wait_all(backends[0], runs, timeout=60 + runs * 2)

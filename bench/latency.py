@@ -28,10 +28,12 @@ from bench.common import (
     execute_request,
     log,
     percentile,
+    register,
     runner_stub,
     sqlite_url,
     start_backend,
     start_runner,
+    wait_run,
 )
 
 TARGET_GRPC_MS = 50.0
@@ -84,7 +86,7 @@ def grpc_latencies(stub: Any, n: int) -> list[float]:
 
 
 def sse_latencies(backend: Backend, deployment: str) -> list[float]:
-    run = backend.start_run(deployment)
+    run = backend.start(deployment, "plan")
     found = []
     url = f"{backend.url}/api/v1/runs/{run['id']}/logs"
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -105,7 +107,7 @@ def sse_latencies(backend: Backend, deployment: str) -> list[float]:
                         found.append(value)
             elif line == "":
                 event = "message"
-    done = backend.wait_run(run["id"])
+    done = wait_run(backend, run["id"])
     if done["status"] != "succeeded":
         raise RuntimeError(f"latency run {run['id']}: {done['status']} {done['error_msg']}")
     return found
@@ -140,9 +142,8 @@ def run(ctx: Context) -> list[Row]:
     try:
         with server.channel() as channel:
             via_grpc = grpc_latencies(runner_stub(channel), n)
-        backend.register(server)
-        backend.wait_healthy([server.name])
-        backend.deploy("ticker", {"main.tf": "# lines from the producer\n"}, producer_env(n))
+        register(backend, [server])
+        backend.deploy("ticker", {"main.tf": "# lines from the producer\n"}, env=producer_env(n))
         via_sse = sse_latencies(backend, "ticker")
     finally:
         backend.stop()

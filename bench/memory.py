@@ -28,9 +28,11 @@ from bench.common import (
     Row,
     log,
     read_status_kb,
+    register,
     sqlite_url,
     start_backend,
     start_runner,
+    wait_run,
 )
 
 FOLLOWERS = 3
@@ -80,10 +82,9 @@ def measure(ctx: Context, lines: int) -> dict[str, float]:
     backend = start_backend(ctx.tmp, ctx.env, sqlite_url(ctx.tmp, name), f"{name}-backend")
     followers: list[subprocess.Popen[str]] = []
     try:
-        backend.register(server)
-        backend.wait_healthy([server.name])
+        register(backend, [server])
         config = {"main.tf": "# lines from the producer\n"}
-        backend.deploy("big", config, {"BENCH_LINES": str(lines)})
+        backend.deploy("big", config, env={"BENCH_LINES": str(lines)})
         idle = {
             "runner server idle": read_status_kb(server.pid, "VmRSS") / 1024,
             "backend idle": read_status_kb(backend.pid, "VmRSS") / 1024,
@@ -91,9 +92,9 @@ def measure(ctx: Context, lines: int) -> dict[str, float]:
         roots = {"runner server": server.pid, "backend": backend.pid}
         with PeakWatcher(roots, [server.pid]) as watcher:
             start = time.perf_counter()
-            run = backend.start_run("big")
+            run = backend.start("big", "plan")
             followers = start_followers(ctx, backend.url, run["id"])
-            done = backend.wait_run(run["id"], interval=0.2)
+            done = wait_run(backend, run["id"], interval=0.2)
             elapsed = time.perf_counter() - start
             outputs = [f.communicate(timeout=600)[0] for f in followers]
         if done["status"] != "succeeded":

@@ -35,12 +35,14 @@ from bench.common import (
     execute,
     log,
     percentile,
+    register,
     runner_stub,
     sqlite_url,
     start_backend,
     start_runner,
     tar_gz,
     timed,
+    wait_run,
 )
 
 VERSION_FACTOR = 2.0
@@ -124,8 +126,8 @@ class Direct:
 def backend_run_ms(backend: Backend, deployment: str) -> float:
     """POST /runs to the run's ended_at, in ms."""
     start = time.time()
-    run = backend.start_run(deployment)
-    done = backend.wait_run(run["id"], interval=0.05)
+    run = backend.start(deployment, "plan")
+    done = wait_run(backend, run["id"], interval=0.05)
     if done["status"] != "succeeded":
         raise RuntimeError(f"backend run {run['id']}: {done['status']} {done['error_msg']}")
     return (datetime.fromisoformat(done["ended_at"]).timestamp() - start) * 1000
@@ -195,9 +197,8 @@ def run(ctx: Context) -> list[Row]:
                 if not result.artifacts:
                     raise RuntimeError("the plan file was not collected")
 
-            backend.register(server)
-            backend.wait_healthy([server.name])
-            backend.deploy("noop", {"main.tf": EMPTY_CONFIG}, {})
+            register(backend, [server])
+            backend.deploy("noop", {"main.tf": EMPTY_CONFIG})
 
             log(f"overhead: terraform version x{n}: direct, iac-runner, Execute")
             version = interleaved(

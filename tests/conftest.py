@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,32 @@ def pids_matching(fragment: str) -> list[int]:
         if fragment in cmdline:
             found.append(int(entry.name))
     return pids_alive(found)
+
+
+# -- the reliability tests' tally (tests/reliability/harness.Counter) ------------------------
+# Under pytest-xdist each worker counts its own tests; the controller, which runs no test
+# and never loads tests/reliability/conftest.py, adds the workers' counts up and prints them.
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        from tests.reliability.harness import Counter
+
+        workeroutput["reliability_counts"] = dict(Counter.totals)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    from tests.reliability.harness import Counter
+
+    for what, n in getattr(node, "workeroutput", {}).get("reliability_counts", {}).items():
+        Counter.add(what, n)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.reliability.harness import SOAK, Counter
+
+    if not Counter.totals:
+        return
+    terminalreporter.section(f"reliability ({'soak' if SOAK else 'quick'} profile)")
+    for what, n in sorted(Counter.totals.items()):
+        terminalreporter.write_line(f"{what}: {n}")

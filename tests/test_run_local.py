@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.backend.platform import free_port
 from tests.conftest import pids_matching
+from tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,7 @@ import gzip
 import io
 import tarfile
 import zipfile
+from collections.abc import Mapping
 
 MAIN_TF = b"""\
 resource "terraform_data" "example" {
@@ -15,9 +16,9 @@ resource "terraform_data" "example" {
 
 
 def tar_gz(
-    files: dict[str, bytes] | None = None, *, extra: list[tarfile.TarInfo] | None = None
+    files: Mapping[str, bytes | str] | None = None, *, extra: list[tarfile.TarInfo] | None = None
 ) -> bytes:
-    """A tar.gz of ``files`` (default: one main.tf) plus raw ``extra`` members."""
+    """A tar.gz of ``files`` (default: one main.tf; text is UTF-8) plus raw ``extra`` members."""
     files = {"main.tf": MAIN_TF} if files is None else files
     buf = io.BytesIO()
     # mtime=0: the same files give the same bytes (test ids are stable across processes).
@@ -25,7 +26,8 @@ def tar_gz(
         gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w") as tar,
     ):
-        for name, data in files.items():
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644

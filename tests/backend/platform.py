@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
-import socket
 import subprocess
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,26 +12,10 @@ from typing import Any
 
 import httpx
 
-from tests.procs import BIN
+from tests.backend.archives import tar_gz
+from tests.procs import BIN, free_port, stop_process
 
 TOKEN = "e2e-admin-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tar_dir(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @dataclass
@@ -50,6 +31,10 @@ class Backend:
             base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         )
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def call(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
         response = self.client.request(method, path, **kw)
         if expect is not None:
@@ -61,15 +46,22 @@ class Backend:
             "POST", "/runners", 201, json={"name": name, "address": address, "labels": labels}
         )
 
-    def deploy(self, name: str, files: dict[str, str], **fields: Any) -> None:
+    def deploy(
+        self, name: str, files: dict[str, str], *, env: dict[str, str] | None = None, **fields: Any
+    ) -> None:
+        """Create deployment `name` (`fields`: more of its body), upload `files` as its
+        configuration, and set `env` as its environment variables."""
         self.call("POST", "/deployments", 201, json={"name": name, **fields})
         self.call(
             "POST",
             f"/deployments/{name}/config",
             201,
-            content=tar_dir(files),
+            content=tar_gz(files),
             headers={"Content-Type": "application/gzip"},
         )
+        for key, value in (env or {}).items():
+            body = {"value": value, "category": "env"}
+            self.call("PUT", f"/deployments/{name}/variables/{key}", 201, json=body)
 
     def start(self, deployment: str, operation: str, **fields: Any) -> dict[str, Any]:
         body = {"deployment": deployment, "operation": operation, **fields}
@@ -103,13 +95,7 @@ class Backend:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, sig)
 
 
 def start_backend(
@@ -118,43 +104,52 @@ def start_backend(
     db_url: str,
     *,
     name: str = "backend",
+    host: str = "127.0.0.1",
     port: int = 0,
+    netns: str = "",
+    poll_interval: float | None = 0.5,
     **extra: str,
 ) -> Backend:
+    """Start `iac-backend serve` on host:port (0: a free one; inside network namespace
+    `netns` when given) and wait until /healthz answers. `poll_interval`: seconds between
+    the backend's polls of its runners (None: the product's default). `extra`: more
+    environment."""
     port = port or free_port()
-    data = tmp / f"{name}-data"
+    url = f"http://{host}:{port}"
     backend_env = {
         **env,
         "DATABASE_URL": db_url,
-        "IAC_DATA_DIR": str(data),
+        "IAC_DATA_DIR": str(tmp / f"{name}-data"),
         "IAC_API_TOKEN": TOKEN,
-        "IAC_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "IAC_PUBLIC_URL": url,
         "IAC_BACKEND_ID": name,
-        "IAC_RUNNER_POLL_INTERVAL": "0.5",
+        "IAC_HOST": host,
         **extra,
     }
+    if poll_interval is not None:
+        backend_env.setdefault("IAC_RUNNER_POLL_INTERVAL", str(poll_interval))
     log = tmp / f"{name}.log"
+    argv = [str(BIN / "iac-backend"), "serve", "--port", str(port)]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(BIN / "iac-backend"), "serve", "--port", str(port)],
-            env=backend_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
+            argv, env=backend_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp
         )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"backend exited {proc.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return Backend(proc, url, log, backend_env)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    deadline = time.monotonic() + 90
+    with httpx.Client(timeout=1) as probe:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"backend {name} exited {proc.returncode}: {log.read_text()}")
+            try:
+                if probe.get(url + "/healthz").status_code == 200:
+                    return Backend(proc, url, log, backend_env)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"backend did not start: {log.read_text()}")
+    proc.wait()
+    raise RuntimeError(f"backend {name} did not start: {log.read_text()}")
 
 
 def sse_events(response: httpx.Response) -> Any:

@@ -226,7 +226,7 @@ def test_bad_input_is_one_line(platform: Platform, tmp_path: Path) -> None:
     bad_token = platform.iac("--token", "wrong-token", "runners", "list")
     assert_one_line_error(bad_token, 2, "invalid, expired or revoked API token", "HTTP 401")
 
-    from tests.backend.platform import free_port
+    from tests.procs import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     for argv in (["runners", "list"], ["apply", "web"], ["logs", "1", "--follow"]):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.backend.platform import Backend
-from tests.reliability.harness import SOAK, Counter, Server, start_backend_at, start_server
+from tests.backend.platform import Backend, start_backend
+from tests.procs import RunnerProcess
+from tests.reliability.harness import SOAK, start_server
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +34,10 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
 
 
 @pytest.fixture(scope="module")
-def platform(rel_env: dict[str, str], module_tmp: Path) -> Iterator[tuple[Backend, Server]]:
+def platform(rel_env: dict[str, str], module_tmp: Path) -> Iterator[tuple[Backend, RunnerProcess]]:
     """One runner server (label provider=aws) and one backend on SQLite, for a module."""
     runner = start_server(module_tmp, rel_env, "aws-1", "--label", "provider=aws")
-    backend = start_backend_at(
+    backend = start_backend(
         module_tmp,
         rel_env,
         f"sqlite:///{module_tmp / 'iac.db'}",
@@ -57,12 +58,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "tests/reliability/" in str(item.path):
                 item.add_marker(pytest.mark.timeout(3600))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not Counter.totals:
-        return
-    profile = "soak" if SOAK else "quick"
-    terminalreporter.section(f"reliability ({profile} profile)")
-    for what, n in sorted(Counter.totals.items()):
-        terminalreporter.write_line(f"{what}: {n}")

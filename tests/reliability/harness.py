@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -31,9 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backend.platform import TOKEN, Backend, free_port, sse_events
-from tests.conftest import wait_for
-from tests.procs import BIN
+from tests.backend.platform import TOKEN, Backend, sse_events
+from tests.procs import RunnerProcess, free_port, start_runner
 
 SOAK = os.environ.get("IAC_SOAK", "") not in ("", "0")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -139,129 +137,9 @@ class Footprint:
 # -- platform: runner servers and backends on any address -----------------------------------
 
 
-@dataclass
-class Server:
-    """A runner server process (possibly inside a network namespace)."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
-    log: Path
-    workspace_root: Path
-    token: str = ""
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_server(
-    tmp: Path,
-    env: dict[str, str],
-    name: str,
-    *args: str,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    token: str = "",
-    netns: str = "",
-    workspace_root: Path | None = None,
-) -> Server:
-    """`iac-runner-server` on host:port (0: any), inside `netns` when given."""
-    root = workspace_root or tmp / f"{name}-ws"
-    root.mkdir(parents=True, exist_ok=True)
-    log = tmp / f"{name}.log"
-    argv = [
-        str(BIN / "iac-runner-server"),
-        "--listen",
-        f"{host}:{port}",
-        "--workspace-root",
-        str(root),
-        "--runner-id",
-        name,
-        "--grace",
-        "2",
-        "--drain-timeout",
-        "5",
-        *args,
-    ]
-    if token:
-        argv += ["--token", token]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def listening() -> int:
-        for line in log.read_text().splitlines():
-            if '"listening"' in line:
-                return int(json.loads(line)["port"])
-        if proc.poll() is not None:
-            raise RuntimeError(f"runner server exited {proc.returncode}: {log.read_text()}")
-        return 0
-
-    got = int(str(wait_for(listening, timeout=60)))
-    return Server(name, proc, host, got, log, root, token)
-
-
-def start_backend_at(
-    tmp: Path,
-    env: dict[str, str],
-    db_url: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    name: str = "backend",
-    netns: str = "",
-    **extra: str,
-) -> Backend:
-    """Like tests.backend.platform.start_backend, on any host address (or namespace)."""
-    port = port or free_port()
-    url = f"http://{host}:{port}"
-    backend_env = {
-        **env,
-        "DATABASE_URL": db_url,
-        "IAC_DATA_DIR": str(tmp / f"{name}-data"),
-        "IAC_API_TOKEN": TOKEN,
-        "IAC_PUBLIC_URL": url,
-        "IAC_BACKEND_ID": name,
-        "IAC_RUNNER_POLL_INTERVAL": "0.5",
-        "IAC_HOST": host,
-        **extra,
-    }
-    log = tmp / f"{name}.log"
-    argv = [str(BIN / "iac-backend"), "serve", "--port", str(port)]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv, env=backend_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp
-        )
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"backend exited {proc.returncode}: {log.read_text()}")
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, timeout=90, interval=0.05)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return Backend(proc, url, log, backend_env)
+def start_server(tmp: Path, env: dict[str, str], name: str, *args: str, **kw: Any) -> RunnerProcess:
+    """A runner server with the short grace and drain periods these tests want."""
+    return start_runner(tmp, env, "--grace", "2", "--drain-timeout", "5", *args, name=name, **kw)
 
 
 def lines_config(tag: str, n: int, pause: str = "0", width: int = 0, extra: str = "") -> str:

@@ -30,18 +30,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2
 
 from protos.iacrunner.v1 import runner_pb2 as pb
-from tests.backend.platform import TOKEN, Backend
+from tests.backend.platform import TOKEN, Backend, start_backend
 from tests.certs import make_ca, make_leaf
 from tests.conftest import pids_matching, wait_for
-from tests.procs import make_fake_tool
-from tests.reliability.harness import (
-    Counter,
-    Server,
-    ancestors,
-    cmdline,
-    start_backend_at,
-    start_server,
-)
+from tests.procs import RunnerProcess, make_fake_tool
+from tests.reliability.harness import Counter, ancestors, cmdline, start_server
 
 RUNNER_TOKEN = "auth-runner-token-0123456789"
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
@@ -78,7 +71,7 @@ async def _tokens(url: str) -> tuple[str, str]:
 
 
 class Platform:
-    def __init__(self, backend: Backend, runner: Server, run_a: dict[str, Any]) -> None:
+    def __init__(self, backend: Backend, runner: RunnerProcess, run_a: dict[str, Any]) -> None:
         self.backend = backend
         self.runner = runner
         self.run_a = run_a
@@ -94,7 +87,7 @@ def platform_a(rel_env: dict[str, str], module_tmp: Path) -> Iterator[Platform]:
         module_tmp, rel_env, "auth-runner", "--label", "provider=aws", token=RUNNER_TOKEN
     )
     db_url = f"sqlite:///{module_tmp / 'iac.db'}"
-    backend = start_backend_at(module_tmp, rel_env, db_url)
+    backend = start_backend(module_tmp, rel_env, db_url)
     try:
         backend.call(
             "POST",

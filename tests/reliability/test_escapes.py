@@ -23,10 +23,10 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from tests.backend.archives import member, tar_gz, zip_bytes
-from tests.backend.platform import Backend
+from tests.backend.platform import Backend, start_backend
 from tests.conftest import IAC_RUNNER
-from tests.procs import execute, make_fake_tool, result_of
-from tests.reliability.harness import Counter, Server, start_backend_at, start_server
+from tests.procs import RunnerProcess, execute, make_fake_tool, result_of
+from tests.reliability.harness import Counter, start_server
 
 # work_dir values that leave the root: relative, absolute, through a symlink, by prefix.
 ESCAPES = ["..", "../outside", "w/../../outside", "/etc", "{tmp}/outside", "link-out",
@@ -73,7 +73,7 @@ def unchanged(world: Path) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def fake_server(
     world: Path, rel_env: dict[str, str], unchanged: None
-) -> Iterator[tuple[Server, pb_grpc.RunnerStub]]:
+) -> Iterator[tuple[RunnerProcess, pb_grpc.RunnerStub]]:
     env = {**rel_env, "IAC_RUNNER_TERRAFORM_BIN": make_fake_tool(world)}
     server = start_server(world, env, "escapes", workspace_root=world / "root")
     channel = grpc.insecure_channel(server.address)
@@ -102,7 +102,7 @@ def _stdin(world: Path, env: dict[str, str], request: dict[str, str]) -> dict[st
 def test_work_dir_escapes_are_refused_on_stdin_and_grpc(
     world: Path,
     rel_env: dict[str, str],
-    fake_server: tuple[Server, pb_grpc.RunnerStub],
+    fake_server: tuple[RunnerProcess, pb_grpc.RunnerStub],
     work_dir: str,
 ) -> None:
     work_dir = work_dir.replace("{tmp}", str(world))
@@ -123,7 +123,7 @@ def test_work_dir_escapes_are_refused_on_stdin_and_grpc(
 def test_disallowed_tools_and_commands_are_refused_on_stdin_and_grpc(
     world: Path,
     rel_env: dict[str, str],
-    fake_server: tuple[Server, pb_grpc.RunnerStub],
+    fake_server: tuple[RunnerProcess, pb_grpc.RunnerStub],
     tool: str,
     command: str,
 ) -> None:
@@ -142,7 +142,7 @@ def test_disallowed_tools_and_commands_are_refused_on_stdin_and_grpc(
 
 
 def test_collect_and_cleanup_stay_inside_the_work_dir(
-    world: Path, fake_server: tuple[Server, pb_grpc.RunnerStub]
+    world: Path, fake_server: tuple[RunnerProcess, pb_grpc.RunnerStub]
 ) -> None:
     """A link left in the work_dir pointing out is not collected; `cleanup` removes the
     work_dir, never what its links point at."""
@@ -197,7 +197,7 @@ def test_chdir_smuggled_in_tf_cli_args_is_refused_by_terraform(
 
 @pytest.fixture(scope="module")
 def api_backend(rel_env: dict[str, str], world: Path, unchanged: None) -> Iterator[Backend]:
-    backend = start_backend_at(world, rel_env, f"sqlite:///{world / 'iac.db'}")
+    backend = start_backend(world, rel_env, f"sqlite:///{world / 'iac.db'}")
     try:
         backend.deploy("web", {"main.tf": 'resource "terraform_data" "x" {}\n'})
         yield backend

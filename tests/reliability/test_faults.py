@@ -20,19 +20,18 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
-from tests.backend.platform import Backend
+from tests.backend.platform import Backend, start_backend
 from tests.conftest import IAC_RUNNER, pids_matching, wait_for
+from tests.procs import RunnerProcess
 from tests.reliability.harness import (
     Counter,
     Follower,
     PrivatePostgres,
-    Server,
     ancestors,
     cmdline,
     lines_config,
     run_lines_once,
     size,
-    start_backend_at,
     start_server,
 )
 
@@ -71,7 +70,7 @@ def kill_target(marker: str, victim: str) -> int:
     ],
 )
 def test_sigkill_of_iac_runner_or_terraform_mid_apply_fails_the_run_with_the_reason(
-    platform: tuple[Backend, Server], victim: str, reason: str
+    platform: tuple[Backend, RunnerProcess], victim: str, reason: str
 ) -> None:
     backend, runner = platform
     marker = f"73.{os.getpid() % 10000:04d}{len(victim)}"
@@ -109,9 +108,9 @@ def test_sigkill_of_iac_runner_or_terraform_mid_apply_fails_the_run_with_the_rea
 
 
 def _tar(files: dict[str, str]) -> bytes:
-    from tests.backend.platform import tar_dir
+    from tests.backend.archives import tar_gz
 
-    return tar_dir(files)
+    return tar_gz(files)
 
 
 # -- PostgreSQL restarted while runs stream ----------------------------------------------------
@@ -157,7 +156,7 @@ def test_postgresql_restart_while_runs_stream_loses_and_doubles_nothing(
     and every stored chunk follows the previous one with no gap and no overlap."""
     runs_n, lines_n, restarts = size(3, 6), size(60, 150), size(1, 3)
     runner = start_server(tmp_path, rel_env, "pg-runner", "--max-concurrent", "8")
-    backend = start_backend_at(tmp_path, rel_env, private_pg.url, IAC_RUNNER_LOST_TIMEOUT="10")
+    backend = start_backend(tmp_path, rel_env, private_pg.url, IAC_RUNNER_LOST_TIMEOUT="10")
     try:
         backend.register("pg-runner", runner.address)
         backend.wait_runners_healthy("pg-runner")
@@ -247,7 +246,7 @@ def test_disk_full_in_the_workspace_root_is_a_clear_error_and_the_runner_goes_on
     rel_env: dict[str, str], tmp_path: Path, tiny_disk: Path
 ) -> None:
     runner = start_server(tmp_path, rel_env, "tiny", workspace_root=tiny_disk)
-    backend = start_backend_at(tmp_path, rel_env, f"sqlite:///{tmp_path / 'iac.db'}")
+    backend = start_backend(tmp_path, rel_env, f"sqlite:///{tmp_path / 'iac.db'}")
     try:
         backend.register("tiny", runner.address)
         backend.wait_runners_healthy("tiny")

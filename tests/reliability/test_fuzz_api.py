@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.backend.platform import TOKEN, Backend
-from tests.reliability.harness import Counter, inside_netns, ip, size, start_backend_at
+from tests.backend.platform import TOKEN, Backend, start_backend
+from tests.reliability.harness import Counter, inside_netns, ip, size
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXISTING = {"name": "web", "run_id": 1, "version": 1, "key": "greeting", "version_id": 1}
@@ -57,7 +57,7 @@ def api(
 ) -> Iterator[tuple[Backend, dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("fuzz-api")
     with inside_netns(fuzz_netns) if fuzz_netns else _nowhere():
-        backend = start_backend_at(tmp, rel_env, f"sqlite:///{tmp / 'iac.db'}", netns=fuzz_netns)
+        backend = start_backend(tmp, rel_env, f"sqlite:///{tmp / 'iac.db'}", netns=fuzz_netns)
         try:
             backend.deploy("web", {"main.tf": 'variable "greeting" {}\n'})
             backend.call("PUT", "/deployments/web/variables/greeting", 201, json={"value": "hi"})

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from tests.conftest import wait_for
-from tests.procs import make_fake_tool
+from tests.procs import RunnerProcess, make_fake_tool
 from tests.reliability.fuzzing import (
     ARGS,
     COMMANDS,
@@ -33,7 +33,7 @@ from tests.reliability.fuzzing import (
     fuzz_settings,
     proto_text,
 )
-from tests.reliability.harness import Counter, Footprint, Server, start_server
+from tests.reliability.harness import Counter, Footprint, start_server
 
 EXPECTED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -130,7 +130,7 @@ cancel_requests = st.builds(
 @pytest.fixture(scope="module")
 def fuzz_server(
     rel_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, grpc.Channel]]:
+) -> Iterator[tuple[RunnerProcess, grpc.Channel]]:
     tmp = tmp_path_factory.mktemp("fuzz-grpc")
     (tmp / "outside").mkdir()
     env = {**rel_env, "IAC_RUNNER_TERRAFORM_BIN": make_fake_tool(tmp)}
@@ -181,7 +181,9 @@ def _expect_clear_end(call: Any) -> None:
 
 @given(request=execute_requests)
 @fuzz_settings(100, 3000)
-def test_execute_fuzz(fuzz_server: tuple[Server, grpc.Channel], request: pb.ExecuteRequest) -> None:
+def test_execute_fuzz(
+    fuzz_server: tuple[RunnerProcess, grpc.Channel], request: pb.ExecuteRequest
+) -> None:
     Counter.add("inputs fuzzed (gRPC)")
     stub = pb_grpc.RunnerStub(fuzz_server[1])
     _expect_clear_end(stub.Execute(request, timeout=DEADLINE))
@@ -189,7 +191,9 @@ def test_execute_fuzz(fuzz_server: tuple[Server, grpc.Channel], request: pb.Exec
 
 @given(request=attach_requests | cancel_requests)
 @fuzz_settings(60, 1000)
-def test_attach_and_cancel_fuzz(fuzz_server: tuple[Server, grpc.Channel], request: Any) -> None:
+def test_attach_and_cancel_fuzz(
+    fuzz_server: tuple[RunnerProcess, grpc.Channel], request: Any
+) -> None:
     Counter.add("inputs fuzzed (gRPC)")
     stub = pb_grpc.RunnerStub(fuzz_server[1])
     if isinstance(request, pb.AttachRequest):
@@ -208,7 +212,9 @@ METHODS = ["Execute", "Attach", "Cancel", "GetInfo"]
 
 @given(method=st.sampled_from(METHODS), body=st.binary(max_size=300))
 @fuzz_settings(60, 1000)
-def test_raw_bytes_fuzz(fuzz_server: tuple[Server, grpc.Channel], method: str, body: bytes) -> None:
+def test_raw_bytes_fuzz(
+    fuzz_server: tuple[RunnerProcess, grpc.Channel], method: str, body: bytes
+) -> None:
     """Bytes that may not even be a protobuf message: grpc refuses what it cannot parse
     ("Exception deserializing request", INTERNAL, from the library before our code
     runs); whatever parses is served like any request."""
@@ -234,7 +240,7 @@ def test_raw_bytes_fuzz(fuzz_server: tuple[Server, grpc.Channel], method: str, b
 
 
 def test_a_truncated_gzip_workspace_is_invalid_argument(
-    fuzz_server: tuple[Server, grpc.Channel],
+    fuzz_server: tuple[RunnerProcess, grpc.Channel],
 ) -> None:
     """Found by the fuzzer: gzip's EOFError escaped the archive check (UNKNOWN and a
     traceback in the server log)."""

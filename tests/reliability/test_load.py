@@ -18,20 +18,20 @@ from typing import Any
 
 import pytest
 
+from tests.backend.platform import start_backend
 from tests.conftest import wait_for
+from tests.procs import RunnerProcess
 from tests.reliability.harness import (
     SOAK,
     Counter,
     Follower,
     Footprint,
-    Server,
     SlowReader,
     lines_config,
     metric,
     rss_bytes,
     run_lines_once,
     size,
-    start_backend_at,
     start_server,
 )
 
@@ -60,7 +60,7 @@ def load_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         server.drop_all()
 
 
-def _max_overlap(server: Server) -> int:
+def _max_overlap(server: RunnerProcess) -> int:
     """The most runs a runner server had at once, from its run_start/run_end log lines."""
     active = peak = 0
     for line in server.log.read_text().splitlines():
@@ -83,7 +83,7 @@ def test_many_short_runs_on_three_runners_lose_nothing_and_leak_nothing(
         start_server(tmp_path, rel_env, f"load-{i}", "--max-concurrent", str(MAX_CONCURRENT))
         for i in range(RUNNERS)
     ]
-    backend = start_backend_at(tmp_path, rel_env, load_db)
+    backend = start_backend(tmp_path, rel_env, load_db)
     try:
         for server in servers:
             backend.register(server.name, server.address)
@@ -121,7 +121,7 @@ def test_many_short_runs_on_three_runners_lose_nothing_and_leak_nothing(
         for server in servers:
             baseline = before[server.name]
 
-            def settled(server: Server = server, baseline: Footprint = baseline) -> bool:
+            def settled(server: RunnerProcess = server, baseline: Footprint = baseline) -> bool:
                 return Footprint.of(server.proc.pid).within(baseline)
 
             try:
@@ -172,7 +172,7 @@ def test_a_slow_sse_follower_slows_neither_the_run_nor_other_followers(
 ) -> None:
     n, width = size(6_000, 200_000), 200
     runner = start_server(tmp_path, rel_env, "slow-runner")
-    backend = start_backend_at(tmp_path, rel_env, f"sqlite:///{tmp_path / 'iac.db'}")
+    backend = start_backend(tmp_path, rel_env, f"sqlite:///{tmp_path / 'iac.db'}")
     slow: SlowReader | None = None
     try:
         backend.register("slow-runner", runner.address)

@@ -30,20 +30,19 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
-from tests.backend.platform import Backend
+from tests.backend.platform import Backend, start_backend
 from tests.conftest import wait_for
+from tests.procs import RunnerProcess
 from tests.reliability.harness import (
     SOAK,
     Counter,
     Follower,
     Host,
     Network,
-    Server,
     established_to,
     lines_config,
     require_netns,
     run_lines_once,
-    start_backend_at,
     start_server,
 )
 
@@ -69,9 +68,9 @@ def network() -> Iterator[Network]:
 @pytest.fixture(scope="module")
 def hosts(
     network: Network, rel_env: dict[str, str], module_tmp: Path
-) -> Iterator[tuple[Backend, dict[str, tuple[Host, Server]]]]:
+) -> Iterator[tuple[Backend, dict[str, tuple[Host, RunnerProcess]]]]:
     """Runners net-a and net-b on two hosts, and a backend on the bridge that knows both."""
-    started: dict[str, tuple[Host, Server]] = {}
+    started: dict[str, tuple[Host, RunnerProcess]] = {}
     backend: Backend | None = None
     try:
         for name in ("net-a", "net-b"):
@@ -90,7 +89,7 @@ def hosts(
                 netns=host.netns,
             )
             started[name] = (host, server)
-        backend = start_backend_at(
+        backend = start_backend(
             module_tmp,
             rel_env,
             f"sqlite:///{module_tmp / 'iac.db'}",
@@ -119,7 +118,7 @@ def hosts(
             server.stop()
 
 
-def _progress(server: Server, run: dict[str, Any]) -> int:
+def _progress(server: RunnerProcess, run: dict[str, Any]) -> int:
     """How far the run's local-exec loop got on the runner host (it writes its count to a
     file in its work_dir, which the test sees: the namespaces share the file system)."""
     files = server.workspace_root.glob(f"run-{run['id']}-apply-*/progress")
@@ -133,7 +132,7 @@ def _deploy_on(backend: Backend, name: str, runner: str, n: int, pause: str) -> 
 
 
 def test_a_short_flap_of_the_link_loses_and_doubles_nothing(
-    hosts: tuple[Backend, dict[str, tuple[Host, Server]]], network: Network
+    hosts: tuple[Backend, dict[str, tuple[Host, RunnerProcess]]], network: Network
 ) -> None:
     backend, started = hosts
     host, server = started["net-a"]
@@ -154,7 +153,7 @@ def test_a_short_flap_of_the_link_loses_and_doubles_nothing(
 
 
 def test_a_lasting_cut_fails_the_run_after_the_lost_timeout_and_new_runs_go_elsewhere(
-    hosts: tuple[Backend, dict[str, tuple[Host, Server]]], network: Network
+    hosts: tuple[Backend, dict[str, tuple[Host, RunnerProcess]]], network: Network
 ) -> None:
     backend, started = hosts
     host, server = started["net-a"]
@@ -226,7 +225,7 @@ def test_a_link_back_within_the_lost_timeout_reattaches_with_every_line_once(
         tmp_path, rel_env, "net-r", "--label", "host=net-r", host=host.address, port=PORT,
         token=RUNNER_TOKEN, netns=host.netns,
     )  # fmt: skip
-    backend = start_backend_at(
+    backend = start_backend(
         tmp_path,
         rel_env,
         f"sqlite:///{tmp_path / 'iac.db'}",

@@ -20,17 +20,11 @@ import grpc
 import pytest
 
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
-from tests.backend.platform import Backend, tar_dir
+from tests.backend.archives import tar_gz
+from tests.backend.platform import Backend, start_backend
 from tests.conftest import IAC_RUNNER
-from tests.procs import execute, lines_of, result_of
-from tests.reliability.harness import (
-    Counter,
-    Follower,
-    Server,
-    columns_holding,
-    start_backend_at,
-    start_server,
-)
+from tests.procs import RunnerProcess, execute, lines_of, result_of
+from tests.reliability.harness import Counter, Follower, columns_holding, start_server
 
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
 CONFIG = """\
@@ -123,10 +117,12 @@ def test_stdio_answer_and_stream_mask_every_secret(rel_env: dict[str, str], tmp_
 
 
 @pytest.fixture(scope="module")
-def vault(rel_env: dict[str, str], module_tmp: Path) -> Iterator[tuple[Backend, Server, str]]:
+def vault(
+    rel_env: dict[str, str], module_tmp: Path
+) -> Iterator[tuple[Backend, RunnerProcess, str]]:
     runner = start_server(module_tmp, rel_env, "vault-runner")
     db_url = f"sqlite:///{module_tmp / 'iac.db'}"
-    backend = start_backend_at(module_tmp, rel_env, db_url)
+    backend = start_backend(module_tmp, rel_env, db_url)
     try:
         backend.register("vault-runner", runner.address)
         backend.wait_runners_healthy("vault-runner")
@@ -136,11 +132,11 @@ def vault(rel_env: dict[str, str], module_tmp: Path) -> Iterator[tuple[Backend, 
         runner.stop()
 
 
-def test_grpc_stream_masks_every_secret(vault: tuple[Backend, Server, str]) -> None:
+def test_grpc_stream_masks_every_secret(vault: tuple[Backend, RunnerProcess, str]) -> None:
     _, runner, _ = vault
     values = _values()
     env = _request_env(values)
-    workspace = tar_dir({"main.tf": CONFIG})
+    workspace = tar_gz({"main.tf": CONFIG})
     texts: list[str] = []
     with grpc.insecure_channel(runner.address) as channel:
         stub = pb_grpc.RunnerStub(channel)
@@ -161,7 +157,7 @@ def test_grpc_stream_masks_every_secret(vault: tuple[Backend, Server, str]) -> N
 
 
 def test_a_backend_run_leaks_no_secret_to_logs_sse_or_the_database(
-    vault: tuple[Backend, Server, str],
+    vault: tuple[Backend, RunnerProcess, str],
 ) -> None:
     backend, runner, db_url = vault
     values = _values()
