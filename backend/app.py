@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from backend.api import errors
 from backend.api.deps import require_token
-from backend.api.routes import deployments, health, runners, runs, state, variables
+from backend.api.routes import deployments, health, runners, runs, state, tokens, variables
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
 from backend.db import Database, migrate
@@ -25,7 +25,7 @@ from backend.engine import Engine, EngineOptions
 from backend.logs import LogHub
 from backend.pool import RunnerPool
 from backend.store import runners as runner_store
-from backend.store import tokens
+from backend.store import tokens as token_store
 from backend.web import pages
 
 log = logging.getLogger("iac.backend")
@@ -44,7 +44,7 @@ async def prepare(settings: Settings, *, migrate_schema: bool = True) -> tuple[D
         async with database.session() as session:
             await check_encryption(session, cipher)
             if settings.api_token is not None:
-                await tokens.ensure_token(
+                await token_store.ensure_token(
                     session, BOOTSTRAP_TOKEN_NAME, settings.api_token.get_secret_value()
                 )
             if settings.runners_file is not None:
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(variables.router)
     api.include_router(runs.router)
     api.include_router(state.api_router)
+    api.include_router(tokens.router)
     app.include_router(api)
     # Terraform authenticates with per-run credentials, not API tokens.
     app.include_router(state.router, prefix=API_PREFIX)

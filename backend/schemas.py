@@ -169,3 +169,26 @@ class RunOut(BaseModel):
     events: list[RunEventOut] | None = Field(
         default=None, description="The run's history (on GET /runs/{id})."
     )
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, description="What the token is for, e.g. 'ci'.")
+    expires_in_days: int | None = Field(
+        default=None, ge=1, le=3650, description="Days until it expires; none: never."
+    )
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The token itself: shown this once, only its hash is kept.")

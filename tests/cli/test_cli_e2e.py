@@ -67,6 +67,36 @@ def test_runners_list_add_remove(platform: Platform) -> None:
     )
 
 
+def test_tokens_create_list_revoke(platform: Platform) -> None:
+    created = platform.iac("tokens", "create", "ci-bot", "--expires-in-days", "7").ok()
+    token = created.stdout.strip()
+    assert len(token) >= 32 and "\n" not in token  # stdout is the token alone: $(iac ...)
+    assert "not shown again" in created.stderr
+    listed = platform.iac("tokens", "list").ok().stdout
+    row = next(line for line in listed.splitlines() if "ci-bot" in line)
+    assert re.search(r"^(\d+)\s+ci-bot\s+.+\s+valid$", row), listed
+    assert token not in listed
+    token_id = re.match(r"\d+", row)
+    assert token_id is not None
+
+    with_new = platform.env(IAC_TOKEN=token)
+    assert platform.iac("runners", "list", env=with_new).ok()
+    # Revoking the token one is using is refused: it would lock the caller out.
+    assert_one_line_error(
+        platform.iac("tokens", "revoke", token_id[0], env=with_new), 2, "HTTP 409"
+    )
+    revoked = platform.iac("tokens", "revoke", token_id[0]).ok()
+    assert revoked.stdout == f"revoked API token {token_id[0]}\n"
+    assert_one_line_error(
+        platform.iac("runners", "list", env=with_new), 2, "expired or revoked", "HTTP 401"
+    )
+    rows = {t["name"]: t for t in json_of(platform.iac("tokens", "list", "--json"))}
+    assert rows["ci-bot"]["revoked"] is True and "token" not in rows["ci-bot"]
+    assert_one_line_error(platform.iac("tokens", "revoke", "0"), 2, "TOKEN_ID")
+    assert_one_line_error(platform.iac("tokens", "revoke", "999999"), 2, "HTTP 404")
+    assert_one_line_error(platform.iac("tokens", "create", "x", "--expires-in-days", "0"), 2)
+
+
 def test_plan_approve_apply_destroy(platform: Platform, tmp_path: Path) -> None:
     infra = config_dir(tmp_path, "infra", OFFLINE_CONFIG)
     # What must never travel: init's downloads and any local state.

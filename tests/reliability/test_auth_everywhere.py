@@ -138,7 +138,7 @@ def _api_routes() -> list[tuple[str, str]]:
 
 def _fill(path: str, platform: Platform) -> str:
     values = {"name": "a", "run_id": platform.run_a["id"], "version": 1, "key": "x"}
-    values |= {"version_id": 1}
+    values |= {"version_id": 1, "token_id": 1}
     return path.format(**values)
 
 
@@ -147,7 +147,8 @@ def _snapshot(backend: Backend) -> Any:
     deployments = backend.call("GET", "/deployments")
     variables = backend.call("GET", "/deployments/a/variables")
     runners = [(r["name"], r["address"], r["labels"]) for r in backend.call("GET", "/runners")]
-    return runs, deployments, variables, runners
+    tokens = backend.call("GET", "/tokens")
+    return runs, deployments, variables, runners, tokens
 
 
 def test_every_api_route_refuses_every_wrong_credential(platform_a: Platform) -> None:
@@ -258,7 +259,8 @@ def test_every_grpc_method_refuses_every_wrong_credential(platform_a: Platform) 
             b"", metadata=[("authorization", f"Bearer {RUNNER_TOKEN}")], timeout=30
         )
     )  # fmt: skip
-    victim = next(r for r in info.active_runs if r.startswith(f"r{p.run_a['id']}-apply"))
+    # The backend names its runner-side runs [<database prefix>-]r<run id>-<phase>-...
+    victim = next(r for r in info.active_runs if f"r{p.run_a['id']}-apply-" in r)
     credentials = {
         "none": [],
         "wrong token": [("authorization", "Bearer wrong")],
