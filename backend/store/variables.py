@@ -21,7 +21,9 @@ _TF_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The backend sets these itself for every run (state access, per-run credentials).
 RESERVED_ENV_PREFIXES = ("TF_HTTP_", "IAC_")
-MAX_VALUE_CHARS = 256 * 1024
+# Linux refuses to exec a process with an environment entry ("NAME=value" and its NUL)
+# over MAX_ARG_STRLEN, 32 pages: the run would fail at its start, so refuse it here.
+MAX_ENV_ENTRY_BYTES = 32 * 4096
 # Runners refuse these (they would inject code into the tool): refuse them here, at once.
 LOADER_HOOKS = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT")
 
@@ -79,8 +81,14 @@ async def set_variable(
     """Create or replace a variable; returns it and whether it was created."""
     check_category(category)
     check_key(key, category)
-    if len(value) > MAX_VALUE_CHARS:
-        raise Invalid(f"variable {key!r} is longer than {MAX_VALUE_CHARS} characters")
+    name = f"TF_VAR_{key}" if category == VariableCategory.TERRAFORM.value else key
+    size = len(name) + 1 + len(value.encode("utf-8", "surrogatepass")) + 1
+    if size > MAX_ENV_ENTRY_BYTES:
+        raise Invalid(
+            f"variable {key!r} is too large: {name}=<value> takes {size} bytes and an "
+            f"environment entry holds at most {MAX_ENV_ENTRY_BYTES} (Linux MAX_ARG_STRLEN); "
+            "put large data in a file of the configuration instead"
+        )
     if "\x00" in value:
         raise Invalid(f"variable {key!r} contains a NUL character, which no environment can hold")
     encrypted = cipher.encrypt(value, f"sensitive variable {key!r}") if sensitive else None

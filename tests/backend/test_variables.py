@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,8 @@ async def test_set_list_update_delete(client: httpx.AsyncClient, db: Database) -
         ("x", {"value": 3}, "valid string"),
         ("x", {"sensitive": True}, "Field required"),
         ("x", {"value": "a\x00b"}, "NUL"),
+        ("x", {"value": "é" * 65532}, "too large: TF_VAR_x=<value> takes 131074 bytes"),
+        ("E", {"value": "v" * 131070, "category": "env"}, "E=<value> takes 131073 bytes"),
         ("x", {"value": "v", "extra": 1}, "Extra inputs"),
     ],
 )
@@ -111,3 +114,14 @@ async def test_sensitive_value_needs_a_key(db_url: str, tmp_path: Path) -> None:
             assert "generate-encryption-key.sh" in response.json()["detail"]
             assert (await c.get(BASE)).json() == []
             assert (await c.put(f"{BASE}/plain", json={"value": "p"})).status_code == 201
+
+
+async def test_the_largest_value_an_environment_entry_holds_is_taken(
+    client: httpx.AsyncClient,
+) -> None:
+    """E=<131069 bytes> and its NUL: 131072 bytes, what Linux still executes."""
+    await new_deployment(client, "web")
+    value = "v" * 131069
+    response = await client.put(f"{BASE}/E", json={"value": value, "category": "env"})
+    assert response.status_code == 201, response.text[:200]
+    assert subprocess.run(["true"], env={"E": value}).returncode == 0
