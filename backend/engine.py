@@ -25,19 +25,21 @@ import hashlib
 import hmac
 import io
 import logging
+import re
 import secrets
 import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
 from backend.crypto import Cipher
@@ -49,20 +51,24 @@ from backend.models import (
     BackendSecret,
     ConfigVersion,
     Deployment,
+    LogChunk,
     Run,
+    RunEvent,
+    RunnerStatus,
     RunStatus,
     utcnow,
 )
-from backend.pool import RunnerPool, choose
+from backend.pool import RunnerPool, RunnerView, choose
 from backend.runner_client import RunnerClient
-from backend.store import logs as log_store
 from backend.store import state as state_store
 from backend.store import variables as variable_store
 from backend.store.runs import add_event, get_run, hash_state_token
+from backend.store.variables import RunEnvironment
 from backend.versions import Constraint, parse_constraint, required_version
 from protos.iacrunner.v1 import runner_pb2 as pb
 
 log = logging.getLogger("iac.backend.engine")
+T = TypeVar("T")
 
 # Statuses in which a run holds its deployment: no other run of it may start.
 HOLDING = (
@@ -92,6 +98,13 @@ FLUSH_BYTES = 256 * 1024
 FLUSH_INTERVAL = 0.2
 # Unstored log bytes at which reading from the runner pauses until they are stored.
 BACKLOG_BYTES = 4 * FLUSH_BYTES
+# A dispatch pass looks at the first PASS_ROWS waiting runs (highest priority first) while
+# some runner has a free slot, else only at runs with no wait reason yet; at the first
+# FULL_PASS_ROWS again at least every REASONS_INTERVAL seconds (so every reason's kind
+# follows the pool, and a run stuck behind PASS_ROWS unplaceable ones still gets placed).
+PASS_ROWS = 64
+FULL_PASS_ROWS = 500
+REASONS_INTERVAL = 2.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,20 @@ def build_workspace(config_archive: bytes, plan_file: bytes | None) -> bytes:
     return out.getvalue()
 
 
+def _reason_kind(reason: str) -> str:
+    """A wait reason without its numbers: a busy runner's changing count is no news."""
+    return re.sub(r"\d+", "", reason)
+
+
+def _parse_constraint(text: str | None) -> Constraint | None:
+    if not text:
+        return None
+    try:
+        return parse_constraint(text)
+    except Invalid:
+        return None  # terraform itself will say what is wrong with it
+
+
 def _database_lost(exc: BaseException) -> bool:
     """A lost or refused database connection, as opposed to an error in a statement."""
     if isinstance(exc, DBAPIError):
@@ -216,20 +243,40 @@ class LogWriter:
     def backlogged(self) -> bool:
         return self._bytes >= BACKLOG_BYTES
 
-    async def flush(self) -> None:
+    async def flush(self, then: Callable[[AsyncSession], Awaitable[T]] | None = None) -> T | None:
+        """Store the lines received so far; with `then`, also run it in the same
+        transaction (the engine's bookkeeping between and after steps) and return its
+        result."""
         async with self._lock:
-            if not self._lines:
-                return
+            if not self._lines and then is None:
+                return None
             # Taken off only once stored: a failed write (the database restarting) keeps
             # them for the next flush, so no line is lost and none takes another's seq.
             lines = self._lines[:]
             first = self.stored_seq + 1
+            last = first + len(lines) - 1
             async with self.db.session() as session:
-                last = await log_store.append_chunk(session, self.run_id, first, lines)
-            del self._lines[: len(lines)]
-            self._bytes = sum(len(line) for line in self._lines)
-            self.stored_seq = last
-            self.hub.stored(self.run_id, last)
+                if lines:
+                    await session.execute(
+                        insert(LogChunk).values(
+                            run_id=self.run_id,
+                            first_seq=first,
+                            last_seq=last,
+                            data="\n".join(lines),
+                        )
+                    )
+                    await session.execute(
+                        update(Run)
+                        .where(Run.id == self.run_id)
+                        .values(last_seq=last, heartbeat_at=utcnow())
+                    )
+                result = await then(session) if then is not None else None
+            if lines:
+                del self._lines[: len(lines)]
+                self._bytes = sum(len(line) for line in self._lines)
+                self.stored_seq = last
+                self.hub.stored(self.run_id, last)
+            return result
 
     async def run(self) -> None:
         """Flush every FLUSH_INTERVAL, or sooner when a lot is waiting."""
@@ -252,6 +299,17 @@ class Execution:
     client: RunnerClient | None = None
     canceled: str = ""  # the cancel mode already sent to the runner
     started: float = field(default_factory=time.monotonic)
+    released: bool = False  # its runner slot given back to the pool
+
+
+@dataclass
+class Job:
+    """What an execution needs from the database, read in one transaction."""
+
+    run: Run
+    deployment: Deployment
+    archive: bytes
+    env: RunEnvironment
 
 
 class Engine:
@@ -272,12 +330,18 @@ class Engine:
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._secret = b""
+        self._prefix = ""  # of runner-side run ids: this database's, the same for replicas
         self._is_postgres = db.engine.dialect.name == "postgresql"
         self._required: dict[int, str | None] = {}  # config version id -> required_version
+        self._last_full_pass = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         self._secret = await self._load_secret()
+        # Derived from the per-database secret: two backends on different databases that
+        # share a runner never name a run alike, and every replica (and this one after a
+        # restart) names them the same, so re-attaching finds them.
+        self._prefix = "b" + hashlib.sha256(b"runner-run-ids:" + self._secret).hexdigest()[:10]
         await self.pool.refresh()
         await self.adopt_orphans()
         self._background = [
@@ -315,7 +379,10 @@ class Engine:
     def state_token(self, run: Run) -> str:
         """The run's password for the state endpoint in its current dispatch. Derived, not
         stored: any replica that re-attaches can hand it to the next step again."""
-        digest = hmac.new(self._secret, f"{run.id}:{run.dispatch_count}".encode(), hashlib.sha256)
+        return self._state_token(run.id, run.dispatch_count)
+
+    def _state_token(self, run_id: int, dispatch_count: int) -> str:
+        digest = hmac.new(self._secret, f"{run_id}:{dispatch_count}".encode(), hashlib.sha256)
         return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
 
     # -- dispatch ----------------------------------------------------------------------
@@ -338,20 +405,45 @@ class Engine:
             self.pool.changed.clear()
 
     async def dispatch_once(self) -> int:
-        """Place as many waiting runs as the pool can take, highest priority first."""
+        """Place as many waiting runs as the pool can take, highest priority first.
+
+        Reads only the columns placement needs (never a run's plan file or a
+        configuration's archive, but once per configuration for its required_version),
+        and only as many runs as the pool's state calls for (see PASS_ROWS)."""
+        now = time.monotonic()
+        full = now - self._last_full_pass >= REASONS_INTERVAL
+        free = any(
+            v.status == RunnerStatus.HEALTHY.value and v.free > 0 for v in self.pool.views.values()
+        )
+        query = (
+            select(
+                Run.id,
+                Run.status,
+                Run.operation,
+                Run.config_version_id,
+                Run.tool_version,
+                Run.wait_reason,
+                Run.deployment_id,
+                Deployment.required_labels,
+                Deployment.tool,
+                Deployment.version_constraint,
+            )
+            .join(Deployment, Deployment.id == Run.deployment_id)
+            .where(
+                Run.claimed_by.is_(None),
+                Run.status.in_((RunStatus.QUEUED.value, RunStatus.APPLYING.value)),
+            )
+            .order_by(Run.priority.desc(), Run.created_at, Run.id)
+            .limit(FULL_PASS_ROWS if full else PASS_ROWS)
+        )
+        if not full and not free:
+            query = query.where(Run.wait_reason == "")
         async with self.db.session() as session:
-            rows = (
-                await session.execute(
-                    select(Run, Deployment)
-                    .join(Deployment, Deployment.id == Run.deployment_id)
-                    .where(
-                        Run.claimed_by.is_(None),
-                        Run.status.in_((RunStatus.QUEUED.value, RunStatus.APPLYING.value)),
-                    )
-                    .order_by(Run.priority.desc(), Run.created_at, Run.id)
-                    .limit(500)
-                )
-            ).all()
+            rows = (await session.execute(query)).all()
+            if not rows:
+                if full:
+                    self._last_full_pass = now
+                return 0
             held = set(
                 (
                     await session.scalars(
@@ -359,47 +451,84 @@ class Engine:
                     )
                 ).all()
             )
+            missing = {
+                r.config_version_id
+                for r in rows
+                if not r.version_constraint and r.config_version_id not in self._required
+            }
+            archives = (
+                (
+                    await session.execute(
+                        select(ConfigVersion.id, ConfigVersion.archive).where(
+                            ConfigVersion.id.in_(missing)
+                        )
+                    )
+                ).all()
+                if missing
+                else []
+            )
+        if archives:
+            found = await asyncio.to_thread(
+                lambda: {i: required_version(tf_files(a)) for i, a in archives}
+            )
+            self._required.update(found)
+        if full:
+            self._last_full_pass = now
         depth: dict[str, int] = {}
         placed = 0
         waits: dict[int, str] = {}
-        for run, deployment in rows:
-            queued = run.status == RunStatus.QUEUED.value
-            labels = ",".join(f"{k}={v}" for k, v in sorted(deployment.required_labels.items()))
-            if queued and deployment.id in held:
-                waits[run.id] = "waiting for the active run of this deployment to finish"
+        # Placement depends on few things, the same for most runs: decided once per pass
+        # (and again after each claim, which changes the pool's load).
+        decided: dict[tuple[Any, ...], tuple[list[RunnerView], str, str]] = {}
+        for row in rows:
+            queued = row.status == RunStatus.QUEUED.value
+            required = row.required_labels or {}
+            labels = ",".join(f"{k}={v}" for k, v in sorted(required.items()))
+            if queued and row.deployment_id in held:
+                waits[row.id] = "waiting for the active run of this deployment to finish"
                 depth[labels] = depth.get(labels, 0) + 1
                 continue
-            views, reason, version = choose(
-                list(self.pool.views.values()),
-                deployment.required_labels,
-                deployment.tool,
-                "plan" if queued else run.operation,
-                await self._constraint(deployment, run.config_version_id),
-                None if queued else run.tool_version,
-            )
+            constraint = row.version_constraint or self._required.get(row.config_version_id)
+            operation = "plan" if queued else row.operation
+            exact = None if queued else row.tool_version
+            key = (labels, row.tool, operation, constraint, exact)
+            choice = decided.get(key)
+            if choice is None:
+                choice = choose(
+                    list(self.pool.views.values()),
+                    required,
+                    row.tool,
+                    operation,
+                    _parse_constraint(constraint),
+                    exact,
+                )
+                decided[key] = choice
+            views, reason, version = choice
             if not views:
-                waits[run.id] = reason
+                waits[row.id] = reason
                 depth[labels] = depth.get(labels, 0) + 1
                 continue
             runner = views[0].name
-            if await self._claim(run.id, run.status, runner, version):
+            created_at = await self._claim(row.id, row.status, runner, version)
+            if created_at is not None:
                 placed += 1
-                held.add(deployment.id)
-                self.pool.reserve(runner)
+                held.add(row.deployment_id)
                 metrics.DISPATCH_LATENCY.observe(
-                    max((utcnow() - run.created_at).total_seconds(), 0) if queued else 0
+                    max((utcnow() - created_at).total_seconds(), 0) if queued else 0
                 )
-                self._spawn(run.id, runner, resume=False)
+                self._spawn(row.id, runner, resume=False)
+                decided.clear()  # the runner's load changed
         for labels, n in depth.items():
             metrics.QUEUE_DEPTH.labels(labels or "none").set(n)
         await self._record_waits(rows, waits)
         return placed
 
     async def _record_waits(self, rows: Any, waits: dict[int, str]) -> None:
+        """Store wait reasons whose kind changed: not a busy runner's new count each pass."""
         changed = {
-            run.id: waits[run.id]
-            for run, _ in rows
-            if run.id in waits and run.wait_reason != waits[run.id]
+            row.id: waits[row.id]
+            for row in rows
+            if row.id in waits and _reason_kind(row.wait_reason) != _reason_kind(waits[row.id])
         }
         if not changed:
             return
@@ -411,71 +540,78 @@ class Engine:
                     .values(wait_reason=reason)
                 )
 
-    async def _constraint(
-        self, deployment: Deployment, config_version_id: int
-    ) -> Constraint | None:
-        """The deployment's version constraint, else its configuration's required_version."""
-        text = deployment.version_constraint
-        if not text:
-            if config_version_id not in self._required:
-                async with self.db.session() as session:
-                    config = await session.get(ConfigVersion, config_version_id)
-                    archive = config.archive if config is not None else b""
-                files = await asyncio.to_thread(tf_files, archive)
-                self._required[config_version_id] = required_version(files)
-            text = self._required[config_version_id]
-        if not text:
-            return None
-        try:
-            return parse_constraint(text)
-        except Invalid:
-            return None  # terraform itself will say what is wrong with it
-
-    async def _claim(self, run_id: int, status: str, runner: str, version: str) -> bool:
+    async def _claim(self, run_id: int, status: str, runner: str, version: str) -> Any:
+        """Claim the run for this backend on `runner`; its created_at, or None when it was
+        taken (by another replica) or changed since the pass read it."""
         async with self.db.session() as session:
-            query = select(Run).where(Run.id == run_id)
+            query = select(
+                Run.claimed_by,
+                Run.status,
+                Run.deployment_id,
+                Run.dispatch_count,
+                Run.last_seq,
+                Run.started_at,
+                Run.created_at,
+            ).where(Run.id == run_id)
             if self._is_postgres:
                 query = query.with_for_update(skip_locked=True)
-            run = await session.scalar(query)
+            run = (await session.execute(query)).first()
             if run is None or run.claimed_by is not None or run.status != status:
-                return False
+                return None
+            new_status = status
             if status == RunStatus.QUEUED.value:
-                # Serialise claims per deployment, then check nobody holds it.
-                await session.execute(
-                    select(Deployment.id)
-                    .where(Deployment.id == run.deployment_id)
-                    .with_for_update()
-                )
+                # Serialise claims per deployment, then check nobody holds it (on SQLite
+                # the transaction itself is exclusive: BEGIN IMMEDIATE).
+                if self._is_postgres:
+                    await session.execute(
+                        select(Deployment.id)
+                        .where(Deployment.id == run.deployment_id)
+                        .with_for_update()
+                    )
                 holder = await session.scalar(
-                    select(Run.id).where(
+                    select(Run.id)
+                    .where(
                         Run.deployment_id == run.deployment_id,
                         Run.status.in_(HOLDING),
-                        Run.id != run.id,
+                        Run.id != run_id,
                     )
+                    .limit(1)
                 )
                 if holder is not None:
-                    return False
-                run.status = RunStatus.RUNNING.value
-            run.claimed_by = self.options.backend_id
-            run.runner_id = runner
-            run.tool_version = version
-            run.dispatch_count += 1
-            run.heartbeat_at = utcnow()
-            run.started_at = run.started_at or utcnow()
-            run.wait_reason = ""
-            run.runner_run_id = None
-            run.step_seq_offset = run.last_seq
-            run.state_token_hash = hash_state_token(self.state_token(run))
-            phase = "plan" if run.status == RunStatus.RUNNING.value else "apply"
-            await add_event(
-                session,
-                run.id,
-                "dispatched",
-                f"{phase} phase on runner {runner} by backend {self.options.backend_id}",
+                    return None
+                new_status = RunStatus.RUNNING.value
+            count = run.dispatch_count + 1
+            now = utcnow()
+            await session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    status=new_status,
+                    claimed_by=self.options.backend_id,
+                    runner_id=runner,
+                    tool_version=version,
+                    dispatch_count=count,
+                    heartbeat_at=now,
+                    started_at=run.started_at or now,
+                    wait_reason="",
+                    runner_run_id=None,
+                    step_seq_offset=run.last_seq,
+                    state_token_hash=hash_state_token(self._state_token(run_id, count)),
+                )
             )
-        return True
+            phase = "plan" if new_status == RunStatus.RUNNING.value else "apply"
+            await session.execute(
+                insert(RunEvent).values(
+                    run_id=run_id,
+                    kind="dispatched",
+                    message=f"{phase} phase on runner {runner} by backend "
+                    f"{self.options.backend_id}",
+                )
+            )
+        return run.created_at
 
     def _spawn(self, run_id: int, runner: str, *, resume: bool) -> None:
+        self.pool.reserve(runner, run_id)
         execution = Execution(run_id, runner)
         self.executions[run_id] = execution
         execution.task = asyncio.create_task(self._execute(execution, resume), name=f"run-{run_id}")
@@ -617,19 +753,16 @@ class Engine:
         writer: LogWriter | None = None
         flusher: asyncio.Task[None] | None = None
         try:
-            async with self.db.session() as session:
-                run = await get_run(session, run_id)
-                writer = LogWriter(self.db, self.hub, run_id, run.last_seq)
+            job = await self._load(run_id)
+            writer = LogWriter(self.db, self.hub, run_id, job.run.last_seq)
             flusher = asyncio.create_task(writer.run())
-            await self._execute_phase(execution, writer, resume)
+            await self._execute_phase(execution, writer, resume, job)
         except asyncio.CancelledError:
             raise
         except RunnerBusy as exc:
             await self._requeue(run_id, str(exc))
         except StepFailed as exc:
-            if writer is not None:
-                await writer.flush()
-            await self._finish(run_id, exc.status, str(exc), exc.exit_code)
+            await self._finish(run_id, exc.status, str(exc), exc.exit_code, writer)
         except Exception as exc:
             if _database_lost(exc):
                 # A restart or failover of the database, not a fault of the run, which goes
@@ -644,21 +777,38 @@ class Engine:
         finally:
             if flusher is not None:
                 flusher.cancel()
-            if self.executions.get(run_id) is execution:  # a re-dispatch may have replaced it
+            current = self.executions.get(run_id)
+            if current is execution:  # a re-dispatch may have replaced it
                 del self.executions[run_id]
-            self.pool.release(execution.runner)
+            if current in (execution, None):
+                self._release(execution)
             self.hub.close(run_id)
             self.wake()
 
-    async def _execute_phase(self, execution: Execution, writer: LogWriter, resume: bool) -> None:
-        run_id = execution.run_id
+    def _release(self, execution: Execution) -> None:
+        """Give the execution's runner slot back (once). Dispatch is woken when the run's
+        bookkeeping is stored (a pass before then would still find its deployment held)."""
+        if not execution.released:
+            execution.released = True
+            self.pool.release(execution.runner, execution.run_id)
+
+    async def _load(self, run_id: int) -> Job:
         async with self.db.session() as session:
             run = await get_run(session, run_id)
             deployment = await session.get(Deployment, run.deployment_id)
-            config = await session.get(ConfigVersion, run.config_version_id)
-            assert deployment is not None and config is not None
+            archive = await session.scalar(
+                select(ConfigVersion.archive).where(ConfigVersion.id == run.config_version_id)
+            )
+            assert deployment is not None and archive is not None
             env = await variable_store.run_environment(session, self.cipher, deployment)
-            plan_file = self.cipher.unseal(run.plan_file) if run.plan_file else None
+        return Job(run, deployment, archive, env)
+
+    async def _execute_phase(
+        self, execution: Execution, writer: LogWriter, resume: bool, job: Job
+    ) -> None:
+        run_id = execution.run_id
+        run, deployment, env = job.run, job.deployment, job.env
+        plan_file = self.cipher.unseal(run.plan_file) if run.plan_file else None
         phase = "plan" if run.status == RunStatus.RUNNING.value else "apply"
         steps = phase_steps(run.operation, phase)
         client = await self.pool.client_for(run.runner_id or "")
@@ -668,7 +818,7 @@ class Engine:
             )
         execution.client = client
         workspace = await asyncio.to_thread(
-            build_workspace, config.archive, plan_file if phase == "apply" else None
+            build_workspace, job.archive, plan_file if phase == "apply" else None
         )
         state_url = f"{self.options.public_url.rstrip('/')}/api/v1/state/{deployment.name}"
         env_vars = {
@@ -684,7 +834,8 @@ class Engine:
             "TF_HTTP_RETRY_WAIT_MAX": "10",
         }
         sensitive = [*env.sensitive_env, "TF_HTTP_PASSWORD"]
-        work_dir = f"run-{run.id}-{phase}-{run.dispatch_count}"
+        # Named like the runner-side runs: two databases' runs never share a directory.
+        work_dir = f"{self._prefix}-run-{run.id}-{phase}-{run.dispatch_count}"
         timeout = self.options.timeouts.get(run.operation, 3600)
 
         start = 0
@@ -696,22 +847,33 @@ class Engine:
         plan_result: pb.Result | None = None
         for index in range(start, len(steps)):
             step = steps[index]
-            await self._check_canceled(run_id)
             if attach is not None and index == start:
+                await self._check_canceled(run_id)
                 runner_run_id, offset = attach
                 execution.runner_run_id = runner_run_id
+                self.pool.step(execution.runner, run_id, runner_run_id)
                 result = await self._follow(execution, writer, runner_run_id, offset, None)
             else:
-                runner_run_id = f"r{run.id}-{phase}-{run.dispatch_count}-{step.name}"
-                await writer.flush()
-                offset = writer.last_seq
-                async with self.db.session() as session:
-                    await session.execute(
+                runner_run_id = f"{self._prefix}-r{run.id}-{phase}-{run.dispatch_count}-{step.name}"
+                offset = writer.last_seq  # no step is streaming: nothing arrives meanwhile
+
+                async def begin(
+                    session: AsyncSession, rid: str = runner_run_id, at: int = offset
+                ) -> bool:
+                    # One transaction: the lines so far stored (a re-attach resumes from
+                    # the stored ones), the step recorded, unless a cancel came first.
+                    result = await session.execute(
                         update(Run)
-                        .where(Run.id == run_id)
-                        .values(runner_run_id=runner_run_id, step_seq_offset=offset)
+                        .where(Run.id == run_id, Run.cancel_requested.is_(None))
+                        .values(runner_run_id=rid, step_seq_offset=at)
                     )
+                    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+                if not await writer.flush(then=begin):
+                    await self._check_canceled(run_id)
+                    raise StepFailed(RunStatus.FAILED.value, f"run {run_id} no longer exists")
                 execution.runner_run_id = runner_run_id
+                self.pool.step(execution.runner, run_id, runner_run_id)
                 request = pb.ExecuteRequest(
                     run_id=runner_run_id,
                     tool=deployment.tool,
@@ -733,12 +895,13 @@ class Engine:
             await self._check_step(execution, step, result)
             if step.name == "plan":
                 plan_result = result
-        await writer.flush()
+        # The runner is done with this run: its slot may take the next one already.
+        self._release(execution)
         if phase == "plan":
             assert plan_result is not None
-            await self._plan_done(run_id, plan_result)
+            await self._plan_done(run_id, plan_result, writer)
         else:
-            await self._finish(run_id, RunStatus.SUCCEEDED.value, "", 0)
+            await self._finish(run_id, RunStatus.SUCCEEDED.value, "", 0, writer)
 
     async def _check_canceled(self, run_id: int) -> None:
         async with self.db.session() as session:
@@ -836,10 +999,11 @@ class Engine:
                 )
             await asyncio.sleep(0.5)
 
-    async def _plan_done(self, run_id: int, result: pb.Result) -> None:
+    async def _plan_done(self, run_id: int, result: pb.Result, writer: LogWriter) -> None:
         plan = next((a.content for a in result.artifacts if a.path == PLAN_FILE), None)
         changes = result.exit_code == 2
-        async with self.db.session() as session:
+
+        async def done(session: AsyncSession) -> None:
             run = await get_run(session, run_id, for_update=True)
             run.has_changes = changes
             run.plan_file = self.cipher.seal(plan) if plan is not None else None
@@ -862,6 +1026,8 @@ class Engine:
             else:
                 run.status = RunStatus.AWAITING_APPROVAL.value
                 await add_event(session, run.id, "planned", "awaiting approval")
+
+        await writer.flush(then=done)  # the last lines, in the same transaction
         self.wake()
 
     async def _requeue(self, run_id: int, reason: str) -> None:
@@ -875,12 +1041,27 @@ class Engine:
             run.wait_reason = reason
             await add_event(session, run.id, "requeued", reason)
 
-    async def _finish(self, run_id: int, status: str, message: str, exit_code: int | None) -> None:
-        async with self.db.session() as session:
+    async def _finish(
+        self,
+        run_id: int,
+        status: str,
+        message: str,
+        exit_code: int | None,
+        writer: LogWriter | None = None,
+    ) -> None:
+        """End the run; with `writer`, its last lines are stored in the same transaction."""
+
+        async def end(session: AsyncSession) -> None:
             run = await get_run(session, run_id, for_update=True)
             if run.status in TERMINAL_STATUSES:
                 return
             await self._end(session, run, status, message, exit_code)
+
+        if writer is not None:
+            await writer.flush(then=end)
+            return
+        async with self.db.session() as session:
+            await end(session)
 
     async def _end(
         self,

@@ -211,9 +211,11 @@ class Run(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[str | None] = mapped_column(String(16))
     dispatch_count: Mapped[int] = mapped_column(default=0)
-    # The runner-side run of the step in flight ("r<id>-<phase>-<attempt>-<step>"), where its
-    # seq 1 lands in this run's log, and the executing backend's last sign of life: enough
-    # for a restarted (or another) backend to re-attach without losing or doubling a line.
+    # The runner-side run of the step in flight ("<db>-r<id>-<phase>-<attempt>-<step>", <db>
+    # derived from this database's secret, so backends on different databases never collide
+    # on a shared runner), where its seq 1 lands in this run's log, and the executing
+    # backend's last sign of life: enough for a restarted (or another) backend to re-attach
+    # without losing or doubling a line.
     runner_run_id: Mapped[str | None] = mapped_column(String(160))
     step_seq_offset: Mapped[int] = mapped_column(default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None]

@@ -3,7 +3,11 @@
 A poll loop asks every registered runner for its health and `GetInfo` and records the
 answer (status, labels, tools, load) in the database, so every backend replica and the
 API see the same picture. Between polls the pool counts its own dispatches so a burst of
-runs does not pile onto one runner.
+runs does not pile onto one runner: a runner's load is the runs of others it reported at
+the last poll (told apart from this backend's by runner-side run id) plus this backend's
+own runs on it now (placed and not yet released, whatever step they are at). So a poll,
+always a little old, never makes a runner look emptier or fuller than this backend knows
+it is.
 """
 
 from __future__ import annotations
@@ -34,9 +38,21 @@ class RunnerView:
     status: str
     labels: dict[str, str]
     max_concurrent: int = 0
-    active: int = 0
+    reported: int = 0  # runs active on the runner at the last poll
+    reported_runs: frozenset[str] = frozenset()  # their runner-side ids
     tools: list[dict[str, Any]] = field(default_factory=list)
     accept: list[str] = field(default_factory=list)
+    # This backend's runs placed on the runner: run id -> runner-side id of the step in
+    # flight ("" before the first). Shared with the pool, so it outlives a poll.
+    local: dict[int, str] = field(default_factory=dict)
+    # Runner-side ids of the steps this backend started there (that a report may still
+    # name), also shared with the pool.
+    mine: set[str] = field(default_factory=set)
+
+    @property
+    def active(self) -> int:
+        ours = sum(1 for step in self.reported_runs if step in self.mine)
+        return max(self.reported - ours, 0) + len(self.local)
 
     @property
     def free(self) -> int:
@@ -51,7 +67,9 @@ class RunnerView:
         return not self.accept or operation in self.accept
 
 
-def view_of(row: Runner) -> RunnerView:
+def view_of(
+    row: Runner, local: dict[int, str] | None = None, mine: set[str] | None = None
+) -> RunnerView:
     info = row.info or {}
     labels = {**(row.labels or {}), **(info.get("labels") or {})}
     return RunnerView(
@@ -59,9 +77,12 @@ def view_of(row: Runner) -> RunnerView:
         status=row.status,
         labels=labels,
         max_concurrent=int(info.get("max_concurrent") or 0),
-        active=int(info.get("active") or 0),
+        reported=int(info.get("active") or 0),
+        reported_runs=frozenset(str(r) for r in info.get("active_runs") or ()),
         tools=list(info.get("tools") or []),
         accept=list(info.get("accept") or []),
+        local=local if local is not None else {},
+        mine=mine if mine is not None else set(),
     )
 
 
@@ -115,6 +136,8 @@ class RunnerPool:
         self.cipher = cipher
         self.poll_interval = poll_interval
         self.views: dict[str, RunnerView] = {}
+        self._local: dict[str, dict[int, str]] = {}  # runner -> this backend's runs on it
+        self._mine: dict[str, set[str]] = {}  # runner -> ids of the steps started there
         self._clients: dict[str, tuple[RunnerConnection, RunnerClient]] = {}
         self.changed = asyncio.Event()  # set when a poll finds capacity or a new runner
 
@@ -176,7 +199,12 @@ class RunnerPool:
                 if info is not None:
                     row.info = info
                     row.last_seen = now
-                views[row.id] = view_of(row)
+                local = self._local.setdefault(row.id, {})
+                view = view_of(row, local, self._mine.setdefault(row.id, set()))
+                # Forget steps that ended (a later report cannot name them again), but
+                # not those in flight, which the next report may name.
+                view.mine.intersection_update(view.reported_runs | set(local.values()))
+                views[row.id] = view
         before = {n: v.free for n, v in self.views.items() if v.status == "healthy"}
         self.views = views
         for name, view in views.items():
@@ -189,16 +217,21 @@ class RunnerPool:
         if view is not None:
             view.status = RunnerStatus.UNHEALTHY.value
 
-    def reserve(self, name: str) -> None:
-        view = self.views.get(name)
-        if view is not None:
-            view.active += 1
+    def reserve(self, name: str, run_id: int) -> None:
+        """Count run `run_id` on runner `name` from now until `release`."""
+        self._local.setdefault(name, {})[run_id] = ""
 
-    def release(self, name: str) -> None:
-        view = self.views.get(name)
-        if view is not None and view.active > 0:
-            view.active -= 1
-            self.changed.set()
+    def step(self, name: str, run_id: int, runner_run_id: str) -> None:
+        """The runner-side id of the step the run is starting (to match the runner's report)."""
+        local = self._local.get(name)
+        if local is not None and run_id in local:
+            local[run_id] = runner_run_id
+            self._mine.setdefault(name, set()).add(runner_run_id)
+
+    def release(self, name: str, run_id: int) -> None:
+        """The run no longer occupies the runner (idempotent; the caller wakes dispatch
+        once its own bookkeeping is stored)."""
+        self._local.get(name, {}).pop(run_id, None)
 
     async def run(self) -> None:
         """Poll forever (until cancelled)."""

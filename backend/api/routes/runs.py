@@ -63,9 +63,9 @@ async def create_run(body: RunCreate, session: SessionDep, request: Request) -> 
         auto_approve=body.auto_approve,
         config_version=body.config_version,
     )
+    row = await runlist.run_row(session, run.id)  # in the same transaction
     await session.commit()
     engine_of(request).wake()
-    row = await runlist.run_row(session, run.id)
     return run_out(*row)
 
 

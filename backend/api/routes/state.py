@@ -8,10 +8,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.api.deps import (
     CipherDep,
@@ -60,6 +63,36 @@ async def state_access(
 AccessDep = Annotated[StateAccess, Depends(state_access)]
 
 
+@dataclass(frozen=True)
+class StateTransaction:
+    access: StateAccess
+    session: AsyncSession
+
+
+async def state_transaction(
+    deployment: str,
+    database: DatabaseDep,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)],
+) -> AsyncIterator[StateTransaction]:
+    """The access check and the request's work in one transaction, for requests whose body
+    is small (or absent); committed before the response is sent."""
+    if credentials is None:
+        raise HTTPException(401, "state access needs HTTP basic auth", headers=REALM)
+    async with database.session() as session:
+        try:
+            access = await state.authorize_run(
+                session, deployment, credentials.username, credentials.password
+            )
+        except Unauthenticated as exc:
+            raise HTTPException(401, str(exc), headers=REALM) from None
+        except Forbidden as exc:
+            raise HTTPException(403, str(exc)) from None
+        yield StateTransaction(access, session)
+
+
+TransactionDep = Annotated[StateTransaction, Depends(state_transaction, scope="function")]
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     buf = bytearray()
     async for chunk in request.stream():
@@ -70,8 +103,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 @router.get("/{deployment}")
-async def get_state(access: AccessDep, session: SessionDep, cipher: CipherDep) -> Response:
-    current = await state.current_state(session, access.deployment.id)
+async def get_state(tx: TransactionDep, cipher: CipherDep) -> Response:
+    current = await state.current_state(tx.session, tx.access.deployment.id)
     if current is None:
         # Terraform reads 204 (like 404) as "no state yet".
         return Response(status_code=204)
@@ -106,25 +139,24 @@ async def post_state(
 
 
 @router.delete("/{deployment}")
-async def delete_state(
-    access: AccessDep, session: SessionDep, lock_id: LockIdQuery = None
-) -> Response:
-    await state.delete_state(session, access.deployment, lock_id=lock_id, run_id=access.run.id)
+async def delete_state(tx: TransactionDep, lock_id: LockIdQuery = None) -> Response:
+    access = tx.access
+    await state.delete_state(tx.session, access.deployment, lock_id=lock_id, run_id=access.run.id)
     return Response(status_code=200)
 
 
 @router.api_route("/{deployment}", methods=["LOCK"])
-async def lock_state(access: AccessDep, session: SessionDep, request: Request) -> dict[str, Any]:
+async def lock_state(tx: TransactionDep, request: Request) -> dict[str, Any]:
     info = state.parse_lock_info(await read_body(request, 64 * 1024))
-    await state.lock_state(session, access.deployment, info, access.run.id)
+    await state.lock_state(tx.session, tx.access.deployment, info, tx.access.run.id)
     return info
 
 
 @router.api_route("/{deployment}", methods=["UNLOCK"])
-async def unlock_state(access: AccessDep, session: SessionDep, request: Request) -> Response:
+async def unlock_state(tx: TransactionDep, request: Request) -> Response:
     body = await read_body(request, 64 * 1024)
     lock_id = state.parse_lock_info(body)["ID"] if body.strip() else None
-    await state.unlock_state(session, access.deployment, lock_id, access.run.id)
+    await state.unlock_state(tx.session, tx.access.deployment, lock_id, tx.access.run.id)
     return Response(status_code=200)
 
 
