@@ -32,10 +32,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -56,6 +56,7 @@ from backend.models import (
     RunEvent,
     RunnerStatus,
     RunStatus,
+    StateLock,
     utcnow,
 )
 from backend.pool import RunnerPool, RunnerView, choose
@@ -69,6 +70,17 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 
 log = logging.getLogger("iac.backend.engine")
 T = TypeVar("T")
+
+# The tables, for the engine's own statements in its hot paths: plain Core, without the
+# ORM's per-statement work (no objects are loaded or synchronised there).
+RUNS = cast(Table, Run.__table__)
+R = RUNS.c
+DEPLOYMENTS = cast(Table, Deployment.__table__)
+D = DEPLOYMENTS.c
+C = cast(Table, ConfigVersion.__table__).c
+LOG_CHUNKS = cast(Table, LogChunk.__table__)
+RUN_EVENTS = cast(Table, RunEvent.__table__)
+STATE_LOCKS = cast(Table, StateLock.__table__)
 
 # Statuses in which a run holds its deployment: no other run of it may start.
 HOLDING = (
@@ -95,7 +107,9 @@ REFUSED = {
 BUSY = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
 FLUSH_LINES = 2000
 FLUSH_BYTES = 256 * 1024
-FLUSH_INTERVAL = 0.2
+# Live followers get lines at once from the hub, not the store; a re-attach re-reads
+# whatever was not stored from the runner.
+FLUSH_INTERVAL = 1.0
 # Unstored log bytes at which reading from the runner pauses until they are stored.
 BACKLOG_BYTES = 4 * FLUSH_BYTES
 # A dispatch pass looks at the first PASS_ROWS waiting runs (highest priority first) while
@@ -258,7 +272,7 @@ class LogWriter:
             async with self.db.session() as session:
                 if lines:
                     await session.execute(
-                        insert(LogChunk).values(
+                        insert(LOG_CHUNKS).values(
                             run_id=self.run_id,
                             first_seq=first,
                             last_seq=last,
@@ -266,8 +280,8 @@ class LogWriter:
                         )
                     )
                     await session.execute(
-                        update(Run)
-                        .where(Run.id == self.run_id)
+                        update(RUNS)
+                        .where(R.id == self.run_id)
                         .values(last_seq=last, heartbeat_at=utcnow())
                     )
                 result = await then(session) if then is not None else None
@@ -417,27 +431,27 @@ class Engine:
         )
         query = (
             select(
-                Run.id,
-                Run.status,
-                Run.operation,
-                Run.config_version_id,
-                Run.tool_version,
-                Run.wait_reason,
-                Run.deployment_id,
-                Deployment.required_labels,
-                Deployment.tool,
-                Deployment.version_constraint,
+                R.id,
+                R.status,
+                R.operation,
+                R.config_version_id,
+                R.tool_version,
+                R.wait_reason,
+                R.deployment_id,
+                D.required_labels,
+                D.tool,
+                D.version_constraint,
             )
-            .join(Deployment, Deployment.id == Run.deployment_id)
+            .join(DEPLOYMENTS, D.id == R.deployment_id)
             .where(
-                Run.claimed_by.is_(None),
-                Run.status.in_((RunStatus.QUEUED.value, RunStatus.APPLYING.value)),
+                R.claimed_by.is_(None),
+                R.status.in_((RunStatus.QUEUED.value, RunStatus.APPLYING.value)),
             )
-            .order_by(Run.priority.desc(), Run.created_at, Run.id)
+            .order_by(R.priority.desc(), R.created_at, R.id)
             .limit(FULL_PASS_ROWS if full else PASS_ROWS)
         )
         if not full and not free:
-            query = query.where(Run.wait_reason == "")
+            query = query.where(R.wait_reason == "")
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
             if not rows:
@@ -447,7 +461,7 @@ class Engine:
             held = set(
                 (
                     await session.scalars(
-                        select(Run.deployment_id).where(Run.status.in_(HOLDING)).distinct()
+                        select(R.deployment_id).where(R.status.in_(HOLDING)).distinct()
                     )
                 ).all()
             )
@@ -457,13 +471,7 @@ class Engine:
                 if not r.version_constraint and r.config_version_id not in self._required
             }
             archives = (
-                (
-                    await session.execute(
-                        select(ConfigVersion.id, ConfigVersion.archive).where(
-                            ConfigVersion.id.in_(missing)
-                        )
-                    )
-                ).all()
+                (await session.execute(select(C.id, C.archive).where(C.id.in_(missing)))).all()
                 if missing
                 else []
             )
@@ -535,8 +543,8 @@ class Engine:
         async with self.db.session() as session:
             for run_id, reason in changed.items():
                 await session.execute(
-                    update(Run)
-                    .where(Run.id == run_id, Run.claimed_by.is_(None))
+                    update(RUNS)
+                    .where(R.id == run_id, R.claimed_by.is_(None))
                     .values(wait_reason=reason)
                 )
 
@@ -545,14 +553,14 @@ class Engine:
         taken (by another replica) or changed since the pass read it."""
         async with self.db.session() as session:
             query = select(
-                Run.claimed_by,
-                Run.status,
-                Run.deployment_id,
-                Run.dispatch_count,
-                Run.last_seq,
-                Run.started_at,
-                Run.created_at,
-            ).where(Run.id == run_id)
+                R.claimed_by,
+                R.status,
+                R.deployment_id,
+                R.dispatch_count,
+                R.last_seq,
+                R.started_at,
+                R.created_at,
+            ).where(R.id == run_id)
             if self._is_postgres:
                 query = query.with_for_update(skip_locked=True)
             run = (await session.execute(query)).first()
@@ -564,16 +572,14 @@ class Engine:
                 # the transaction itself is exclusive: BEGIN IMMEDIATE).
                 if self._is_postgres:
                     await session.execute(
-                        select(Deployment.id)
-                        .where(Deployment.id == run.deployment_id)
-                        .with_for_update()
+                        select(D.id).where(D.id == run.deployment_id).with_for_update()
                     )
                 holder = await session.scalar(
-                    select(Run.id)
+                    select(R.id)
                     .where(
-                        Run.deployment_id == run.deployment_id,
-                        Run.status.in_(HOLDING),
-                        Run.id != run_id,
+                        R.deployment_id == run.deployment_id,
+                        R.status.in_(HOLDING),
+                        R.id != run_id,
                     )
                     .limit(1)
                 )
@@ -583,8 +589,8 @@ class Engine:
             count = run.dispatch_count + 1
             now = utcnow()
             await session.execute(
-                update(Run)
-                .where(Run.id == run_id)
+                update(RUNS)
+                .where(R.id == run_id)
                 .values(
                     status=new_status,
                     claimed_by=self.options.backend_id,
@@ -601,7 +607,7 @@ class Engine:
             )
             phase = "plan" if new_status == RunStatus.RUNNING.value else "apply"
             await session.execute(
-                insert(RunEvent).values(
+                insert(RUN_EVENTS).values(
                     run_id=run_id,
                     kind="dispatched",
                     message=f"{phase} phase on runner {runner} by backend "
@@ -682,8 +688,8 @@ class Engine:
             return
         async with self.db.session() as session:
             await session.execute(
-                update(Run)
-                .where(Run.id.in_(ids), Run.claimed_by == self.options.backend_id)
+                update(RUNS)
+                .where(R.id.in_(ids), R.claimed_by == self.options.backend_id)
                 .values(heartbeat_at=utcnow())
             )
 
@@ -695,8 +701,8 @@ class Engine:
         async with self.db.session() as session:
             rows = (
                 await session.execute(
-                    select(Run.id, Run.cancel_requested).where(
-                        Run.id.in_(ids), Run.cancel_requested.is_not(None)
+                    select(R.id, R.cancel_requested).where(
+                        R.id.in_(ids), R.cancel_requested.is_not(None)
                     )
                 )
             ).all()
@@ -863,8 +869,8 @@ class Engine:
                     # One transaction: the lines so far stored (a re-attach resumes from
                     # the stored ones), the step recorded, unless a cancel came first.
                     result = await session.execute(
-                        update(Run)
-                        .where(Run.id == run_id, Run.cancel_requested.is_(None))
+                        update(RUNS)
+                        .where(R.id == run_id, R.cancel_requested.is_(None))
                         .values(runner_run_id=rid, step_seq_offset=at)
                     )
                     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -899,13 +905,13 @@ class Engine:
         self._release(execution)
         if phase == "plan":
             assert plan_result is not None
-            await self._plan_done(run_id, plan_result, writer)
+            await self._plan_done(run, plan_result, writer)
         else:
             await self._finish(run_id, RunStatus.SUCCEEDED.value, "", 0, writer)
 
     async def _check_canceled(self, run_id: int) -> None:
         async with self.db.session() as session:
-            mode = await session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+            mode = await session.scalar(select(R.cancel_requested).where(R.id == run_id))
         if mode:
             raise StepFailed(RunStatus.CANCELED.value, f"canceled ({mode}) between steps")
 
@@ -999,19 +1005,34 @@ class Engine:
                 )
             await asyncio.sleep(0.5)
 
-    async def _plan_done(self, run_id: int, result: pb.Result, writer: LogWriter) -> None:
+    async def _plan_done(self, run: Run, result: pb.Result, writer: LogWriter) -> None:
+        """The plan phase succeeded: the run ends, or waits for approval or its apply."""
+        run_id = run.id
         plan = next((a.content for a in result.artifacts if a.path == PLAN_FILE), None)
         changes = result.exit_code == 2
+        sealed = self.cipher.seal(plan) if plan is not None else None
+        if run.operation == "plan" or not changes:
+            # The common end, in plain statements: nothing else about the run can have
+            # changed while it executed here (the operation and deployment never do).
+            values: dict[str, Any] = {"has_changes": changes, "plan_file": sealed}
+            if result.tool_version:
+                values["tool_version"] = result.tool_version
+            note = "plan has changes" if changes else "no changes"
+
+            async def ended(session: AsyncSession) -> None:
+                await self._end_quickly(
+                    session, run_id, run.deployment_id, RunStatus.SUCCEEDED.value, 0, note, values
+                )
+
+            await writer.flush(then=ended)  # the last lines, in the same transaction
+            self.wake()
+            return
 
         async def done(session: AsyncSession) -> None:
             run = await get_run(session, run_id, for_update=True)
             run.has_changes = changes
-            run.plan_file = self.cipher.seal(plan) if plan is not None else None
+            run.plan_file = sealed
             run.tool_version = result.tool_version or run.tool_version
-            if run.operation == "plan" or not changes:
-                note = "plan has changes" if changes else "no changes"
-                await self._end(session, run, RunStatus.SUCCEEDED.value, "", 0, note=note)
-                return
             if plan is None:
                 await self._end(
                     session, run, RunStatus.FAILED.value, "the plan file was not returned"
@@ -1086,6 +1107,40 @@ class Engine:
                 session, run.deployment_id, f"run {run.id} ended ({status}) holding it", run.id
             )
         await add_event(session, run.id, status, message or note)
+        metrics.RUNS_FINISHED.labels(status).inc()
+
+    async def _end_quickly(
+        self,
+        session: AsyncSession,
+        run_id: int,
+        deployment_id: int,
+        status: str,
+        exit_code: int | None,
+        note: str,
+        values: dict[str, Any],
+    ) -> None:
+        """`_end` for a run known to be executing here, without loading it."""
+        await session.execute(
+            update(RUNS)
+            .where(R.id == run_id)
+            .values(
+                status=status,
+                ended_at=utcnow(),
+                error_msg="",
+                exit_code=exit_code,
+                claimed_by=None,
+                state_token_hash=None,
+                **values,
+            )
+        )
+        holder = await session.scalar(
+            select(STATE_LOCKS.c.run_id).where(STATE_LOCKS.c.deployment_id == deployment_id)
+        )
+        if holder is not None and holder == run_id:
+            await state_store.release_lock(
+                session, deployment_id, f"run {run_id} ended ({status}) holding it", run_id
+            )
+        await session.execute(insert(RUN_EVENTS).values(run_id=run_id, kind=status, message=note))
         metrics.RUNS_FINISHED.labels(status).inc()
 
     # -- helpers for tests and the API ------------------------------------------------------
