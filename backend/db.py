@@ -37,8 +37,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any constant will do: every backend replica takes this advisory lock before migrating, so
 # replicas starting together on one PostgreSQL migrate one after another.
 MIGRATION_LOCK_KEY = 0x1AC0_0001
-POOL_SIZE = 20
-POOL_OVERFLOW = 20
 
 
 def is_sqlite(url: str) -> bool:
@@ -82,13 +80,6 @@ class Database:
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = normalize_database_url(url)
-        # Enough pooled connections for the sessions a busy backend has open at once (each
-        # executing run, the state requests of its terraform, the API): past the pool size
-        # a session gets a connection opened for it and closed after, which on SQLite
-        # costs a thread and the connect-time PRAGMAs, on PostgreSQL a login.
-        if make_url(self.url).database not in (None, "", ":memory:"):  # not a StaticPool
-            engine_kwargs.setdefault("pool_size", POOL_SIZE)
-            engine_kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         self.engine = create_engine(self.url, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
