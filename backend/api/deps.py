@@ -29,7 +29,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies below are `async def` although they only read app.state: FastAPI runs a
+# plain `def` dependency in a worker thread, a hop that costs more than the function itself.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -37,7 +39,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_cipher(request: Request) -> Cipher:
+async def get_cipher(request: Request) -> Cipher:
     cipher: Cipher = request.app.state.cipher
     return cipher
 
@@ -47,7 +49,7 @@ CipherDep = Annotated[Cipher, Depends(get_cipher)]
 bearer = HTTPBearer(auto_error=False, description="An API token: Authorization: Bearer <token>")
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.db
     return database
 
