@@ -120,8 +120,9 @@ def hosts(
 
 def _progress(server: RunnerProcess, run: dict[str, Any]) -> int:
     """How far the run's local-exec loop got on the runner host (it writes its count to a
-    file in its work_dir, which the test sees: the namespaces share the file system)."""
-    files = server.workspace_root.glob(f"run-{run['id']}-apply-*/progress")
+    file in its work_dir, which the test sees: the namespaces share the file system). The
+    backend names work dirs <database prefix>-run-<run id>-<phase>-<dispatch>."""
+    files = server.workspace_root.glob(f"*-run-{run['id']}-apply-*/progress")
     return max((int(p.read_text() or 0) for p in files), default=0)
 
 
@@ -195,7 +196,7 @@ def test_a_lasting_cut_fails_the_run_after_the_lost_timeout_and_new_runs_go_else
         stub = pb_grpc.RunnerStub(channel)
         md = [("authorization", f"Bearer {RUNNER_TOKEN}")]
         info = stub.GetInfo(pb.GetInfoRequest(), metadata=md, timeout=30, wait_for_ready=True)
-        orphan = [r for r in info.active_runs if r.startswith(f"r{run['id']}-apply")]
+        orphan = [r for r in info.active_runs if f"-r{run['id']}-apply-" in r]
         assert orphan, info
         stub.Cancel(pb.CancelRequest(run_id=orphan[0]), metadata=md, timeout=10)
         events = list(
