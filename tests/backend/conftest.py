@@ -27,6 +27,7 @@ from backend.app import create_app
 from backend.config import Settings
 from backend.db import Database, migrate
 from backend.models import Base
+from tests.conftest import skip_unless_strict
 
 PG_HOST = os.environ.get("IAC_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("IAC_TEST_PG_PORT", "5432"))
@@ -85,7 +86,7 @@ def pg_server() -> Iterator[PgServer]:
     try:
         asyncio.run(_pg_admin("SELECT 1"))
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable: {exc}")
+        skip_unless_strict(f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable: {exc}")
     server = PgServer()
     yield server
     server.drop_all()

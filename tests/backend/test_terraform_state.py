@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -14,10 +13,7 @@ from backend.db import Database
 from backend.models import RunStatus
 from tests.backend.helpers import new_deployment, start_run, upload
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed"),
-]
+pytestmark = pytest.mark.anyio  # real terraform, as every end-to-end test: on PATH
 
 BACKEND_TF = 'terraform {\n  backend "http" {}\n}\n'
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.backend.platform import TOKEN, Backend, sse_events
+from tests.conftest import skip_unless_strict
 from tests.procs import RunnerProcess, free_port, start_runner
 
 SOAK = os.environ.get("IAC_SOAK", "") not in ("", "0")
@@ -318,11 +318,11 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def require_netns() -> None:
     """Skip the calling test, with the reason, where network namespaces cannot be made."""
     if shutil.which("ip") is None:
-        pytest.skip("network namespaces: the `ip` command (iproute2) is not installed")
+        skip_unless_strict("network namespaces: the `ip` command (iproute2) is not installed")
     probe = f"iacprobe{os.getpid()}"
     made = ip("netns", "add", probe, check=False)
     if made.returncode != 0:
-        pytest.skip(f"network namespaces cannot be created here: {made.stderr.strip()}")
+        skip_unless_strict(f"network namespaces cannot be created here: {made.stderr.strip()}")
     ip("netns", "del", probe, check=False)
 
 
@@ -424,7 +424,7 @@ class PrivatePostgres:
     def __init__(self) -> None:
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not bins or os.geteuid() != 0 or shutil.which("runuser") is None:
-            pytest.skip("a private PostgreSQL cluster needs root, runuser and initdb")
+            skip_unless_strict("a private PostgreSQL cluster needs root, runuser and initdb")
         self.bin = bins[-1].parent
         # Outside pytest's 0700 tmp directories: the postgres user must reach it.
         self.dir = Path(tempfile.mkdtemp(prefix="iac-rel-pg-"))

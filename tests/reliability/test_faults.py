@@ -21,7 +21,7 @@ import pytest
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from tests.backend.platform import Backend, start_backend
-from tests.conftest import IAC_RUNNER, pids_matching, wait_for
+from tests.conftest import IAC_RUNNER, pids_matching, skip_unless_strict, wait_for
 from tests.procs import RunnerProcess
 from tests.reliability.harness import (
     Counter,
@@ -211,7 +211,7 @@ def test_postgresql_restart_while_runs_stream_loses_and_doubles_nothing(
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, or a skip with the reason."""
     if os.geteuid() != 0:
-        pytest.skip("disk full: mounting a tmpfs needs root")
+        skip_unless_strict("disk full: mounting a tmpfs needs root")
     mount = tmp_path / "tiny"
     mount.mkdir()
     made = subprocess.run(
@@ -221,7 +221,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if made.returncode != 0:
-        pytest.skip(f"disk full: a 1 MiB tmpfs cannot be mounted here: {made.stderr.strip()}")
+        skip_unless_strict(
+            f"disk full: a 1 MiB tmpfs cannot be mounted here: {made.stderr.strip()}"
+        )
     try:
         yield mount
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.backend.platform import start_backend
-from tests.conftest import wait_for
+from tests.conftest import skip_unless_strict, wait_for
 from tests.procs import RunnerProcess
 from tests.reliability.harness import (
     SOAK,
@@ -52,7 +52,7 @@ def load_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     try:
         asyncio.run(_pg_admin("SELECT 1"))
     except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
+        skip_unless_strict(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
     server = PgServer()
     try:
         yield server.create_database()

@@ -31,10 +31,9 @@ import pytest
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from tests.backend.platform import Backend, start_backend
-from tests.conftest import wait_for
+from tests.conftest import skip_unless_strict, wait_for
 from tests.procs import RunnerProcess
 from tests.reliability.harness import (
-    SOAK,
     Counter,
     Follower,
     Host,
@@ -58,7 +57,9 @@ def network() -> Iterator[Network]:
     try:
         net = Network()
     except subprocess.CalledProcessError as exc:
-        pytest.skip(f"network namespaces: a bridge cannot be made here: {exc.stderr.strip()}")
+        skip_unless_strict(
+            f"network namespaces: a bridge cannot be made here: {exc.stderr.strip()}"
+        )
     try:
         yield net
     finally:
@@ -97,17 +98,7 @@ def hosts(
             IAC_RUNNER_LOST_TIMEOUT=str(LOST_TIMEOUT),
         )
         for name, (_, server) in started.items():
-            backend.call(
-                "POST",
-                "/runners",
-                201,
-                json={
-                    "name": name,
-                    "address": server.address,
-                    "token": RUNNER_TOKEN,
-                    "labels": {"provider": "aws"},
-                },
-            )
+            backend.register(name, server.address, token=RUNNER_TOKEN, provider="aws")
         backend.wait_runners_healthy(*started)
         yield backend, started
     finally:
@@ -215,7 +206,6 @@ def test_a_lasting_cut_fails_the_run_after_the_lost_timeout_and_new_runs_go_else
     assert backend.wait(pinned["id"], *TERMINAL)["status"] == "succeeded"
 
 
-@pytest.mark.skipif(not SOAK, reason="soak profile only (IAC_SOAK=1): ~40 s of waiting")
 def test_a_link_back_within_the_lost_timeout_reattaches_with_every_line_once(
     network: Network, rel_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -234,12 +224,7 @@ def test_a_link_back_within_the_lost_timeout_reattaches_with_every_line_once(
         IAC_RUNNER_LOST_TIMEOUT="60",
     )
     try:
-        backend.call(
-            "POST",
-            "/runners",
-            201,
-            json={"name": "net-r", "address": server.address, "token": RUNNER_TOKEN},
-        )
+        backend.register("net-r", server.address, token=RUNNER_TOKEN)
         backend.wait_runners_healthy("net-r")
         n = 300
         run = _deploy_on(backend, "back", "net-r", n, "0.1")

@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect, sync_playwright
 
 from tests.backend.platform import TOKEN, Backend, start_backend
+from tests.conftest import skip_unless_strict
 from tests.procs import RunnerProcess, start_runner
 
 CHROMIUM = Path(os.environ.get("IAC_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -110,7 +111,7 @@ def platform(
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.skip(
+        skip_unless_strict(
             f"no Chromium at {CHROMIUM}: install Debian's browser with "
             "`apt-get install -y chromium` (or set IAC_TEST_CHROMIUM) to run the browser tests"
         )
