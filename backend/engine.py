@@ -1142,7 +1142,3 @@ class Engine:
             )
         await session.execute(insert(RUN_EVENTS).values(run_id=run_id, kind=status, message=note))
         metrics.RUNS_FINISHED.labels(status).inc()
-
-    # -- helpers for tests and the API ------------------------------------------------------
-    def is_executing(self, run_id: int) -> bool:
-        return run_id in self.executions

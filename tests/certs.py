@@ -47,13 +47,16 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def make_leaf(
-    directory: Path, name: str, ca: tuple[Path, Path], *, server: bool
+    directory: Path, name: str, ca: tuple[Path, Path], *, server: bool, expired: bool = False
 ) -> tuple[Path, Path]:
+    """A certificate signed by `ca`, valid for a day (`expired`: it expired yesterday)."""
     ca_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
     ca_key = serialization.load_pem_private_key(ca[1].read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
+    if expired:
+        now -= datetime.timedelta(days=2)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(name))

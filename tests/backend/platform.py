@@ -41,10 +41,12 @@ class Backend:
             assert response.status_code == expect, (response.status_code, response.text)
         return response.json() if response.content else None
 
-    def register(self, name: str, address: str, **labels: str) -> None:
-        self.call(
-            "POST", "/runners", 201, json={"name": name, "address": address, "labels": labels}
-        )
+    def register(self, name: str, address: str, *, token: str = "", **labels: str) -> None:
+        """Register runner `name` at `address` with `labels` (and the token it expects)."""
+        body: dict[str, Any] = {"name": name, "address": address, "labels": labels}
+        if token:
+            body["token"] = token
+        self.call("POST", "/runners", 201, json=body)
 
     def deploy(
         self, name: str, files: dict[str, str], *, env: dict[str, str] | None = None, **fields: Any

@@ -23,10 +23,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2
 
 from protos.iacrunner.v1 import runner_pb2 as pb
@@ -89,12 +85,7 @@ def platform_a(rel_env: dict[str, str], module_tmp: Path) -> Iterator[Platform]:
     db_url = f"sqlite:///{module_tmp / 'iac.db'}"
     backend = start_backend(module_tmp, rel_env, db_url)
     try:
-        backend.call(
-            "POST",
-            "/runners",
-            201,
-            json={"name": "auth-runner", "address": runner.address, "token": RUNNER_TOKEN},
-        )
+        backend.register("auth-runner", runner.address, token=RUNNER_TOKEN)
         backend.wait_runners_healthy("auth-runner")
         backend.deploy("b", {"main.tf": 'resource "terraform_data" "x" {}\n'})
         done = backend.wait(backend.start("b", "apply", auto_approve=True)["id"], *TERMINAL)
@@ -299,36 +290,6 @@ def test_revoked_state_credentials_are_refused_once_the_run_ends(platform_a: Pla
     assert response.status_code == 401, response.text
 
 
-def _expired_leaf(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
-    """A client certificate of the trusted CA that expired yesterday."""
-    ca_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
-    ca_key = serialization.load_pem_private_key(ca[1].read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=3))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "expired.pem", directory / "expired-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_mtls_refuses_untrusted_expired_and_missing_client_certs_on_every_method(
     rel_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -336,7 +297,7 @@ def test_mtls_refuses_untrusted_expired_and_missing_client_certs_on_every_method
     server_cert = make_leaf(tmp_path, "server", ca, server=True)
     trusted = make_leaf(tmp_path, "client", ca, server=False)
     rogue = make_leaf(tmp_path, "rogue", make_ca(tmp_path, "rogue-ca"), server=False)
-    expired = _expired_leaf(tmp_path, ca)
+    expired = make_leaf(tmp_path, "expired", ca, server=False, expired=True)
     env = {**rel_env, "IAC_RUNNER_TERRAFORM_BIN": make_fake_tool(tmp_path)}
     server = start_server(
         tmp_path, env, "mtls", "--tls-cert", str(server_cert[0]), "--tls-key",
