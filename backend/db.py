@@ -5,16 +5,21 @@ never wait for the writer), a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`
 transactions: a deferred SQLite transaction that reads and then writes can fail at once with
 "database is locked" when another writer got in between, whatever the busy timeout, while an
 immediate one simply waits its turn. PostgreSQL needs none of that.
+
+SQLite runs on the event loop's thread, through one connection (see ``InlineConnection``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, event, text
+import aiosqlite
+from sqlalchemy import Connection, event, pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -43,6 +48,44 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+class _Inline:
+    """Stands in for aiosqlite's queue to its worker thread: runs each call at once."""
+
+    @staticmethod
+    def put_nowait(item: tuple[Any, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as exc:
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            return
+        if future is not None and not future.done():
+            future.set_result(result)
+
+
+class InlineConnection(aiosqlite.Connection):
+    """An aiosqlite connection that calls sqlite3 on the caller's thread, not its own.
+
+    aiosqlite sends every call (cursor, execute, fetch, close: four per statement) to a
+    thread of its own and back; each hop costs more than the statement. Measured here, a
+    transaction of one SELECT and one INSERT through SQLAlchemy took 2.2 ms of CPU over
+    aiosqlite against 0.14 ms over a plain sqlite3 connection. The backend's statements
+    are small and its SQLite transactions are serialised anyway (``BEGIN IMMEDIATE``), so
+    it runs them on the event loop through a single pooled connection: a session waits
+    for the connection asynchronously, never inside SQLite's busy handler, which would
+    block the loop. (Another *process* holding the write lock still makes the loop wait,
+    up to the busy timeout: one backend process per SQLite database.)
+    """
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self._tx = _Inline()  # type: ignore[assignment]
+
+    def __await__(self) -> Generator[Any, None, aiosqlite.Connection]:
+        return self._connect().__await__()  # no worker thread to start
+
+
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # The driver's own transaction handling would BEGIN lazily (deferred); turn it off so
     # the "begin" hook below decides how transactions start.
@@ -66,7 +109,17 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, **kwargs)
+        connect_args: list[Any] = []  # the dialect's, known once the engine exists
+
+        def connect() -> InlineConnection:
+            args, options = connect_args
+            return InlineConnection(partial(sqlite3.connect, *args, **options))
+
+        if database and database != ":memory:":  # (in memory: one connection already)
+            single = {"poolclass": pool.AsyncAdaptedQueuePool, "pool_size": 1, "max_overflow": 0}
+            kwargs = single | kwargs
+        engine = create_async_engine(url, async_creator=connect, **kwargs)
+        connect_args[:] = engine.dialect.create_connect_args(engine.url)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
