@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from backend import db as db_module
 from backend.db import Database, InlineConnection
 
 pytestmark = pytest.mark.anyio
@@ -103,5 +104,46 @@ async def test_in_memory_database() -> None:
     try:
         async with database.session() as session:
             assert await session.scalar(text("SELECT 41 + 1")) == 42
+    finally:
+        await database.dispose()
+
+
+async def _kill_pool_connections(database: Database, url: str) -> None:
+    async def backend_pid() -> int:
+        async with database.session() as session:
+            pid: int = await session.scalar(text("SELECT pg_backend_pid()"))
+            await asyncio.sleep(0.05)  # overlap, so the pool opens several connections
+            return pid
+
+    pids = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
+    admin = Database(url)
+    try:
+        async with admin.engine.connect() as conn:
+            for pid in pids:
+                await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    finally:
+        await admin.dispose()
+
+
+async def test_postgresql_connections_closed_while_idle_are_replaced(
+    pg_session_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's connections are closed under it (as by a database restart): a connection
+    idle longer than PING_IDLE_S is pinged and replaced, so the next sessions work; one
+    reused sooner than that is not pinged, and its first statement fails."""
+    db_url = pg_session_url  # PostgreSQL only: SQLite has no server to lose
+    database = Database(db_url)
+    try:
+        monkeypatch.setattr(db_module, "PING_IDLE_S", 3600.0)
+        await _kill_pool_connections(database, db_url)
+        with pytest.raises(DBAPIError):
+            async with database.session() as session:
+                await session.scalar(text("SELECT 1"))
+
+        monkeypatch.setattr(db_module, "PING_IDLE_S", 0.0)
+        await _kill_pool_connections(database, db_url)
+        for _ in range(8):
+            async with database.session() as session:
+                assert await session.scalar(text("SELECT 1")) == 1
     finally:
         await database.dispose()
