@@ -29,7 +29,7 @@ import re
 import secrets
 import tarfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -234,17 +234,27 @@ class LogWriter:
         self._due = asyncio.Event()
         hub.open(run_id)
 
-    def add(self, offset: int, lines: Any) -> None:
+    def add(self, offset: int, output: pb.Output) -> None:
+        """Take a step's output batch (step seq + `offset` = run seq): text blocks, or one
+        Line per line from a runner that predates them."""
         texts: list[str] = []
         first = 0
-        for line in lines:
-            seq = offset + line.seq
+        pieces: Iterable[tuple[int, list[str]]] = (
+            ((b.first_seq, b.text.split("\n")) for b in output.blocks)
+            if output.blocks
+            else ((line.seq, [line.text]) for line in output.lines)
+        )
+        for step_seq, lines in pieces:
+            seq = offset + step_seq
+            if seq + len(lines) <= self.last_seq + 1:
+                continue  # already had them (re-attached from an earlier seq)
             if seq <= self.last_seq:
-                continue  # already had it (re-attached from an earlier seq)
+                lines = lines[self.last_seq + 1 - seq :]
+                seq = self.last_seq + 1
             if not texts:
                 first = seq
-            texts.append(line.text)
-            self._bytes += len(line.text)
+            texts.extend(lines)
+            self._bytes += sum(map(len, lines))
         if not texts:
             return
         self.last_seq = first + len(texts) - 1
@@ -894,6 +904,7 @@ class Engine:
                     cleanup=step.cleanup,
                     on_disconnect=pb.CONTINUE,
                     tool_version=run.tool_version or "",
+                    packed_output=True,
                 )
                 result = await self._follow(
                     execution, writer, runner_run_id, offset, request, first=index == 0
@@ -960,7 +971,7 @@ class Engine:
                     lost_since = None
                     kind = event.WhichOneof("event")
                     if kind == "output":
-                        writer.add(offset, event.output.lines)
+                        writer.add(offset, event.output)
                         if writer.backlogged:
                             # Store before reading on: the runner's stream (and so the
                             # tool's pipe) waits instead of this process's memory growing.

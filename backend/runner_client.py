@@ -71,7 +71,8 @@ class RunnerClient:
 
     def attach(self, run_id: str, from_seq: int) -> AsyncIterator[pb.ExecuteEvent]:
         call: AsyncIterator[pb.ExecuteEvent] = self.stub.Attach(
-            pb.AttachRequest(run_id=run_id, from_seq=from_seq), metadata=self.metadata
+            pb.AttachRequest(run_id=run_id, from_seq=from_seq, packed_output=True),
+            metadata=self.metadata,
         )
         return call
 

@@ -180,6 +180,27 @@ def execute_request(**fields: Any) -> Any:
     return pb.ExecuteRequest(**fields)
 
 
+def output_span(output: Any) -> tuple[int, int]:
+    """(first seq, number of lines) of an Output batch: text blocks (packed_output) or
+    one Line per line. Checks that its blocks follow each other with no gap."""
+    if not output.blocks:
+        return output.lines[0].seq, len(output.lines)
+    first = output.blocks[0].first_seq
+    count = 0
+    for block in output.blocks:
+        if block.first_seq != first + count:
+            raise RuntimeError(f"block at seq {block.first_seq}, {first + count} expected")
+        count += block.text.count("\n") + 1
+    return first, count
+
+
+def output_texts(output: Any) -> list[str]:
+    """The lines of an Output batch, either form."""
+    if output.blocks:
+        return [text for block in output.blocks for text in block.text.split("\n")]
+    return [line.text for line in output.lines]
+
+
 def execute(stub: Any, **fields: Any) -> tuple[int, Any]:
     """One Execute, to its end: (lines received, result)."""
     lines = 0
@@ -187,7 +208,7 @@ def execute(stub: Any, **fields: Any) -> tuple[int, Any]:
     for event in stub.Execute(execute_request(**fields)):
         kind = event.WhichOneof("event")
         if kind == "output":
-            lines += len(event.output.lines)
+            lines += output_span(event.output)[1]
         elif kind == "result":
             result = event.result
     if result is None:

@@ -13,7 +13,15 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import Context, Row, execute_request, log, runner_stub, start_runner
+from bench.common import (
+    Context,
+    Row,
+    execute_request,
+    log,
+    output_span,
+    runner_stub,
+    start_runner,
+)
 
 RUNS = 8
 TARGET = 0.8
@@ -24,15 +32,19 @@ async def stream(stub: Any, run_id: str, lines: int) -> int:
     next_seq = 1
     result = None
     request = execute_request(
-        run_id=run_id, command="plan", work_dir=run_id, env_vars={"BENCH_LINES": str(lines)}
+        run_id=run_id,
+        command="plan",
+        work_dir=run_id,
+        env_vars={"BENCH_LINES": str(lines)},
+        packed_output=True,
     )
     async for event in stub.Execute(request):
         kind = event.WhichOneof("event")
         if kind == "output":
-            batch = event.output.lines
-            if batch[0].seq != next_seq:
-                raise RuntimeError(f"{run_id}: line {next_seq} expected, got {batch[0].seq}")
-            next_seq += len(batch)
+            first, count = output_span(event.output)
+            if first != next_seq:
+                raise RuntimeError(f"{run_id}: line {next_seq} expected, got {first}")
+            next_seq += count
         elif kind == "result":
             result = event.result
     if result is None or not result.success or next_seq - 1 != lines:

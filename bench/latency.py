@@ -27,6 +27,7 @@ from bench.common import (
     Row,
     execute_request,
     log,
+    output_texts,
     percentile,
     register,
     runner_stub,
@@ -74,12 +75,14 @@ def pipe_latencies(ctx: Context, n: int) -> list[float]:
 
 def grpc_latencies(stub: Any, n: int) -> list[float]:
     found = []
-    request = execute_request(command="plan", work_dir="latency", env_vars=producer_env(n))
+    request = execute_request(
+        command="plan", work_dir="latency", env_vars=producer_env(n), packed_output=True
+    )
     for event in stub.Execute(request):
         if event.WhichOneof("event") == "output":
             arrived = time.time()
-            for line in event.output.lines:
-                value = latency_ms(line.text, arrived)
+            for text in output_texts(event.output):
+                value = latency_ms(text, arrived)
                 if value is not None:
                     found.append(value)
     return found

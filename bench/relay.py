@@ -2,11 +2,14 @@
 
 The producer (bench/producer.py, a Python fake terraform) prints `lines` lines of 100
 bytes, one write per line, as terraform does. Project: the lines/s a Python gRPC client
-receives from Execute on a real runner server whose terraform is the producer. Baseline,
-in the same run: the same producer's pipe read line by line by a Python parent.
-Measurements alternate (baseline, project, ...) `repeat` times; medians are reported.
+receives from Execute on a real runner server whose terraform is the producer, with
+`packed_output` (text blocks, as the backend asks for them). Baseline, in the same run:
+the same producer's pipe read line by line by a Python parent. Measurements alternate
+(baseline, project, ...) `repeat` times; medians are reported.
 
 Also reported, for information:
+- Line messages: the same relay without packed_output, one `Line` per line in each
+  batch (what grpcurl shows): what building a message per line costs;
 - one message per line: bench/perline.py, a one-hop gRPC server that sends one message
   per line (no iac-runner, no JSON), measured over `per_line_lines` lines: the per-message
   cost of Python gRPC that batching avoids;
@@ -28,6 +31,7 @@ from bench.common import (
     Row,
     execute_request,
     log,
+    output_span,
     pipe_lines,
     runner_stub,
     start_runner,
@@ -37,21 +41,26 @@ from bench.common import (
 TARGET = 0.5
 
 
-def stream_rate(stub: Any, env_vars: dict[str, str], expected: int) -> tuple[float, int]:
+def stream_rate(
+    stub: Any, env_vars: dict[str, str], expected: int, packed: bool = True
+) -> tuple[float, int]:
     """Execute a run that prints `expected` lines; (lines/s received, output messages).
-    Checks that every line arrives once, in order."""
+    Checks that every line arrives once, in order. `packed`: output as text blocks, as
+    the backend asks for it; else one Line message per line, as grpcurl shows it."""
     start = time.perf_counter()
     next_seq = 1
     messages = 0
     result = None
-    request = execute_request(command="plan", work_dir="relay", env_vars=env_vars)
+    request = execute_request(
+        command="plan", work_dir="relay", env_vars=env_vars, packed_output=packed
+    )
     for event in stub.Execute(request):
         kind = event.WhichOneof("event")
         if kind == "output":
-            lines = event.output.lines
-            if lines[0].seq != next_seq:
-                raise RuntimeError(f"line {next_seq} expected, got {lines[0].seq}")
-            next_seq += len(lines)
+            first, count = output_span(event.output)
+            if first != next_seq:
+                raise RuntimeError(f"line {next_seq} expected, got {first}")
+            next_seq += count
             messages += 1
         elif kind == "result":
             result = event.result
@@ -69,21 +78,29 @@ def pipe_rate(ctx: Context, env_vars: dict[str, str], expected: int) -> float:
     return count / seconds
 
 
-def paired(ctx: Context, stub: Any, env_vars: dict[str, str], n: int) -> dict[str, Any]:
-    """Baseline and project measured alternately; medians and every sample."""
+def paired(
+    ctx: Context, stub: Any, env_vars: dict[str, str], n: int, line_messages: bool = False
+) -> dict[str, Any]:
+    """Baseline and project (and, with `line_messages`, the project sending one Line
+    message per line) measured alternately; medians and every sample."""
     pipe: list[float] = []
     relay: list[float] = []
+    lines: list[float] = []
     messages: list[int] = []
     for _ in range(ctx.sizes.repeat):
         pipe.append(pipe_rate(ctx, env_vars, n))
         rate, count = stream_rate(stub, env_vars, n)
         relay.append(rate)
         messages.append(count)
+        if line_messages:
+            lines.append(stream_rate(stub, env_vars, n, packed=False)[0])
     return {
         "pipe": statistics.median(pipe),
         "relay": statistics.median(relay),
+        "line_messages": statistics.median(lines) if lines else 0.0,
         "pipe_samples": [round(x) for x in pipe],
         "relay_samples": [round(x) for x in relay],
+        "line_message_samples": [round(x) for x in lines],
         "lines_per_message": round(n / statistics.median(messages), 1),
     }
 
@@ -115,7 +132,7 @@ def run(ctx: Context) -> list[Row]:
         with server.channel() as channel:
             stub = runner_stub(channel)
             log(f"relay: {n:,} lines, producer -> pipe vs runner server, x{ctx.sizes.repeat}")
-            slow = paired(ctx, stub, {"BENCH_LINES": str(n)}, n)
+            slow = paired(ctx, stub, {"BENCH_LINES": str(n)}, n, line_messages=True)
             log(f"relay: fast producer (yes | head -n {n})")
             fast = paired(ctx, stub, {"BENCH_LINES": str(n), "BENCH_FAST": "1"}, n)
     finally:
@@ -134,6 +151,14 @@ def run(ctx: Context) -> list[Row]:
             target=f">= {TARGET}x",
             ok=slow["relay"] >= TARGET * slow["pipe"],
             details={"lines": n, **slow},
+        ),
+        Row(
+            "1",
+            "relay, Line messages (grpcurl's form)",
+            "lines/s",
+            slow["line_messages"],
+            slow["pipe"],
+            details={"lines": n, "packed_output": False},
         ),
         Row(
             "1",

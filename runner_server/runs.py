@@ -1,10 +1,12 @@
 """A live run: the `iac-runner --stream` process, its output retained for followers.
 
 One pump task per run reads whatever one read of the child's stdout returns (up to
-64 KiB of NDJSON events), turns it into one `Output` message and appends it to the
-run's buffer. Followers (the Execute caller, Attach callers) read the buffer from their
-own position. The buffer is bounded: past `retention_bytes` the oldest batch is
-dropped once every follower has sent it; while a follower still needs it, the pump
+64 KiB of NDJSON events), turns it into one `Batch` of text blocks (consecutive lines of
+one stream, joined by newlines) and appends it to the run's buffer. Followers (the
+Execute caller, Attach callers) read the buffer from their own position, as blocks
+(`packed_output`) or as one `Line` message per line, built as they are sent. The buffer
+is bounded: past `retention_bytes` the oldest batch is dropped once every follower has
+sent it; while a follower still needs it, the pump
 waits, which stops reading the pipe, which makes the tool wait (backpressure).
 """
 
@@ -38,8 +40,30 @@ class RetentionError(Exception):
 class Batch:
     first_seq: int
     last_seq: int
-    message: pb.Output
+    blocks: list[pb.Block]
     size: int
+
+    def output(self, from_seq: int, packed: bool) -> pb.Output:
+        """The batch's lines from `from_seq` on, as blocks or as one Line per line."""
+        if packed and from_seq <= self.first_seq:
+            return pb.Output(blocks=self.blocks)
+        message = pb.Output()
+        for block in self.blocks:
+            lines = block.text.split("\n")
+            seq = block.first_seq
+            if seq + len(lines) <= from_seq:
+                continue
+            if seq < from_seq:
+                lines = lines[from_seq - seq :]
+                seq = from_seq
+            if packed:
+                message.blocks.add(first_seq=seq, stream=block.stream, text="\n".join(lines))
+            else:
+                add, stream = message.lines.add, block.stream
+                for text in lines:
+                    add(seq=seq, stream=stream, text=text)
+                    seq += 1
+        return message
 
 
 @dataclass
@@ -77,11 +101,11 @@ class Run:
         return self.batches[0].first_seq if self.batches else self.last_seq + 1
 
     # -- producing -------------------------------------------------------------
-    async def _append(self, message: pb.Output, first: int, last: int, size: int) -> None:
+    async def _append(self, batch: Batch) -> None:
         async with self._changed:
-            self.batches.append(Batch(first, last, message, size))
-            self.buffered += size
-            self.last_seq = last
+            self.batches.append(batch)
+            self.buffered += batch.size
+            self.last_seq = batch.last_seq
             self._changed.notify_all()
             while self.buffered > self.retention_bytes and len(self.batches) > 1:
                 oldest = self.batches[0]
@@ -113,10 +137,9 @@ class Run:
                 carry = data
                 continue
             carry = data[cut + 1 :]
-            message = pb.Output()
-            add = message.lines.add
-            first = self.last_seq + 1
-            seq = self.last_seq
+            blocks: list[pb.Block] = []
+            texts: list[str] = []  # the lines of the block being gathered
+            stream, first, seq = "", 0, self.last_seq
             for raw in data[:cut].split(b"\n"):
                 try:
                     event = json.loads(raw)
@@ -126,15 +149,18 @@ class Run:
                         f"iac-runner sent an event that is not parseable: {raw[:200]!r}"
                     ) from None
                 if kind == "output":
-                    stream = event["stream"]
-                    seq = event["seq"]
+                    if event["stream"] != stream or event["seq"] != seq + 1:
+                        if texts:
+                            blocks.append(
+                                pb.Block(first_seq=first, stream=stream, text="\n".join(texts))
+                            )
+                            texts = []
+                        stream, first = event["stream"], event["seq"]
                     if "line" in event:
-                        add(seq=seq, stream=stream, text=event["line"])
+                        texts.append(event["line"])
                     else:
-                        for text in event["lines"]:
-                            add(seq=seq, stream=stream, text=text)
-                            seq += 1
-                        seq -= 1
+                        texts.extend(event["lines"])
+                    seq = first + len(texts) - 1
                 elif kind == "started":
                     self.tool_pid = event["pid"]
                     self.started_at = event["started_at"]
@@ -142,13 +168,16 @@ class Run:
                         self._signal(self.cancel_requested)
                 elif kind == "result":
                     result = event
-            if seq >= first:
-                await self._append(message, first, seq, cut)
+            if texts:
+                blocks.append(pb.Block(first_seq=first, stream=stream, text="\n".join(texts)))
+            if blocks:
+                await self._append(Batch(blocks[0].first_seq, seq, blocks, cut))
         return result
 
     # -- consuming -------------------------------------------------------------
-    async def follow(self, from_seq: int) -> AsyncIterator[pb.Output]:
-        """Output batches from `from_seq` on, live, until the run has finished."""
+    async def follow(self, from_seq: int, *, packed: bool = False) -> AsyncIterator[pb.Output]:
+        """Output batches from `from_seq` on, live, until the run has finished: text blocks
+        when `packed`, else one Line per line."""
         follower = Follower(max(from_seq, 1))
         async with self._changed:
             if follower.next_seq < self.first_retained_seq:
@@ -166,14 +195,7 @@ class Run:
                     pending = [b for b in self.batches if b.last_seq >= follower.next_seq]
                     finished = self.finished
                 for batch in pending:
-                    if batch.first_seq >= follower.next_seq:
-                        yield batch.message
-                    else:
-                        part = pb.Output()
-                        part.lines.extend(
-                            line for line in batch.message.lines if line.seq >= follower.next_seq
-                        )
-                        yield part
+                    yield batch.output(follower.next_seq, packed)
                     follower.next_seq = batch.last_seq + 1
                     if self.buffered > self.retention_bytes:
                         async with self._changed:  # the pump may be waiting for us

@@ -331,11 +331,14 @@ class RunnerService:
             )
         )
 
-    async def events(self, run: Run, from_seq: int = 1) -> AsyncIterator[pb.ExecuteEvent]:
-        """started, then output batches from `from_seq`, then the result."""
+    async def events(
+        self, run: Run, from_seq: int = 1, *, packed: bool = False
+    ) -> AsyncIterator[pb.ExecuteEvent]:
+        """started, then output batches from `from_seq` (text blocks when `packed`), then
+        the result."""
         yield self.started_event(run)
         try:
-            async for batch in run.follow(from_seq):
+            async for batch in run.follow(from_seq, packed=packed):
                 yield pb.ExecuteEvent(output=batch)
         except RetentionError as exc:
             raise RunnerError("out_of_range", str(exc)) from None

@@ -35,7 +35,7 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
         except RunnerError as exc:
             await context.abort(STATUS[exc.kind], str(exc))
         try:
-            async for event in self.service.events(run):
+            async for event in self.service.events(run, packed=request.packed_output):
                 yield event
         except asyncio.CancelledError:
             # The client cancelled or went away.
@@ -48,7 +48,9 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.ExecuteEvent]:
         try:
             run = self.service.get(request.run_id)
-            async for event in self.service.events(run, request.from_seq):
+            async for event in self.service.events(
+                run, request.from_seq, packed=request.packed_output
+            ):
                 yield event
         except RunnerError as exc:
             await context.abort(STATUS[exc.kind], str(exc))

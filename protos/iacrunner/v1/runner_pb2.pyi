@@ -15,7 +15,7 @@ CANCEL: OnDisconnect
 CONTINUE: OnDisconnect
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version")
+    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class ExecuteRequest(_message.Message):
     CLEANUP_FIELD_NUMBER: _ClassVar[int]
     ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     tool: str
     work_dir: str
@@ -49,7 +50,8 @@ class ExecuteRequest(_message.Message):
     cleanup: bool
     on_disconnect: OnDisconnect
     tool_version: str
-    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ...) -> None: ...
+    packed_output: bool
+    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
     __slots__ = ("started", "output", "result")
@@ -74,10 +76,12 @@ class Started(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., started_at: _Optional[str] = ..., tool_version: _Optional[str] = ...) -> None: ...
 
 class Output(_message.Message):
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "blocks")
     LINES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[Line]
-    def __init__(self, lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ...) -> None: ...
+    blocks: _containers.RepeatedCompositeFieldContainer[Block]
+    def __init__(self, lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., blocks: _Optional[_Iterable[_Union[Block, _Mapping]]] = ...) -> None: ...
 
 class Line(_message.Message):
     __slots__ = ("seq", "stream", "text")
@@ -88,6 +92,16 @@ class Line(_message.Message):
     stream: str
     text: str
     def __init__(self, seq: _Optional[int] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Block(_message.Message):
+    __slots__ = ("first_seq", "stream", "text")
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    first_seq: int
+    stream: str
+    text: str
+    def __init__(self, first_seq: _Optional[int] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Artifact(_message.Message):
     __slots__ = ("path", "content")
@@ -122,12 +136,14 @@ class Result(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error_msg: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., output_truncated: _Optional[bool] = ..., outcome: _Optional[str] = ..., last_seq: _Optional[int] = ..., tool_version: _Optional[str] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
-    __slots__ = ("run_id", "from_seq")
+    __slots__ = ("run_id", "from_seq", "packed_output")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     from_seq: int
-    def __init__(self, run_id: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
+    packed_output: bool
+    def __init__(self, run_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., packed_output: _Optional[bool] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("run_id", "force")
