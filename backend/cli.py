@@ -153,10 +153,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 # glibc malloc settings for the server, each skipped when its MALLOC_* variable is set. By
-# default every thread that allocates (aiosqlite's, gRPC's) may get an arena of its own, and
-# the mmap threshold rises after each large free, so the log's large strings (chunks, SSE
-# batches) end up in arenas that keep their freed pages: the peak RSS of a 250,000-line run
-# with 3 followers was ~15-20 MB higher (figure 4, bench/memory.py) than with these.
+# default every thread that allocates (gRPC's, the worker threads') may get an arena of its
+# own, and the mmap threshold rises after each large free, so the log's large strings
+# (chunks, SSE batches) end up in arenas that keep their freed pages: the peak RSS of a
+# 250,000-line run with 3 followers was ~15-20 MB higher (figure 4, bench/memory.py) than
+# with these (measured when SQLite still ran in aiosqlite's threads).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 MALLOC_SETTINGS = (
     (M_ARENA_MAX, 2, "MALLOC_ARENA_MAX"),
