@@ -11,6 +11,9 @@ SQLite runs on the event loop's thread, through one connection (see ``InlineConn
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Generator
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 from sqlalchemy import Connection, event, pool, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 # migrates in a short-lived child process (`backend.migrate`), so the server itself never
 # holds them (~11 MB resident).
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Connections a PostgreSQL pool keeps open (SQLAlchemy's default, 5, is fewer than a busy
@@ -81,7 +85,9 @@ class InlineConnection(aiosqlite.Connection):
     it runs them on the event loop through a single pooled connection: a session waits
     for the connection asynchronously, never inside SQLite's busy handler, which would
     block the loop. (Another *process* holding the write lock still makes the loop wait,
-    up to the busy timeout: one backend process per SQLite database.)
+    up to the busy timeout per statement: one backend process per SQLite database.) The
+    WAL checkpoints, the only fsyncs with synchronous=NORMAL, run in a worker thread
+    (``Database._checkpoint_loop``); the database belongs on a local disk.
     """
 
     def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
@@ -117,11 +123,14 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         connect_args: list[Any] = []  # the dialect's, known once the engine exists
 
+        extra = kwargs.pop("connect_args", {})
+
         def connect() -> InlineConnection:
             args, options = connect_args
-            return InlineConnection(partial(sqlite3.connect, *args, **options))
+            return InlineConnection(partial(sqlite3.connect, *args, **(options | extra)))
 
-        if database and database != ":memory:":  # (in memory: one connection already)
+        if database and database != ":memory:" and "poolclass" not in kwargs:
+            # (in memory: one connection already)
             single = {"poolclass": pool.AsyncAdaptedQueuePool, "pool_size": 1, "max_overflow": 0}
             kwargs = single | kwargs
         engine = create_async_engine(url, async_creator=connect, **kwargs)
@@ -158,8 +167,20 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     try:
         dbapi_connection.ping()
     except Exception as exc:
-        # The pool closes this connection and tries the checkout again with a new one.
-        raise DisconnectionError(f"database connection lost: {exc}") from exc
+        # The pool drops this connection and every older one (a failed ping means the
+        # server went away for all of them), then checks out a new one.
+        raise InvalidatePoolError(f"database connection lost: {exc}") from exc
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")  # Database._checkpoint_loop does it
+    cursor.close()
+
+
+# SQLite's WAL is copied into the database file (two fsyncs) this often by a worker thread,
+# instead of by whichever commit crosses 1000 pages, on the event loop (InlineConnection).
+WAL_CHECKPOINT_INTERVAL_S = 1.0
 
 
 class Database:
@@ -169,10 +190,40 @@ class Database:
         self.url = normalize_database_url(url)
         self.engine = create_engine(self.url, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        database = make_url(self.url).database if is_sqlite(self.url) else None
+        self._sqlite_file = database if database and database != ":memory:" else None
+        self._checkpoints: asyncio.Task[None] | None = None
+        if self._sqlite_file:
+            event.listen(self.engine.sync_engine, "connect", _no_autocheckpoint)
+
+    def _start_checkpoints(self, path: str) -> None:
+        """Run the checkpointer on this event loop (a test may use one Database on several
+        loops in turn)."""
+        loop = asyncio.get_running_loop()
+        task = self._checkpoints
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._checkpoints = loop.create_task(
+                self._checkpoint_loop(path), name="sqlite-wal-checkpoints"
+            )
+
+    async def _checkpoint_loop(self, path: str) -> None:
+        conn = await asyncio.to_thread(sqlite3.connect, path, check_same_thread=False)
+        try:
+            while True:
+                await asyncio.sleep(WAL_CHECKPOINT_INTERVAL_S)
+                try:
+                    # PASSIVE: copies what no reader still needs, never waits for a lock.
+                    await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("SQLite WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block ends normally, rolled back otherwise."""
+        if self._sqlite_file:
+            self._start_checkpoints(self._sqlite_file)
         async with self.sessionmaker() as session:
             try:
                 yield session
@@ -187,6 +238,11 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        task, self._checkpoints = self._checkpoints, None
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.engine.dispose()
 
 

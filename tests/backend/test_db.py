@@ -33,14 +33,15 @@ async def _increment(database: Database) -> None:
 
 
 async def test_statements_run_on_the_loop_thread(tmp_path: Path) -> None:
-    threads = threading.active_count()
     database = await _database(tmp_path)
     try:
         await asyncio.gather(*(_increment(database) for _ in range(10)))
         async with database.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             assert isinstance(raw.driver_connection, InlineConnection)
-        assert threading.active_count() == threads  # aiosqlite starts one per connection
+        # aiosqlite would have started one worker thread per connection.
+        names = [t.name for t in threading.enumerate()]
+        assert not [n for n in names if "_connection_worker_thread" in n], names
     finally:
         await database.dispose()
 
@@ -147,3 +148,24 @@ async def test_postgresql_connections_closed_while_idle_are_replaced(
                 assert await session.scalar(text("SELECT 1")) == 1
     finally:
         await database.dispose()
+
+
+async def test_the_wal_is_checkpointed_off_the_loop(tmp_path: Path) -> None:
+    """Commits never checkpoint (autocheckpoint is off on the loop's connection): the WAL
+    reaches the database file through the background checkpointer."""
+    database = await _database(tmp_path)
+    main = tmp_path / "db" / "x.db"
+    try:
+        async with database.session() as session:
+            assert await session.scalar(text("PRAGMA wal_autocheckpoint")) == 0
+            await session.execute(text("CREATE TABLE blob (data BLOB)"))
+            before = main.stat().st_size
+            await session.execute(text("INSERT INTO blob VALUES (zeroblob(4000000))"))
+        assert main.stat().st_size == before  # still only in the WAL
+        deadline = asyncio.get_running_loop().time() + 15
+        while main.stat().st_size < before + 4_000_000:
+            assert asyncio.get_running_loop().time() < deadline, "no checkpoint in 15 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await database.dispose()
+    assert database._checkpoints is None  # stopped with the database
