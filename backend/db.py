@@ -12,9 +12,9 @@ SQLite runs on the event loop's thread, through one connection (see ``InlineConn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
@@ -87,7 +87,7 @@ class InlineConnection(aiosqlite.Connection):
     block the loop. (Another *process* holding the write lock still makes the loop wait,
     up to the busy timeout per statement: one backend process per SQLite database.) The
     WAL checkpoints, the only fsyncs with synchronous=NORMAL, run in a worker thread
-    (``Database._checkpoint_loop``); the database belongs on a local disk.
+    (``_checkpoint_loop``); the database belongs on a local disk.
     """
 
     def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
@@ -174,13 +174,28 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA wal_autocheckpoint=0")  # Database._checkpoint_loop does it
+    cursor.execute("PRAGMA wal_autocheckpoint=0")  # _checkpoint_loop does it
     cursor.close()
 
 
-# SQLite's WAL is copied into the database file (two fsyncs) this often by a worker thread,
-# instead of by whichever commit crosses 1000 pages, on the event loop (InlineConnection).
+# SQLite's WAL is copied into the database file (two fsyncs) this often by a thread of its
+# own, instead of by whichever commit crosses 1000 pages, on the event loop (InlineConnection).
 WAL_CHECKPOINT_INTERVAL_S = 1.0
+
+
+def _checkpoint_loop(path: str, stop: threading.Event) -> None:
+    """The checkpointer thread. Its connection is used and closed by this thread alone
+    (closing an sqlite3 connection while another thread runs a statement on it crashes)."""
+    conn = sqlite3.connect(path, check_same_thread=False)
+    try:
+        while not stop.wait(WAL_CHECKPOINT_INTERVAL_S):
+            try:
+                # PASSIVE: copies what no reader still needs, never waits for a lock.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("SQLite WAL checkpoint failed: %s", exc)
+    finally:
+        conn.close()
 
 
 class Database:
@@ -192,37 +207,25 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         database = make_url(self.url).database if is_sqlite(self.url) else None
         self._sqlite_file = database if database and database != ":memory:" else None
-        self._checkpoints: asyncio.Task[None] | None = None
+        self._checkpoints: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         if self._sqlite_file:
             event.listen(self.engine.sync_engine, "connect", _no_autocheckpoint)
 
     def _start_checkpoints(self, path: str) -> None:
-        """Run the checkpointer on this event loop (a test may use one Database on several
-        loops in turn)."""
-        loop = asyncio.get_running_loop()
-        task = self._checkpoints
-        if task is None or task.done() or task.get_loop() is not loop:
-            self._checkpoints = loop.create_task(
-                self._checkpoint_loop(path), name="sqlite-wal-checkpoints"
-            )
-
-    async def _checkpoint_loop(self, path: str) -> None:
-        conn = await asyncio.to_thread(sqlite3.connect, path, check_same_thread=False)
-        try:
-            while True:
-                await asyncio.sleep(WAL_CHECKPOINT_INTERVAL_S)
-                try:
-                    # PASSIVE: copies what no reader still needs, never waits for a lock.
-                    await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("SQLite WAL checkpoint failed: %s", exc)
-        finally:
-            conn.close()
+        self._stop_checkpoints = threading.Event()
+        self._checkpoints = threading.Thread(
+            target=_checkpoint_loop,
+            args=(path, self._stop_checkpoints),
+            name="sqlite-wal-checkpoints",
+            daemon=True,
+        )
+        self._checkpoints.start()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block ends normally, rolled back otherwise."""
-        if self._sqlite_file:
+        if self._sqlite_file and self._checkpoints is None:
             self._start_checkpoints(self._sqlite_file)
         async with self.sessionmaker() as session:
             try:
@@ -238,11 +241,10 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        task, self._checkpoints = self._checkpoints, None
-        if task is not None and task.get_loop() is asyncio.get_running_loop():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        thread, self._checkpoints = self._checkpoints, None
+        if thread is not None:
+            self._stop_checkpoints.set()
+            await asyncio.to_thread(thread.join)
         await self.engine.dispose()
 
 
