@@ -15,7 +15,6 @@ import asyncio
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 from sqlalchemy import Connection, event, pool, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -141,35 +139,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     # A bounded connect timeout: an unreachable server fails start-up in seconds, not minutes.
     kwargs.setdefault("connect_args", {"timeout": 10})
     kwargs.setdefault("pool_size", PG_POOL_SIZE)
-    engine = create_async_engine(url, **kwargs)
-    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
-    event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
-    event.listen(engine.sync_engine.pool, "connect", _note_checkin)  # new: no ping needed
-    return engine
-
-
-# SQLAlchemy's pool_pre_ping pings at every checkout, and its asyncpg ping is three round
-# trips (BEGIN, ";", ROLLBACK): 45 per backend run, measured, a seventh of the backend's
-# time on the event loop. A connection back from use less than PING_IDLE_S ago has just
-# worked; one idle longer (a database restart or an idle timeout may have closed it) is
-# pinged, and replaced when the ping fails. A restart that catches connections in use makes
-# their statements fail once; SQLAlchemy then drops every older connection of the pool.
-PING_IDLE_S = 2.0
-
-
-def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
-    record.info["checked_in"] = time.monotonic()
-
-
-def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    if time.monotonic() - record.info.get("checked_in", 0.0) < PING_IDLE_S:
-        return
-    try:
-        dbapi_connection.ping()
-    except Exception as exc:
-        # The pool drops this connection and every older one (a failed ping means the
-        # server went away for all of them), then checks out a new one.
-        raise InvalidatePoolError(f"database connection lost: {exc}") from exc
+    # pool_pre_ping costs three round trips per checkout with asyncpg (BEGIN, ";",
+    # ROLLBACK), a seventh of a busy backend's loop time. Pinging only connections idle a
+    # while was tried: after a database restart, a connection used a moment before then
+    # failed its first statement, an API request answered 500. Correct first.
+    return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
