@@ -56,6 +56,14 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of an SQLite database URL; None for PostgreSQL or SQLite in memory."""
+    if not is_sqlite(url):
+        return None
+    database = make_url(url).database
+    return database if database and database != ":memory:" else None
+
+
 class _Inline:
     """Stands in for aiosqlite's queue to its worker thread: runs each call at once."""
 
@@ -116,23 +124,19 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url`` (any spelling ``normalize_database_url`` accepts)."""
     url = normalize_database_url(url)
     if is_sqlite(url):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        connect_args: list[Any] = []  # the dialect's, known once the engine exists
-
+        path = sqlite_file(url)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         extra = kwargs.pop("connect_args", {})
 
         def connect() -> InlineConnection:
-            args, options = connect_args
+            args, options = engine.dialect.create_connect_args(engine.url)
             return InlineConnection(partial(sqlite3.connect, *args, **(options | extra)))
 
-        if database and database != ":memory:" and "poolclass" not in kwargs:
-            # (in memory: one connection already)
+        if path and "poolclass" not in kwargs:  # (in memory: one connection already)
             single = {"poolclass": pool.AsyncAdaptedQueuePool, "pool_size": 1, "max_overflow": 0}
             kwargs = single | kwargs
         engine = create_async_engine(url, async_creator=connect, **kwargs)
-        connect_args[:] = engine.dialect.create_connect_args(engine.url)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -179,28 +183,25 @@ class Database:
         self.url = normalize_database_url(url)
         self.engine = create_engine(self.url, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        database = make_url(self.url).database if is_sqlite(self.url) else None
-        self._sqlite_file = database if database and database != ":memory:" else None
-        self._checkpoints: threading.Thread | None = None
-        self._stop_checkpoints = threading.Event()
+        self._sqlite_file = sqlite_file(self.url)
+        # The checkpointer thread and the event that stops it, from the first session on.
+        self._checkpoints: tuple[threading.Thread, threading.Event] | None = None
         if self._sqlite_file:
             event.listen(self.engine.sync_engine, "connect", _no_autocheckpoint)
-
-    def _start_checkpoints(self, path: str) -> None:
-        self._stop_checkpoints = threading.Event()
-        self._checkpoints = threading.Thread(
-            target=_checkpoint_loop,
-            args=(path, self._stop_checkpoints),
-            name="sqlite-wal-checkpoints",
-            daemon=True,
-        )
-        self._checkpoints.start()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block ends normally, rolled back otherwise."""
         if self._sqlite_file and self._checkpoints is None:
-            self._start_checkpoints(self._sqlite_file)
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=_checkpoint_loop,
+                args=(self._sqlite_file, stop),
+                name="sqlite-wal-checkpoints",
+                daemon=True,
+            )
+            thread.start()
+            self._checkpoints = thread, stop
         async with self.sessionmaker() as session:
             try:
                 yield session
@@ -215,9 +216,10 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        thread, self._checkpoints = self._checkpoints, None
-        if thread is not None:
-            self._stop_checkpoints.set()
+        if self._checkpoints is not None:
+            thread, stop = self._checkpoints
+            self._checkpoints = None
+            stop.set()
             await asyncio.to_thread(thread.join)
         await self.engine.dispose()
 

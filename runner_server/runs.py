@@ -40,15 +40,15 @@ class RetentionError(Exception):
 class Batch:
     first_seq: int
     last_seq: int
-    blocks: list[pb.Block]
+    packed: pb.Output  # its lines as blocks: sent as it is to most followers
     size: int
 
     def output(self, from_seq: int, packed: bool) -> pb.Output:
         """The batch's lines from `from_seq` on, as blocks or as one Line per line."""
         if packed and from_seq <= self.first_seq:
-            return pb.Output(blocks=self.blocks)
+            return self.packed
         message = pb.Output()
-        for block in self.blocks:
+        for block in self.packed.blocks:
             lines = block.text.split("\n")
             seq = block.first_seq
             if seq + len(lines) <= from_seq:
@@ -137,7 +137,8 @@ class Run:
                 carry = data
                 continue
             carry = data[cut + 1 :]
-            blocks: list[pb.Block] = []
+            message = pb.Output()
+            add_block = message.blocks.add
             texts: list[str] = []  # the lines of the block being gathered
             stream, first, seq = "", 0, self.last_seq
             for raw in data[:cut].split(b"\n"):
@@ -151,9 +152,7 @@ class Run:
                 if kind == "output":
                     if event["stream"] != stream or event["seq"] != seq + 1:
                         if texts:
-                            blocks.append(
-                                pb.Block(first_seq=first, stream=stream, text="\n".join(texts))
-                            )
+                            add_block(first_seq=first, stream=stream, text="\n".join(texts))
                             texts = []
                         stream, first = event["stream"], event["seq"]
                     if "line" in event:
@@ -169,9 +168,9 @@ class Run:
                 elif kind == "result":
                     result = event
             if texts:
-                blocks.append(pb.Block(first_seq=first, stream=stream, text="\n".join(texts)))
-            if blocks:
-                await self._append(Batch(blocks[0].first_seq, seq, blocks, cut))
+                add_block(first_seq=first, stream=stream, text="\n".join(texts))
+            if message.blocks:
+                await self._append(Batch(message.blocks[0].first_seq, seq, message, cut))
         return result
 
     # -- consuming -------------------------------------------------------------

@@ -46,22 +46,34 @@ async def authorize_run(
     """Check per-run credentials (user = run id, password = the run's state token).
 
     Unauthenticated when they match no run; Forbidden when the run is real but is not
-    executing on this deployment.
+    executing on this deployment. Reads only the columns the check needs (a run row
+    carries its plan file): the run and deployment in the access are stand-ins holding
+    their ids, the run's status and the deployment's name, all the state functions use.
     """
     if not (username.isascii() and username.isdigit()) or int(username) > MAX_ID or not password:
         raise Unauthenticated("state access needs the run id and the run's state token")
-    run = await session.get(Run, int(username))
-    expected = run.state_token_hash if run is not None else None
-    if run is None or expected is None:
+    run_id = int(username)
+    row = (
+        await session.execute(
+            select(Run.state_token_hash, Run.deployment_id, Run.status).where(Run.id == run_id)
+        )
+    ).first()
+    expected = row.state_token_hash if row is not None else None
+    if row is None or expected is None:
         raise Unauthenticated("unknown run or wrong state token")
     if not hmac.compare_digest(expected, hash_state_token(password)):
         raise Unauthenticated("unknown run or wrong state token")
-    deployment = await session.scalar(select(Deployment).where(Deployment.name == deployment_name))
-    if deployment is None or deployment.id != run.deployment_id:
-        raise Forbidden(f"run {run.id} may not access the state of {deployment_name!r}")
-    if run.status not in STATE_ACCESS_STATUSES:
-        raise Forbidden(f"run {run.id} is {run.status}; only an executing run may access state")
-    return StateAccess(run, deployment)
+    deployment_id = await session.scalar(
+        select(Deployment.id).where(Deployment.name == deployment_name)
+    )
+    if deployment_id is None or deployment_id != row.deployment_id:
+        raise Forbidden(f"run {run_id} may not access the state of {deployment_name!r}")
+    if row.status not in STATE_ACCESS_STATUSES:
+        raise Forbidden(f"run {run_id} is {row.status}; only an executing run may access state")
+    return StateAccess(
+        Run(id=run_id, deployment_id=deployment_id, status=row.status),
+        Deployment(id=deployment_id, name=deployment_name),
+    )
 
 
 async def get_lock(session: AsyncSession, deployment_id: int) -> StateLock | None:

@@ -3,6 +3,8 @@ newlines) instead of one Line message per line; the same lines, seqs and streams
 
 from __future__ import annotations
 
+from typing import Any
+
 from protos.iacrunner.v1 import runner_pb2 as pb
 from tests.procs import RunnerProcess, execute, lines_of, result_of
 
@@ -24,17 +26,25 @@ def unpacked(events: list[pb.ExecuteEvent]) -> list[tuple[int, str, str]]:
     return out
 
 
+def plan_packed(runner: RunnerProcess, run_id: str, *args: str, **env: str) -> list[Any]:
+    """Execute the fake tool's plan with packed_output; its events."""
+    return execute(
+        runner.stub(),
+        run_id=run_id,
+        tool="terraform",
+        command="plan",
+        args=list(args),
+        env_vars=env,
+        packed_output=True,
+    )
+
+
 def test_packed_output_holds_the_same_lines_as_line_messages(
     fake_runner: RunnerProcess,
 ) -> None:
     stub = fake_runner.stub()
-    packed = execute(
-        stub,
-        run_id="packed",
-        tool="terraform",
-        command="plan",
-        args=["--lines", "500", "--stderr-every", "7", "--width", "30"],
-        packed_output=True,
+    packed = plan_packed(
+        fake_runner, "packed", "--lines", "500", "--stderr-every", "7", "--width", "30"
     )
     got = unpacked(packed)
     assert [seq for seq, _, _ in got] == list(range(1, 501))
@@ -52,15 +62,7 @@ def test_packed_output_holds_the_same_lines_as_line_messages(
 
 def test_packed_attach_from_the_middle_of_a_block(fake_runner: RunnerProcess) -> None:
     stub = fake_runner.stub()
-    events = execute(
-        stub,
-        run_id="whole",
-        tool="terraform",
-        command="plan",
-        args=["--lines", "200"],
-        packed_output=True,
-    )
-    whole = unpacked(events)
+    whole = unpacked(plan_packed(fake_runner, "whole", "--lines", "200"))
     for start in (1, 2, 57, 199, 200):
         again = list(
             stub.Attach(pb.AttachRequest(run_id="whole", from_seq=start, packed_output=True))
@@ -73,14 +75,7 @@ def test_packed_attach_from_the_middle_of_a_block(fake_runner: RunnerProcess) ->
 
 def test_empty_lines_survive_packing(fake_runner: RunnerProcess) -> None:
     """A block of empty lines is text of newlines only: split gives them back."""
-    stub = fake_runner.stub()
-    events = execute(
-        stub,
-        run_id="empty",
-        tool="terraform",
-        command="plan",
-        args=["--echo-env", "EMPTY", "--echo-env", "EMPTY"],
-        env_vars={"EMPTY": ""},
-        packed_output=True,
+    events = plan_packed(
+        fake_runner, "empty", "--echo-env", "EMPTY", "--echo-env", "EMPTY", EMPTY=""
     )
     assert [t for _, _, t in unpacked(events)] == ["EMPTY=", "EMPTY="]

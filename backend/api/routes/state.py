@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.api.deps import (
@@ -29,12 +27,10 @@ from backend.api.deps import (
 from backend.crypto import Cipher
 from backend.db import Database
 from backend.errors import Forbidden, TooLarge, Unauthenticated
-from backend.models import STATE_ACCESS_STATUSES, Deployment, Run
+from backend.models import Run
 from backend.schemas import StateLockOut, StateOut, StateVersionOut
 from backend.store import state
-from backend.store.runs import hash_state_token
 from backend.store.state import StateAccess
-from backend.store.validation import MAX_ID
 
 router = APIRouter(prefix="/state", tags=["terraform state backend"])
 api_router = APIRouter(prefix="/deployments/{name}/state", tags=["state"])
@@ -88,7 +84,7 @@ async def state_transaction(
     database: Database = request.app.state.db
     async with database.session() as session:
         try:
-            access = await _authorize(
+            access = await state.authorize_run(
                 session, deployment, credentials.username, credentials.password
             )
         except Unauthenticated as exc:
@@ -96,42 +92,6 @@ async def state_transaction(
         except Forbidden as exc:
             raise HTTPException(403, str(exc)) from None
         yield StateTransaction(access, session)
-
-
-async def _authorize(
-    session: AsyncSession, deployment_name: str, username: str, password: str
-) -> StateAccess:
-    """`state.authorize_run` reading only the columns the check needs (a run row carries
-    its plan file): the run and deployment in the access are stand-ins holding their ids
-    and the deployment's name, all the state functions use."""
-    if not (username.isascii() and username.isdigit()) or int(username) > MAX_ID or not password:
-        raise Unauthenticated("state access needs the run id and the run's state token")
-    runs = cast(Table, Run.__table__).c
-    row = (
-        await session.execute(
-            select(runs.state_token_hash, runs.deployment_id, runs.status).where(
-                runs.id == int(username)
-            )
-        )
-    ).first()
-    expected = row.state_token_hash if row is not None else None
-    if row is None or expected is None:
-        raise Unauthenticated("unknown run or wrong state token")
-    if not hmac.compare_digest(expected, hash_state_token(password)):
-        raise Unauthenticated("unknown run or wrong state token")
-    deployments = cast(Table, Deployment.__table__).c
-    deployment_id = await session.scalar(
-        select(deployments.id).where(deployments.name == deployment_name)
-    )
-    run_id = int(username)
-    if deployment_id is None or deployment_id != row.deployment_id:
-        raise Forbidden(f"run {run_id} may not access the state of {deployment_name!r}")
-    if row.status not in STATE_ACCESS_STATUSES:
-        raise Forbidden(f"run {run_id} is {row.status}; only an executing run may access state")
-    return StateAccess(
-        Run(id=run_id, deployment_id=deployment_id, status=row.status),
-        Deployment(id=deployment_id, name=deployment_name),
-    )
 
 
 TransactionDep = Annotated[StateTransaction, Depends(state_transaction, scope="function")]
