@@ -58,7 +58,7 @@ async def prepare(settings: Settings, *, migrate_schema: bool = True) -> tuple[D
 def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(
         backend_id=settings.backend_id or f"{socket.gethostname()}:{settings.port}",
-        public_url=settings.public_url,
+        max_state_bytes=settings.max_state_bytes,
         timeouts={op: settings.timeout_for(op) for op in ("plan", "apply", "destroy")},
         runner_lost_timeout=settings.runner_lost_timeout,
         orphan_after=settings.orphan_after,
@@ -109,8 +109,6 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(state.api_router)
     api.include_router(tokens.router)
     app.include_router(api)
-    # Terraform authenticates with per-run credentials, not API tokens.
-    app.include_router(state.router, prefix=API_PREFIX)
     app.include_router(health.router)
     pages.install(app)  # the web UI: HTML pages and /static
     return app

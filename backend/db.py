@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 from sqlalchemy import Connection, event, pool, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -50,6 +51,13 @@ PG_POOL_SIZE = 20
 # Any constant will do: every backend replica takes this advisory lock before migrating, so
 # replicas starting together on one PostgreSQL migrate one after another.
 MIGRATION_LOCK_KEY = 0x1AC0_0001
+
+
+def database_lost(exc: BaseException) -> bool:
+    """A lost or refused database connection, as opposed to an error in a statement."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 def is_sqlite(url: str) -> bool:

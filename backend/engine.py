@@ -19,10 +19,7 @@ re-attaches from the last stored line: no line is lost or doubled.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import io
 import logging
 import re
@@ -32,23 +29,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import grpc
 from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
 from backend.crypto import Cipher
-from backend.db import Database
+from backend.db import Database, database_lost
 from backend.errors import Conflict, Invalid
 from backend.logs import LogBatch, LogHub
 from backend.models import (
     TERMINAL_STATUSES,
-    BackendSecret,
+    BackendSetting,
     ConfigVersion,
     Deployment,
     LogChunk,
@@ -61,9 +58,11 @@ from backend.models import (
 )
 from backend.pool import RunnerPool, RunnerView, choose
 from backend.runner_client import RunnerClient
+from backend.state_channels import StateChannels
+from backend.state_service import StateService
 from backend.store import state as state_store
 from backend.store import variables as variable_store
-from backend.store.runs import add_event, get_run, hash_state_token
+from backend.store.runs import add_event, get_run
 from backend.store.variables import RunEnvironment
 from backend.versions import Constraint, parse_constraint, required_version
 from protos.iacrunner.v1 import runner_pb2 as pb
@@ -124,7 +123,7 @@ REASONS_INTERVAL = 2.0
 @dataclass(frozen=True)
 class EngineOptions:
     backend_id: str
-    public_url: str
+    max_state_bytes: int
     timeouts: dict[str, int]
     heartbeat_interval: float = 5.0
     orphan_after: float = 30.0  # a run whose executor's heartbeat is older is adopted
@@ -197,13 +196,6 @@ def _parse_constraint(text: str | None) -> Constraint | None:
         return parse_constraint(text)
     except Invalid:
         return None  # terraform itself will say what is wrong with it
-
-
-def _database_lost(exc: BaseException) -> bool:
-    """A lost or refused database connection, as opposed to an error in a statement."""
-    if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated)
-    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 class StepFailed(Exception):
@@ -353,19 +345,21 @@ class Engine:
         self.executions: dict[int, Execution] = {}
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._secret = b""
         self._prefix = ""  # of runner-side run ids: this database's, the same for replicas
         self._is_postgres = db.engine.dialect.name == "postgresql"
         self._required: dict[int, str | None] = {}  # config version id -> required_version
+        self.state_service = StateService(
+            db, cipher, options.backend_id, options.max_state_bytes, self.run_of
+        )
+        self.state_channels = StateChannels(
+            options.backend_id, lambda runner: partial(self.state_service.handle, runner)
+        )
         self._last_full_pass = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        self._secret = await self._load_secret()
-        # Derived from the per-database secret: two backends on different databases that
-        # share a runner never name a run alike, and every replica (and this one after a
-        # restart) names them the same, so re-attaching finds them.
-        self._prefix = "b" + hashlib.sha256(b"runner-run-ids:" + self._secret).hexdigest()[:10]
+        self._prefix = await self._load_prefix()
+        self.pool.on_clients = self.state_channels.sync
         await self.pool.refresh()
         await self.adopt_orphans()
         self._background = [
@@ -381,33 +375,40 @@ class Engine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.executions.clear()
+        await self.state_channels.close()
         await self.pool.close()
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def _load_secret(self) -> bytes:
-        """The key that derives per-run state tokens, made once and shared by all replicas."""
-        value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    async def _load_prefix(self) -> str:
+        """This database's prefix of runner-side run ids, made once and shared by all
+        replicas: two backends on different databases that share a runner never name a run
+        alike, and every replica (and this one after a restart) names them the same, so
+        re-attaching finds them. Not a secret: no credential derives from it."""
+        value = "b" + secrets.token_hex(5)
         insert = pg_insert if self._is_postgres else sqlite_insert
         async with self.db.session() as session:
             await session.execute(
-                insert(BackendSecret)
-                .values(name="state_token_key", value=value)
+                insert(BackendSetting)
+                .values(name="runner_run_prefix", value=value)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
-            row = await session.get(BackendSecret, "state_token_key")
+            row = await session.get(BackendSetting, "runner_run_prefix")
             assert row is not None
-            return base64.urlsafe_b64decode(row.value)
+            return row.value
 
-    def state_token(self, run: Run) -> str:
-        """The run's password for the state endpoint in its current dispatch. Derived, not
-        stored: any replica that re-attaches can hand it to the next step again."""
-        return self._state_token(run.id, run.dispatch_count)
+    @property
+    def prefix(self) -> str:
+        return self._prefix
 
-    def _state_token(self, run_id: int, dispatch_count: int) -> str:
-        digest = hmac.new(self._secret, f"{run_id}:{dispatch_count}".encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+    def run_of(self, runner_run_id: str) -> int | None:
+        """The run of this database that a runner-side run id names, if any."""
+        prefix, _, rest = runner_run_id.partition("-r")
+        number = rest.split("-", 1)[0]
+        if prefix != self._prefix or not number.isascii() or not number.isdigit():
+            return None
+        return int(number)
 
     # -- dispatch ----------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
@@ -612,7 +613,6 @@ class Engine:
                     wait_reason="",
                     runner_run_id=None,
                     step_seq_offset=run.last_seq,
-                    state_token_hash=hash_state_token(self._state_token(run_id, count)),
                 )
             )
             phase = "plan" if new_status == RunStatus.RUNNING.value else "apply"
@@ -780,7 +780,7 @@ class Engine:
         except StepFailed as exc:
             await self._finish(run_id, exc.status, str(exc), exc.exit_code, writer)
         except Exception as exc:
-            if _database_lost(exc):
+            if database_lost(exc):
                 # A restart or failover of the database, not a fault of the run, which goes
                 # on on its runner: left claimed, the maintenance loop re-attaches it.
                 log.warning("run %s: lost the database (%s); re-attaching later", run_id, exc)
@@ -836,20 +836,8 @@ class Engine:
         workspace = await asyncio.to_thread(
             build_workspace, job.archive, plan_file if phase == "apply" else None
         )
-        state_url = f"{self.options.public_url.rstrip('/')}/api/v1/state/{deployment.name}"
-        env_vars = {
-            **env.env_vars,
-            "TF_HTTP_ADDRESS": state_url,
-            "TF_HTTP_LOCK_ADDRESS": state_url,
-            "TF_HTTP_UNLOCK_ADDRESS": state_url,
-            "TF_HTTP_USERNAME": str(run.id),
-            "TF_HTTP_PASSWORD": self.state_token(run),
-            # Terraform gives up on the state endpoint after 2 retries by default; a
-            # backend restart mid-apply must not lose the apply's state: retry for ~1 min.
-            "TF_HTTP_RETRY_MAX": "8",
-            "TF_HTTP_RETRY_WAIT_MAX": "10",
-        }
-        sensitive = [*env.sensitive_env, "TF_HTTP_PASSWORD"]
+        env_vars = env.env_vars
+        sensitive = env.sensitive_env
         # Named like the runner-side runs: two databases' runs never share a directory.
         work_dir = f"{self._prefix}-run-{run.id}-{phase}-{run.dispatch_count}"
         timeout = self.options.timeouts.get(run.operation, 3600)
@@ -905,6 +893,7 @@ class Engine:
                     on_disconnect=pb.CONTINUE,
                     tool_version=run.tool_version or "",
                     packed_output=True,
+                    state_channel=self.options.backend_id,
                 )
                 result = await self._follow(
                     execution, writer, runner_run_id, offset, request, first=index == 0
@@ -961,7 +950,7 @@ class Engine:
         while True:
             if started:
                 stream: AsyncIterator[pb.ExecuteEvent] = client.attach(
-                    runner_run_id, writer.last_seq - offset + 1
+                    runner_run_id, writer.last_seq - offset + 1, self.options.backend_id
                 )
             else:
                 assert request is not None
@@ -1050,7 +1039,6 @@ class Engine:
                 )
                 return
             run.claimed_by = None
-            run.state_token_hash = None
             run.runner_run_id = None
             if run.auto_approve:
                 run.status = RunStatus.APPLYING.value
@@ -1069,7 +1057,6 @@ class Engine:
                 run.status = RunStatus.QUEUED.value
             run.claimed_by = None
             run.runner_id = None
-            run.state_token_hash = None
             run.wait_reason = reason
             await add_event(session, run.id, "requeued", reason)
 
@@ -1111,7 +1098,6 @@ class Engine:
         run.error_msg = message
         run.exit_code = exit_code
         run.claimed_by = None
-        run.state_token_hash = None
         lock = await state_store.get_lock(session, run.deployment_id)
         if lock is not None and lock.run_id == run.id:
             await state_store.release_lock(
@@ -1140,7 +1126,6 @@ class Engine:
                 error_msg="",
                 exit_code=exit_code,
                 claimed_by=None,
-                state_token_hash=None,
                 **values,
             )
         )

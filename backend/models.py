@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -184,6 +185,7 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_queue", "status", "priority", "created_at"),
         Index("ix_runs_deployment_id", "deployment_id"),
+        Index("ix_runs_runner_run_id", "runner_run_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -207,7 +209,6 @@ class Run(Base):
     error_msg: Mapped[str] = mapped_column(Text, default="")
     wait_reason: Mapped[str] = mapped_column(Text, default="")
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
-    state_token_hash: Mapped[str | None] = mapped_column(String(64))
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[str | None] = mapped_column(String(16))
     dispatch_count: Mapped[int] = mapped_column(default=0)
@@ -222,10 +223,11 @@ class Run(Base):
     has_changes: Mapped[bool | None] = mapped_column(Boolean)
 
 
-class BackendSecret(Base):
-    """Secrets the backend makes for itself, shared by every replica through the database."""
+class BackendSetting(Base):
+    """Values the backend makes for itself once, shared by every replica through the
+    database (the prefix of runner-side run ids). Never key material."""
 
-    __tablename__ = "backend_secrets"
+    __tablename__ = "backend_settings"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
@@ -264,6 +266,8 @@ class StateVersion(Base):
     md5: Mapped[str] = mapped_column(String(32))
     run_id: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Saved from terraform's errored.tfstate: state it could not write itself.
+    recovered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class StateLock(Base):

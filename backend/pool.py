@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,11 @@ class RunnerPool:
         self._mine: dict[str, set[str]] = {}  # runner -> ids of the steps started there
         self._clients: dict[str, tuple[RunnerConnection, RunnerClient]] = {}
         self.changed = asyncio.Event()  # set when a poll finds capacity or a new runner
+        # Told the runners' clients whenever they change (the state streams follow them).
+        self.on_clients: Callable[[dict[str, RunnerClient]], None] | None = None
+
+    def clients(self) -> dict[str, RunnerClient]:
+        return {name: client for name, (_, client) in self._clients.items()}
 
     def client(self, name: str) -> RunnerClient | None:
         entry = self._clients.get(name)
@@ -165,7 +171,12 @@ class RunnerPool:
             await entry[1].close()
         client = RunnerClient.connect(connection)
         self._clients[connection.name] = (connection, client)
+        self._clients_changed()
         return client
+
+    def _clients_changed(self) -> None:
+        if self.on_clients is not None:
+            self.on_clients(self.clients())
 
     async def _poll_one(self, client: RunnerClient) -> tuple[str, dict[str, Any] | None]:
         try:
@@ -184,8 +195,11 @@ class RunnerPool:
         async with self.db.session() as session:
             rows = await runner_store.list_runners(session)
             connections = [runner_store.runner_connection(r, self.cipher) for r in rows]
-        for gone in set(self._clients) - {c.name for c in connections}:
-            await self._clients.pop(gone)[1].close()
+        gone = set(self._clients) - {c.name for c in connections}
+        for name in gone:
+            await self._clients.pop(name)[1].close()
+        if gone:
+            self._clients_changed()
         clients = [await self._connect(c) for c in connections]
         answers = await asyncio.gather(*(self._poll_one(c) for c in clients))
         now = utcnow()

@@ -101,6 +101,10 @@ class StateVersionOut(BaseModel):
     run_id: int | None
     created_at: datetime
     deleted: bool = Field(default=False, description="A DELETE marker, not a state.")
+    recovered: bool = Field(
+        default=False,
+        description="State terraform could not save (its errored.tfstate), kept by the backend.",
+    )
 
 
 class StateLockOut(BaseModel):

@@ -69,6 +69,7 @@ class RunnerServer:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        self.service.state.start()
         await self.server.start()
         await self.service.prepare_spare()
         for name in ("", SERVICE_NAME):
@@ -92,6 +93,7 @@ class RunnerServer:
         await self.service.close()
         # Give followers a moment to receive their final result events.
         await self.server.stop(grace=5)
+        self.service.state.stop()
         self._stopped.set()
 
     async def serve(self) -> None:

@@ -7,6 +7,7 @@ Each run spawns `iac-runner --stream` in its own process group and relays its ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
 from runner_server.runs import ProtocolError, RetentionError, Run
+from runner_server.state_relay import HOLD_SECONDS, NoChannel, StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
 from runner_stdio.protocol import RequestError, now_iso, parse_request
 from runner_stdio.tools import ToolError, accepted, check_command, get_spec, operation_of
@@ -28,6 +30,27 @@ from runner_stdio.tools import ToolError, accepted, check_command, get_spec, ope
 log = logging.getLogger("iac_runner_server")
 
 _RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_CHANNEL_OK = _RUN_ID_OK | frozenset(":/")
+
+
+# terraform writes the state it could not save here, in its working directory.
+ERRORED_STATE = "errored.tfstate"
+# Terraform's state travels in one gRPC message (of at most 128 MiB).
+MAX_STATE_BYTES = 100 * 1024 * 1024
+
+
+def check_channel(name: str) -> None:
+    if len(name) > 200 or not set(name) <= _CHANNEL_OK:
+        raise RunnerError("invalid", "state_channel must be 1-200 characters of [A-Za-z0-9._:/-]")
+
+
+def join_messages(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class RunnerError(Exception):
@@ -45,7 +68,7 @@ class Prepared:
     run_id: str
     tool: ToolInfo
     work_dir: str
-    stdin: bytes
+    body: dict[str, Any]  # iac-runner's request
     request: pb.ExecuteRequest
 
 
@@ -61,6 +84,7 @@ class RunnerService:
         self._idle.set()
         self._spare: asyncio.subprocess.Process | None = None
         self._refill: asyncio.Task[None] | None = None
+        self.state = StateRelay(HOLD_SECONDS, MAX_STATE_BYTES)
 
     # -- Execute ---------------------------------------------------------------
     def _prepare(self, req: pb.ExecuteRequest) -> Prepared:
@@ -111,8 +135,17 @@ class RunnerService:
         for rel in req.collect:
             if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
                 raise RunnerError("invalid", f"collect path {rel!r} must be relative to work_dir")
+        if req.state_channel:
+            check_channel(req.state_channel)
+            taken = sorted(k for k in req.env_vars if k.startswith("TF_HTTP_"))
+            if taken:
+                raise RunnerError(
+                    "invalid",
+                    f"env_vars {', '.join(taken)} clash with state_channel: the runner sets "
+                    "TF_HTTP_* itself for a run whose state it relays",
+                )
         body["work_dir"] = work_dir
-        return Prepared(run_id, tool, work_dir, json.dumps(body).encode(), req)
+        return Prepared(run_id, tool, work_dir, body, req)
 
     async def start(self, req: pb.ExecuteRequest) -> Run:
         """Validate, reserve a slot, unpack the workspace and spawn iac-runner."""
@@ -138,11 +171,16 @@ class RunnerService:
         self.active += 1
         self._idle.clear()
         metrics.ACTIVE_RUNS.inc()
+        if req.state_channel:
+            env = self.state.env_for(run.run_id, req.state_channel)
+            prepared.body["env_vars"].update(env)
+            prepared.body["sensitive_env"].append("TF_HTTP_PASSWORD")
         try:
             await asyncio.to_thread(self._make_work_dir, prepared)
             run.proc = await self._take_runner_process()
         except BaseException as exc:
             self.runs.pop(run.run_id, None)
+            self.state.close_run(run.run_id)
             self._release_slot()
             if isinstance(exc, workspace.WorkspaceError):
                 raise RunnerError("invalid", str(exc)) from None
@@ -237,7 +275,7 @@ class RunnerService:
         event: dict[str, Any] | None = None
         problem = ""
         try:
-            proc.stdin.write(prepared.stdin)
+            proc.stdin.write(json.dumps(prepared.body).encode())
             await proc.stdin.drain()
             proc.stdin.close()
             event = await run.pump(proc.stdout)
@@ -262,7 +300,11 @@ class RunnerService:
                 result.artifacts.add(path=path, content=content)
             if note:
                 result.error_msg = f"{result.error_msg}; {note}" if result.error_msg else note
-        if prepared.request.cleanup:
+        keep = False
+        if prepared.request.state_channel:
+            keep = not await self._recover_state(run, result)
+            self.state.close_run(run.run_id)
+        if prepared.request.cleanup and not keep:
             await asyncio.to_thread(workspace.remove, self.config.workspace_root, run.work_dir)
         await run.finish(result)
         self._release_slot()
@@ -286,6 +328,38 @@ class RunnerService:
         )
         loop = asyncio.get_running_loop()
         loop.call_later(self.config.retention_seconds, self._forget, run.run_id, run)
+
+    async def _recover_state(self, run: Run, result: pb.Result) -> bool:
+        """State terraform could not save (errored.tfstate) goes to the run's backend as a
+        state version. False when some is left in the work dir, which must then be kept."""
+        path = os.path.join(run.work_dir, ERRORED_STATE)
+        try:
+            data = await asyncio.to_thread(_read_file, path)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            note = f"terraform could not save its state and {path} is unreadable: {exc}"
+            result.error_msg = join_messages(result.error_msg, note)
+            return False
+        call = pb.StateCall(run_id=run.run_id, method="RECOVER", body=data)
+        try:
+            reply = await self.state.call(call)
+        except NoChannel as exc:
+            reply = pb.StateResponse(status=503, body=str(exc).encode())
+        if reply.status == 200:
+            note = "terraform could not save its state: " + reply.body.decode("utf-8", "replace")
+            result.error_msg = join_messages(result.error_msg, note)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return True
+        note = (
+            f"terraform could not save its state; it is kept in {path} on runner "
+            f"{self.config.runner_id} (the backend refused it: "
+            f"{reply.body.decode('utf-8', 'replace')})"
+        )
+        result.error_msg = join_messages(result.error_msg, note)
+        log.warning(json.dumps({"event": "unsaved_state_kept", "run_id": run.run_id, "path": path}))
+        return False
 
     def _forget(self, run_id: str, run: Run) -> None:
         if self.runs.get(run_id) is run:
@@ -345,6 +419,13 @@ class RunnerService:
         yield pb.ExecuteEvent(result=await run.wait())
 
     # -- Attach / Cancel / GetInfo --------------------------------------------------
+    async def attach(self, run_id: str, state_channel: str) -> Run:
+        run = self.get(run_id)
+        if state_channel:
+            check_channel(state_channel)
+            await self.state.rebind(run_id, state_channel)
+        return run
+
     def get(self, run_id: str) -> Run:
         run = self.runs.get(run_id)
         if run is None:

@@ -47,7 +47,7 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
         self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteEvent]:
         try:
-            run = self.service.get(request.run_id)
+            run = await self.service.attach(request.run_id, request.state_channel)
             async for event in self.service.events(
                 run, request.from_seq, packed=request.packed_output
             ):
@@ -68,3 +68,12 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunnerInfo:
         return self.service.info()
+
+    async def ServeState(
+        self, request_iterator: AsyncIterator[pb.StateReply], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StateCall]:
+        try:
+            async for call in self.service.state.serve(request_iterator):
+                yield call
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

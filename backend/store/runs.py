@@ -1,10 +1,8 @@
-"""Runs: the minimal persistence the rest of the backend builds on (create, look up, history,
-per-run state credentials). The queue, dispatch and lifecycle live elsewhere."""
+"""Runs: the minimal persistence the rest of the backend builds on (create, look up, history).
+The queue, dispatch and lifecycle live elsewhere."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -14,10 +12,6 @@ from backend.errors import Invalid, NotFound
 from backend.models import Deployment, Operation, Run, RunEvent, RunStatus
 from backend.store.configs import get_config_version
 from backend.store.deployments import check_priority
-
-
-def hash_state_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def create_run(
@@ -72,11 +66,3 @@ async def list_events(session: AsyncSession, run_id: int) -> Sequence[RunEvent]:
         select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)
     )
     return rows.all()
-
-
-def issue_state_token(run: Run) -> str:
-    """Give the run fresh state-endpoint credentials; returns the plaintext token (the
-    password of HTTP basic auth, with the run id as user name), of which only a hash is kept."""
-    token = secrets.token_urlsafe(32)
-    run.state_token_hash = hash_state_token(token)
-    return token

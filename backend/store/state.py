@@ -1,4 +1,4 @@
-"""Terraform state: versions, locks and the per-run access check behind the ``http`` backend.
+"""Terraform state: versions and locks, behind terraform's ``http`` backend.
 
 Every write is a new ``state_versions`` row; a DELETE writes an empty marker version, so the
 history survives. The lock is one ``state_locks`` row per deployment: its primary key makes
@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -22,58 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from backend.crypto import Cipher
-from backend.errors import Conflict, Forbidden, Invalid, NotFound, StateLocked, Unauthenticated
-from backend.models import STATE_ACCESS_STATUSES, Deployment, Run, StateLock, StateVersion
-from backend.store.runs import add_event, hash_state_token
-from backend.store.validation import MAX_ID
+from backend.errors import Conflict, Invalid, NotFound, StateLocked
+from backend.models import Deployment, Run, StateLock, StateVersion
+from backend.store.runs import add_event
 
 MAX_LOCK_ID_CHARS = 255
 # The md5 of the empty marker version a DELETE leaves (no real state is empty).
 EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
-
-
-@dataclass(frozen=True)
-class StateAccess:
-    """Who is talking to the state endpoint: a run, on its own deployment."""
-
-    run: Run
-    deployment: Deployment
-
-
-async def authorize_run(
-    session: AsyncSession, deployment_name: str, username: str, password: str
-) -> StateAccess:
-    """Check per-run credentials (user = run id, password = the run's state token).
-
-    Unauthenticated when they match no run; Forbidden when the run is real but is not
-    executing on this deployment. Reads only the columns the check needs (a run row
-    carries its plan file): the run and deployment in the access are stand-ins holding
-    their ids, the run's status and the deployment's name, all the state functions use.
-    """
-    if not (username.isascii() and username.isdigit()) or int(username) > MAX_ID or not password:
-        raise Unauthenticated("state access needs the run id and the run's state token")
-    run_id = int(username)
-    row = (
-        await session.execute(
-            select(Run.state_token_hash, Run.deployment_id, Run.status).where(Run.id == run_id)
-        )
-    ).first()
-    expected = row.state_token_hash if row is not None else None
-    if row is None or expected is None:
-        raise Unauthenticated("unknown run or wrong state token")
-    if not hmac.compare_digest(expected, hash_state_token(password)):
-        raise Unauthenticated("unknown run or wrong state token")
-    deployment_id = await session.scalar(
-        select(Deployment.id).where(Deployment.name == deployment_name)
-    )
-    if deployment_id is None or deployment_id != row.deployment_id:
-        raise Forbidden(f"run {run_id} may not access the state of {deployment_name!r}")
-    if row.status not in STATE_ACCESS_STATUSES:
-        raise Forbidden(f"run {run_id} is {row.status}; only an executing run may access state")
-    return StateAccess(
-        Run(id=run_id, deployment_id=deployment_id, status=row.status),
-        Deployment(id=deployment_id, name=deployment_name),
-    )
 
 
 async def get_lock(session: AsyncSession, deployment_id: int) -> StateLock | None:
@@ -238,6 +192,55 @@ async def write_state(
     await session.flush()
     if run_id is not None:
         await add_event(session, run_id, "state_written", f"state serial {serial}")
+    return row
+
+
+async def recover_state(
+    session: AsyncSession,
+    deployment: Deployment,
+    data: bytes,
+    *,
+    run_id: int,
+    run_started_at: datetime | None,
+    cipher: Cipher | None = None,
+) -> StateVersion:
+    """Keep state terraform could not save (its errored.tfstate) as a state version marked
+    recovered. Refused (Conflict) when another run wrote the state since this run started
+    (the recovered state would silently undo that write) or when it is older than the
+    stored one. Whatever lock is held stays held (the run's end releases its own)."""
+    serial, lineage, md5 = parse_state(data, None)
+    latest = await current_state(session, deployment.id)
+    if latest is not None and latest.md5 == md5:
+        return latest  # already stored (a runner asking again)
+    newer = await session.scalar(
+        select(StateVersion.id)
+        .where(
+            StateVersion.deployment_id == deployment.id,
+            StateVersion.run_id.is_distinct_from(run_id),
+            StateVersion.created_at > (run_started_at or datetime.min.replace(tzinfo=UTC)),
+        )
+        .limit(1)
+    )
+    if newer is not None:
+        raise Conflict(
+            f"state version {newer} was written by another run after run {run_id} started: "
+            "its unsaved state would undo that"
+        )
+    if latest is not None and latest.lineage == lineage and serial < latest.serial:
+        raise Conflict(
+            f"recovered state serial {serial} is older than the stored serial {latest.serial}"
+        )
+    row = StateVersion(
+        deployment_id=deployment.id,
+        serial=serial,
+        lineage=lineage,
+        data=cipher.seal(data) if cipher is not None else data,
+        md5=md5,
+        run_id=run_id,
+        recovered=True,
+    )
+    session.add(row)
+    await session.flush()
     return row
 
 

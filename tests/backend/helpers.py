@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from backend.db import Database
-from backend.models import RunStatus
+from backend.models import RunStatus, utcnow
 from backend.store import deployments, runs
 from tests.backend.archives import tar_gz
 
@@ -29,17 +29,27 @@ async def upload(client: httpx.AsyncClient, name: str, data: bytes | None = None
 
 
 async def start_run(
-    db: Database, deployment: str, status: RunStatus = RunStatus.RUNNING, runner: str | None = None
+    db: Database,
+    deployment: str,
+    status: RunStatus = RunStatus.RUNNING,
+    runner: str | None = None,
+    *,
+    backend_id: str | None = None,
 ) -> tuple[int, str]:
-    """A run of ``deployment`` in ``status`` with state credentials; returns (id, token)."""
+    """A run of ``deployment`` in ``status``, executing on ``runner`` for backend
+    ``backend_id`` (with a fresh heartbeat: the app's own engine leaves it alone); returns
+    (run id, the runner-side id of its current step)."""
     async with db.session() as s:
         dep = await deployments.get_deployment(s, deployment)
         run = await runs.create_run(s, dep, "apply")
         run.status = status.value
         run.runner_id = runner
-        token = runs.issue_state_token(run)
+        run.claimed_by = backend_id
+        run.heartbeat_at = utcnow()
         await s.flush()
-        return run.id, token
+        run.runner_run_id = f"btest-r{run.id}-apply-1-apply"
+        await s.flush()
+        return run.id, run.runner_run_id
 
 
 async def snapshot(client: httpx.AsyncClient, *paths: str) -> list[object]:

@@ -1,10 +1,10 @@
-"""Auth on every entry point: every API route, the state endpoint, every gRPC method.
+"""Auth on every entry point: every API route, the runner's state endpoint, every gRPC method.
 
 The credentials tried are the ones an attacker could have: none, a wrong token, an
 expired or revoked API token, the API token where a runner token is expected (and the
 reverse), and another run's state credentials read from its terraform's environment
-(what a hostile configuration of one deployment can see), used against another
-deployment, against the API and against the runner. mTLS with a client certificate of
+(what a hostile configuration of one deployment can see), used against another run,
+against the API and against the runner. mTLS with a client certificate of
 another CA, an expired one of the right CA, and none. Nothing gets through, and nothing
 changes. (tests/server/test_auth.py and tests/backend/test_auth_health.py cover the
 basic cases; this adds the cross-credential ones and the full method/route lists.)
@@ -73,6 +73,7 @@ class Platform:
         self.run_a = run_a
         self.user = ""
         self.password = ""  # run A's state password, read from its terraform's environment
+        self.address = ""  # the runner's loopback state endpoint of run A
         self.expired = ""
         self.revoked = ""
 
@@ -101,7 +102,8 @@ def platform_a(rel_env: dict[str, str], module_tmp: Path) -> Iterator[Platform]:
         environ = Path(f"/proc/{terraform}/environ").read_bytes().split(b"\0")
         env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
         platform.user, platform.password = env["TF_HTTP_USERNAME"], env["TF_HTTP_PASSWORD"]
-        assert platform.user == str(run_a["id"])
+        platform.address = env["TF_HTTP_ADDRESS"]
+        assert f"-r{run_a['id']}-apply-" in platform.user
         platform.expired, platform.revoked = asyncio.run(_tokens(db_url))
         yield platform
     finally:
@@ -181,33 +183,41 @@ STATE_METHODS = ["GET", "POST", "DELETE", "LOCK", "UNLOCK"]
 
 
 def test_the_state_endpoint_takes_only_the_runs_own_credentials(platform_a: Platform) -> None:
+    """Terraform reaches the state only through its runner's loopback endpoint, with a
+    password made for its run alone; the backend has no state endpoint at all."""
     backend, p = platform_a.backend, platform_a
-    state_b = backend.call("GET", "/deployments/b/state", 200)
-    url_b = backend.url + "/api/v1/state/b"
+    state_a = backend.call("GET", "/deployments/a/state", 200)
+    other_run = p.address.replace(p.user, p.user.replace("-apply-", "-plan-"))
     cases = {
-        "none": (None, 401),
-        "API token": (f"Bearer {TOKEN}", 401),
-        "API token as password": (_basic(p.user, TOKEN), 401),
-        "wrong password": (_basic(p.user, p.password[:-2] + "xx"), 401),
-        "run id out of range": (_basic("9" * 30, p.password), 401),
-        "non-ASCII digit run id": (_basic("²", p.password), 401),
-        "negative run id": (_basic("-1", p.password), 401),
-        "run A on deployment b": (_basic(p.user, p.password), 403),
+        "none": (p.address, None),
+        "API token": (p.address, f"Bearer {TOKEN}"),
+        "API token as password": (p.address, _basic(p.user, TOKEN)),
+        "runner token as password": (p.address, _basic(p.user, RUNNER_TOKEN)),
+        "wrong password": (p.address, _basic(p.user, p.password[:-2] + "xx")),
+        "another user": (p.address, _basic("admin", p.password)),
+        "run A's password for another run": (other_run, _basic(p.user, p.password)),
     }
     for method in STATE_METHODS:
-        for what, (header, status) in cases.items():
+        for what, (url, header) in cases.items():
             headers = {"Authorization": header} if header is not None else {}
-            response = httpx.request(method, url_b, headers=headers, content=b"{}", timeout=30)
+            response = httpx.request(method, url, headers=headers, content=b"{}", timeout=30)
             Counter.add("auth attempts refused (state endpoint)")
-            assert response.status_code == status, (method, what, response.text)
+            assert response.status_code == 401, (method, what, response.text)
             assert response.json()["detail"], (method, what)
-    assert backend.call("GET", "/deployments/b/state", 200) == state_b
-    # The stolen credentials were real: on run A's own deployment they are accepted...
-    own = httpx.get(
-        backend.url + "/api/v1/state/a",
-        headers={"Authorization": _basic(p.user, p.password)},
-        timeout=30,
-    )
+        # The backend serves no state to anyone over HTTP, whatever they send.
+        for header in (f"Bearer {TOKEN}", _basic(p.user, p.password)):
+            response = httpx.request(
+                method,
+                backend.url + "/api/v1/state/a",
+                headers={"Authorization": header},
+                content=b"{}",
+                timeout=30,
+            )
+            Counter.add("auth attempts refused (state endpoint)")
+            assert response.status_code in (404, 405), (method, response.text)
+    assert backend.call("GET", "/deployments/a/state", 200) == state_a
+    # The stolen credentials were real: run A's own terraform gets its state with them.
+    own = httpx.get(p.address, headers={"Authorization": _basic(p.user, p.password)}, timeout=30)
     assert own.status_code in (200, 204), own.text
 
 
@@ -222,10 +232,8 @@ def _grpc_calls(channel: grpc.Channel, run_id: str) -> dict[str, Any]:
     def unary(path: str, body: bytes) -> Any:
         return lambda md: channel.unary_unary(path)(body, metadata=md, timeout=30)
 
-    def bidi(path: str) -> Any:
-        return lambda md: list(
-            channel.stream_stream(path)(iter([reflect]), metadata=md, timeout=30)
-        )
+    def bidi(path: str, body: bytes) -> Any:
+        return lambda md: list(channel.stream_stream(path)(iter([body]), metadata=md, timeout=30))
 
     execute = pb.ExecuteRequest(tool="terraform", command="version").SerializeToString()
     return {
@@ -238,7 +246,14 @@ def _grpc_calls(channel: grpc.Channel, run_id: str) -> dict[str, Any]:
             pb.CancelRequest(run_id=run_id, force=True).SerializeToString(),
         ),
         "GetInfo": unary("/iacrunner.v1.Runner/GetInfo", b""),
-        "reflection": bidi("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+        "reflection": bidi(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", reflect
+        ),
+        # Whoever opens it answers (and reads) terraform's state calls.
+        "ServeState": bidi(
+            "/iacrunner.v1.Runner/ServeState",
+            pb.StateReply(hello=pb.StateHello(channel="thief")).SerializeToString(),
+        ),
     }  # fmt: skip
 
 
@@ -283,9 +298,7 @@ def test_revoked_state_credentials_are_refused_once_the_run_ends(platform_a: Pla
     backend.call("POST", f"/runs/{p.run_a['id']}/cancel", 200, params={"force": True})
     assert backend.wait(p.run_a["id"], *TERMINAL)["status"] == "canceled"
     response = httpx.get(
-        backend.url + "/api/v1/state/a",
-        headers={"Authorization": _basic(p.user, p.password)},
-        timeout=30,
+        p.address, headers={"Authorization": _basic(p.user, p.password)}, timeout=30
     )
     assert response.status_code == 401, response.text
 

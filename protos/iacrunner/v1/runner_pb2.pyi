@@ -15,7 +15,7 @@ CANCEL: OnDisconnect
 CONTINUE: OnDisconnect
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output")
+    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output", "state_channel")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class ExecuteRequest(_message.Message):
     ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STATE_CHANNEL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     tool: str
     work_dir: str
@@ -51,7 +52,8 @@ class ExecuteRequest(_message.Message):
     on_disconnect: OnDisconnect
     tool_version: str
     packed_output: bool
-    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ...) -> None: ...
+    state_channel: str
+    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ..., state_channel: _Optional[str] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
     __slots__ = ("started", "output", "result")
@@ -136,14 +138,16 @@ class Result(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error_msg: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., output_truncated: _Optional[bool] = ..., outcome: _Optional[str] = ..., last_seq: _Optional[int] = ..., tool_version: _Optional[str] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
-    __slots__ = ("run_id", "from_seq", "packed_output")
+    __slots__ = ("run_id", "from_seq", "packed_output", "state_channel")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     PACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STATE_CHANNEL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     from_seq: int
     packed_output: bool
-    def __init__(self, run_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., packed_output: _Optional[bool] = ...) -> None: ...
+    state_channel: str
+    def __init__(self, run_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., packed_output: _Optional[bool] = ..., state_channel: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("run_id", "force")
@@ -205,3 +209,45 @@ class RunnerInfo(_message.Message):
     accept: _containers.RepeatedScalarFieldContainer[str]
     active_runs: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, runner_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., max_concurrent: _Optional[int] = ..., active: _Optional[int] = ..., draining: _Optional[bool] = ..., version: _Optional[str] = ..., accept: _Optional[_Iterable[str]] = ..., active_runs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StateReply(_message.Message):
+    __slots__ = ("hello", "response")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    hello: StateHello
+    response: StateResponse
+    def __init__(self, hello: _Optional[_Union[StateHello, _Mapping]] = ..., response: _Optional[_Union[StateResponse, _Mapping]] = ...) -> None: ...
+
+class StateHello(_message.Message):
+    __slots__ = ("channel",)
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    def __init__(self, channel: _Optional[str] = ...) -> None: ...
+
+class StateResponse(_message.Message):
+    __slots__ = ("call_id", "status", "body", "content_type")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    status: int
+    body: bytes
+    content_type: str
+    def __init__(self, call_id: _Optional[int] = ..., status: _Optional[int] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class StateCall(_message.Message):
+    __slots__ = ("call_id", "run_id", "method", "lock_id", "body", "content_md5")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_MD5_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    run_id: str
+    method: str
+    lock_id: str
+    body: bytes
+    content_md5: str
+    def __init__(self, call_id: _Optional[int] = ..., run_id: _Optional[str] = ..., method: _Optional[str] = ..., lock_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_md5: _Optional[str] = ...) -> None: ...

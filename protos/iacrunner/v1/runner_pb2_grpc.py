@@ -54,6 +54,11 @@ class RunnerStub:
                 request_serializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.RunnerInfo.FromString,
                 _registered_method=True)
+        self.ServeState = channel.stream_stream(
+                '/iacrunner.v1.Runner/ServeState',
+                request_serializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.StateReply.SerializeToString,
+                response_deserializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.StateCall.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -88,6 +93,18 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServeState(self, request_iterator, context):
+        """Terraform's state traffic, carried back to a backend. A run that names a
+        `state_channel` gets terraform's http backend pointed at this runner's loopback state
+        endpoint; each request terraform makes there goes, as a StateCall, down the ServeState
+        stream of that channel (the one named by the run's latest Execute or Attach), and the
+        backend's StateResponse goes back to terraform. A backend that adopts a run takes its
+        state traffic over with it, and the runner needs no route to any backend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +127,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.GetInfoRequest.FromString,
                     response_serializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.RunnerInfo.SerializeToString,
+            ),
+            'ServeState': grpc.stream_stream_rpc_method_handler(
+                    servicer.ServeState,
+                    request_deserializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.StateReply.FromString,
+                    response_serializer=protos_dot_iacrunner_dot_v1_dot_runner__pb2.StateCall.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +242,33 @@ class Runner:
             '/iacrunner.v1.Runner/GetInfo',
             protos_dot_iacrunner_dot_v1_dot_runner__pb2.GetInfoRequest.SerializeToString,
             protos_dot_iacrunner_dot_v1_dot_runner__pb2.RunnerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServeState(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/iacrunner.v1.Runner/ServeState',
+            protos_dot_iacrunner_dot_v1_dot_runner__pb2.StateReply.SerializeToString,
+            protos_dot_iacrunner_dot_v1_dot_runner__pb2.StateCall.FromString,
             options,
             channel_credentials,
             insecure,
