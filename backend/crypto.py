@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import Invalid
-from backend.models import Runner, Variable
+from backend.models import RetiredSecret, Runner, Variable
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -133,11 +133,10 @@ async def check_encryption(session: AsyncSession, cipher: Cipher) -> None:
     however many secrets there are.
     """
     samples: list[tuple[str, bytes]] = []
-    variable = await session.scalar(
-        select(Variable.value_encrypted).where(Variable.value_encrypted.is_not(None)).limit(1)
-    )
-    if variable is not None:
-        samples.append(("sensitive variables", variable))
+    for column in (Variable.value_encrypted, RetiredSecret.value_encrypted):
+        variable = await session.scalar(select(column).where(column.is_not(None)).limit(1))
+        if variable is not None:
+            samples.append(("sensitive variables", variable))
     for column in (Runner.token_encrypted, Runner.tls_key_encrypted):
         value = await session.scalar(select(column).where(column.is_not(None)).limit(1))
         if value is not None:

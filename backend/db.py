@@ -112,14 +112,14 @@ class InlineConnection(aiosqlite.Connection):
         return self._connect().__await__()  # no worker thread to start
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any, *, foreign_keys: bool = True) -> None:
     # The driver's own transaction handling would BEGIN lazily (deferred); turn it off so
     # the "begin" hook below decides how transactions start.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
@@ -128,8 +128,9 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url`` (any spelling ``normalize_database_url`` accepts)."""
+def create_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url`` (any spelling ``normalize_database_url`` accepts).
+    ``foreign_keys=False``: SQLite enforces no foreign key (for migrations only)."""
     url = normalize_database_url(url)
     if is_sqlite(url):
         path = sqlite_file(url)
@@ -145,7 +146,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             single = {"poolclass": pool.AsyncAdaptedQueuePool, "pool_size": 1, "max_overflow": 0}
             kwargs = single | kwargs
         engine = create_async_engine(url, async_creator=connect, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_connect)
+        event.listen(
+            engine.sync_engine, "connect", partial(_sqlite_connect, foreign_keys=foreign_keys)
+        )
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     # A bounded connect timeout: an unreachable server fails start-up in seconds, not minutes.
@@ -249,11 +252,24 @@ def _upgrade(connection: Connection, revision: str) -> None:
     command.upgrade(alembic_config(connection), revision)
 
 
+def _check_foreign_keys(connection: Connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"migration left rows whose foreign keys point nowhere: {broken[:5]}")
+
+
 async def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision``; safe to call on every start."""
-    engine = create_engine(url)
+    """Bring the database at ``url`` to ``revision``; safe to call on every start.
+
+    On SQLite, foreign keys are off while migrating: batch mode rebuilds a table by
+    copying it and dropping the old one, and dropping a table with foreign keys on would
+    first delete its rows, cascading into every table that refers to it. The keys are
+    checked before the migration commits."""
+    engine = create_engine(url, foreign_keys=False)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_upgrade, revision)
+            if conn.dialect.name == "sqlite":
+                await conn.run_sync(_check_foreign_keys)
     finally:
         await engine.dispose()

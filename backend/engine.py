@@ -887,6 +887,7 @@ class Engine:
                     env_vars=env_vars,
                     timeout=timeout,
                     sensitive_env=sensitive,
+                    mask_values=env.mask_values,
                     workspace=workspace if step.name == "init" else b"",
                     collect=list(step.collect),
                     cleanup=step.cleanup,

@@ -142,8 +142,14 @@ class Runner(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# Ids that name something a user or a credential refers to are never handed out twice, on
+# SQLite either (AUTOINCREMENT; PostgreSQL's sequences never go back).
+NEVER_REUSED = {"sqlite_autoincrement": True}
+
+
 class Deployment(Base):
     __tablename__ = "deployments"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -156,7 +162,7 @@ class Deployment(Base):
 
 class ConfigVersion(Base):
     __tablename__ = "config_versions"
-    __table_args__ = (UniqueConstraint("deployment_id", "version"),)
+    __table_args__ = (UniqueConstraint("deployment_id", "version"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
@@ -169,7 +175,7 @@ class ConfigVersion(Base):
 
 class Variable(Base):
     __tablename__ = "variables"
-    __table_args__ = (UniqueConstraint("deployment_id", "key", "category"),)
+    __table_args__ = (UniqueConstraint("deployment_id", "key", "category"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
@@ -180,12 +186,28 @@ class Variable(Base):
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class RetiredSecret(Base):
+    """A value a sensitive variable held before it was changed or deleted: terraform's state
+    and plans may still print it, so it is masked in every run's output forever."""
+
+    __tablename__ = "retired_secrets"
+    __table_args__ = (NEVER_REUSED,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    value_encrypted: Mapped[bytes]
+    retired_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_queue", "status", "priority", "created_at"),
         Index("ix_runs_deployment_id", "deployment_id"),
         Index("ix_runs_runner_run_id", "runner_run_id"),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -235,6 +257,7 @@ class BackendSetting(Base):
 
 class RunEvent(Base):
     __tablename__ = "run_events"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -245,7 +268,7 @@ class RunEvent(Base):
 
 class LogChunk(Base):
     __tablename__ = "log_chunks"
-    __table_args__ = (Index("ix_log_chunks_run_seq", "run_id", "first_seq"),)
+    __table_args__ = (Index("ix_log_chunks_run_seq", "run_id", "first_seq"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -256,7 +279,7 @@ class LogChunk(Base):
 
 class StateVersion(Base):
     __tablename__ = "state_versions"
-    __table_args__ = (Index("ix_state_versions_deployment", "deployment_id", "id"),)
+    __table_args__ = (Index("ix_state_versions_deployment", "deployment_id", "id"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
@@ -284,6 +307,7 @@ class StateLock(Base):
 
 class ApiToken(Base):
     __tablename__ = "api_tokens"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128))

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import Cipher
 from backend.errors import Invalid, NotFound
-from backend.models import Deployment, Variable, VariableCategory
+from backend.models import Deployment, RetiredSecret, Variable, VariableCategory
 
 _TF_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -34,6 +34,8 @@ class RunEnvironment:
 
     env_vars: dict[str, str] = field(default_factory=dict)
     sensitive_env: list[str] = field(default_factory=list)
+    # Values sensitive variables held before: masked too (state and plans still hold them).
+    mask_values: list[str] = field(default_factory=list)
 
 
 def check_category(category: str) -> str:
@@ -91,7 +93,6 @@ async def set_variable(
         )
     if "\x00" in value:
         raise Invalid(f"variable {key!r} contains a NUL character, which no environment can hold")
-    encrypted = cipher.encrypt(value, f"sensitive variable {key!r}") if sensitive else None
     row = await session.scalar(
         select(Variable).where(
             Variable.deployment_id == deployment.id,
@@ -103,6 +104,12 @@ async def set_variable(
     if row is None:
         row = Variable(deployment_id=deployment.id, key=key, category=category)
         session.add(row)
+    elif row.sensitive and row.value_encrypted is not None:
+        if not sensitive or cipher.decrypt(row.value_encrypted) != value:
+            retire(session, deployment, row.value_encrypted)
+        elif sensitive:
+            return row, created  # the same secret again: nothing changes
+    encrypted = cipher.encrypt(value, f"sensitive variable {key!r}") if sensitive else None
     row.sensitive = sensitive
     row.value = None if sensitive else value
     row.value_encrypted = encrypted
@@ -135,7 +142,14 @@ async def delete_variable(
     )
     if row is None:
         raise NotFound(f"deployment {deployment.name!r} has no {category} variable {key!r}")
+    if row.sensitive and row.value_encrypted is not None:
+        retire(session, deployment, row.value_encrypted)
     await session.delete(row)
+
+
+def retire(session: AsyncSession, deployment: Deployment, value_encrypted: bytes) -> None:
+    """Keep a sensitive value that is being replaced or deleted, to mask it forever."""
+    session.add(RetiredSecret(deployment_id=deployment.id, value_encrypted=value_encrypted))
 
 
 def env_name(variable: Variable) -> str:
@@ -147,7 +161,8 @@ def env_name(variable: Variable) -> str:
 async def run_environment(
     session: AsyncSession, cipher: Cipher, deployment: Deployment
 ) -> RunEnvironment:
-    """The deployment's variables as env vars, sensitive ones decrypted and named for masking."""
+    """The deployment's variables as env vars, sensitive ones decrypted and named for
+    masking, with the values its sensitive variables held before."""
     result = RunEnvironment()
     for variable in await list_variables(session, deployment):
         name = env_name(variable)
@@ -157,4 +172,14 @@ async def run_environment(
             result.sensitive_env.append(name)
         else:
             result.env_vars[name] = variable.value or ""
+    current = {result.env_vars[name] for name in result.sensitive_env}
+    retired = await session.scalars(
+        select(RetiredSecret.value_encrypted)
+        .where(RetiredSecret.deployment_id == deployment.id)
+        .order_by(RetiredSecret.id)
+    )
+    for encrypted in retired:
+        value = cipher.decrypt(encrypted)
+        if value and value not in current and value not in result.mask_values:
+            result.mask_values.append(value)
     return result

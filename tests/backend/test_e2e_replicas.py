@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import signal
 from pathlib import Path
 
 from backend.db import migrate
 from tests.backend.conftest import PgServer
 from tests.backend.platform import start_backend
+from tests.conftest import wait_for
 from tests.procs import start_runner
+from tests.reliability.harness import lines_config, tagged
 
 FAST_CONFIG = 'resource "terraform_data" "x" {}\n'
 
@@ -60,3 +64,53 @@ def test_two_backends_never_dispatch_a_run_twice(
             b.stop()
         for runner in runners:
             runner.stop()
+
+
+def test_failover_mid_apply_keeps_the_apply_state(
+    pg_server: PgServer, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two backends on one PostgreSQL, one runner. The backend executing an apply is
+    SIGKILLed at its 8th line and stays down: the other adopts the run, terraform's state
+    calls (held by the runner meanwhile) go to the adopter, and the apply's state is stored
+    with the new resource in it. Every line of the log once."""
+    url = pg_server.create_database()
+    asyncio.run(migrate(url))
+    runner = start_runner(tmp_path, tool_env, name="r0")
+    backends = {
+        name: start_backend(tmp_path, tool_env, url, name=name, IAC_ORPHAN_AFTER="6")
+        for name in ("b0", "b1")
+    }
+    try:
+        backends["b0"].register("r0", runner.address)
+        for b in backends.values():
+            b.wait_runners_healthy("r0")
+        n = 20
+        config = lines_config("fo", n, "0.3") + 'output "made" {\n  value = "yes"\n}\n'
+        backends["b0"].deploy("fo", {"main.tf": config})
+        run = backends["b0"].start("fo", "apply", auto_approve=True)
+        wait_for(
+            lambda: 8 in tagged(backends["b0"].log_text(run["id"]).splitlines(), "fo"),
+            timeout=120,
+        )
+        executing = backends["b0"].run(run["id"])
+        assert executing["status"] == "applying", executing
+        last = [e for e in executing["events"] if e["kind"] in ("dispatched", "adopted")][-1]
+        victim = re.search(r"backend (b\d)", last["message"]).group(1)  # type: ignore[union-attr]
+        survivor = backends["b1" if victim == "b0" else "b0"]
+        backends.pop(victim).stop(signal.SIGKILL)
+
+        done = survivor.wait(run["id"], "succeeded", "failed", timeout=120)
+        assert done["status"] == "succeeded", done
+        assert "adopted" in [e["kind"] for e in done["events"]]
+        assert tagged(survivor.log_text(run["id"]).splitlines(), "fo") == list(range(1, n + 1))
+        versions = survivor.call("GET", "/deployments/fo/state", 200)["versions"]
+        assert versions and versions[0]["run_id"] == run["id"] and not versions[0]["recovered"]
+        latest = survivor.client.get(f"/deployments/fo/state/versions/{versions[0]['id']}")
+        state = json.loads(latest.content)
+        assert [r["name"] for r in state["resources"]] == ["lines"]
+        assert state["outputs"]["made"]["value"] == "yes"
+        assert survivor.call("GET", "/deployments/fo/state", 200)["lock"] is None
+    finally:
+        for b in backends.values():
+            b.stop()
+        runner.stop()

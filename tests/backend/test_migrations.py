@@ -67,3 +67,67 @@ async def test_downgrade_to_base_and_up_again(fresh_db_url: str) -> None:
     assert not set(Base.metadata.tables) & tables
     await migrate(fresh_db_url)
     assert (await _inspect(fresh_db_url))[0] == []
+
+
+async def _insert(conn: Any, sql: str, **values: Any) -> int:
+    return int((await conn.execute(text(sql + " RETURNING id"), values)).scalar())
+
+
+async def test_upgrade_keeps_every_row_and_ids_are_never_reused(fresh_db_url: str) -> None:
+    """Rebuilding tables for AUTOINCREMENT (0004) loses no row and breaks no reference
+    (foreign keys off while SQLite migrates: dropping a table would cascade); afterwards a
+    deleted run's id, at the top of its table, is not handed out again."""
+    await migrate(fresh_db_url, "0003")
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as conn:
+            d = await _insert(
+                conn,
+                "INSERT INTO deployments (name, tool, required_labels, default_priority,"
+                " created_at) VALUES ('web', 'terraform', '{}', 0, '2026-01-01 00:00:00')",
+            )
+            c = await _insert(
+                conn,
+                "INSERT INTO config_versions (deployment_id, version, archive, sha256, size,"
+                " created_at) VALUES (:d, 1, :blob, 'x', 1, '2026-01-01 00:00:00')",
+                d=d,
+                blob=b"\x1f\x8b",
+            )
+            run_sql = (
+                "INSERT INTO runs (deployment_id, config_version_id, operation, status,"
+                " priority, auto_approve, created_at, error_msg, wait_reason, last_seq,"
+                " dispatch_count) VALUES (:d, :c, 'plan', 'succeeded', 0, false,"
+                " '2026-01-01 00:00:00', '', '', 2, 1)"
+            )
+            await _insert(conn, run_sql, d=d, c=c)
+            top = await _insert(conn, run_sql, d=d, c=c)
+            await _insert(
+                conn,
+                "INSERT INTO run_events (run_id, at, kind, message)"
+                " VALUES (:r, '2026-01-01 00:00:00', 'queued', '')",
+                r=top,
+            )
+            await _insert(
+                conn,
+                "INSERT INTO log_chunks (run_id, first_seq, last_seq, data) VALUES (:r, 1, 2, 'a')",
+                r=top,
+            )
+    finally:
+        await engine.dispose()
+    await migrate(fresh_db_url)
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as conn:
+            count = (await conn.execute(text("SELECT count(*) FROM log_chunks"))).scalar()
+            assert count == 1
+            owner = await conn.execute(text(f"SELECT deployment_id FROM runs WHERE id = {top}"))
+            assert owner.scalar() == d
+            kinds = (await conn.execute(text("SELECT kind FROM run_events"))).scalars().all()
+            assert kinds == ["queued"]
+            await conn.execute(text(f"DELETE FROM runs WHERE id = {top}"))
+            left = (await conn.execute(text("SELECT count(*) FROM log_chunks"))).scalar()
+            assert left == 0, "the run's log went with it"
+            new = await _insert(conn, run_sql, d=d, c=c)
+            assert new > top, (new, top)
+    finally:
+        await engine.dispose()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from backend.app import create_app
 from backend.crypto import Cipher
 from backend.db import Database
-from backend.models import Variable
+from backend.models import RetiredSecret, Variable
 from backend.store import deployments, variables
 from tests.backend.conftest import ENCRYPTION_KEY, make_settings
 from tests.backend.helpers import new_deployment, snapshot
@@ -125,3 +125,39 @@ async def test_the_largest_value_an_environment_entry_holds_is_taken(
     response = await client.put(f"{BASE}/E", json={"value": value, "category": "env"})
     assert response.status_code == 201, response.text[:200]
     assert subprocess.run(["true"], env={"E": value}).returncode == 0
+
+
+async def test_every_value_a_secret_held_is_kept_for_masking(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Changed, made non-sensitive or deleted: a sensitive variable's past values stay
+    (encrypted) and every later run masks them; the current values are not listed twice."""
+    await new_deployment(client, "web")
+
+    async def put(key: str, value: str, sensitive: bool = True) -> None:
+        response = await client.put(f"{BASE}/{key}", json={"value": value, "sensitive": sensitive})
+        assert response.status_code in (200, 201), response.text
+
+    async def environment() -> variables.RunEnvironment:
+        async with db.session() as s:
+            dep = await deployments.get_deployment(s, "web")
+            return await variables.run_environment(s, Cipher(ENCRYPTION_KEY), dep)
+
+    await put("pw", "Sup3r-S3cret-XYZ123")
+    await put("pw", "Sup3r-S3cret-XYZ123")  # the same value again: nothing retired
+    assert (await environment()).mask_values == []
+    await put("pw", "N3w-S3cret-ABC789")
+    env = await environment()
+    assert env.env_vars["TF_VAR_pw"] == "N3w-S3cret-ABC789"
+    assert env.mask_values == ["Sup3r-S3cret-XYZ123"]
+    await put("token", "tok-one-0001")
+    await put("token", "now public", sensitive=False)  # a secret made public: still masked
+    assert (await client.delete(f"{BASE}/pw")).status_code == 204
+    env = await environment()
+    assert "TF_VAR_pw" not in env.env_vars and env.env_vars["TF_VAR_token"] == "now public"
+    assert env.mask_values == ["Sup3r-S3cret-XYZ123", "tok-one-0001", "N3w-S3cret-ABC789"]
+    # At rest they are encrypted like the current ones.
+    async with db.session() as s:
+        stored = (await s.scalars(select(RetiredSecret.value_encrypted))).all()
+    assert len(stored) == 3
+    assert not any(b"S3cret" in v or b"tok-one" in v for v in stored)

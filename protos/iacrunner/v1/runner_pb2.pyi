@@ -15,7 +15,7 @@ CANCEL: OnDisconnect
 CONTINUE: OnDisconnect
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output", "state_channel")
+    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output", "mask_values", "state_channel")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class ExecuteRequest(_message.Message):
     ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MASK_VALUES_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANNEL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     tool: str
@@ -52,8 +53,9 @@ class ExecuteRequest(_message.Message):
     on_disconnect: OnDisconnect
     tool_version: str
     packed_output: bool
+    mask_values: _containers.RepeatedScalarFieldContainer[str]
     state_channel: str
-    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ..., state_channel: _Optional[str] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ..., mask_values: _Optional[_Iterable[str]] = ..., state_channel: _Optional[str] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
     __slots__ = ("started", "output", "result")
