@@ -44,9 +44,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_retired_secrets")),
         sqlite_autoincrement=True,
     )
-    op.create_index(
-        op.f("ix_retired_secrets_deployment_id"), "retired_secrets", ["deployment_id"]
-    )
+    op.create_index(op.f("ix_retired_secrets_deployment_id"), "retired_secrets", ["deployment_id"])
     if op.get_bind().dialect.name == "sqlite":
         # AUTOINCREMENT is part of a table's definition on SQLite: rebuild each table
         # (rows copied; backend.db.migrate turns foreign keys off meanwhile).
