@@ -36,6 +36,10 @@ RUNNER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 # `Bearer TOKEN` header would not survive a space.
 TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
 LIMITS = Limits()
+# The longest duration a setting may have. iac-runner waits with poll(), whose timeout
+# overflows at about 24 days (every run would then fail); a week is beyond any run.
+WEEK = 7 * 24 * 3600
+INT32_MAX = 2**31 - 1  # GetInfo reports max_concurrent as an int32
 
 
 def _settings(env_prefix: str) -> SettingsConfigDict:
@@ -98,7 +102,7 @@ class ServerConfig(BaseSettings):
         description="runs execute in directories under this root (created when needed)",
     )
     max_concurrent: Annotated[int, Flag(metavar="N")] = Field(
-        default=4, ge=1, description="runs at once; more get RESOURCE_EXHAUSTED"
+        default=4, ge=1, le=INT32_MAX, description="runs at once; more get RESOURCE_EXHAUSTED"
     )
     labels: Annotated[dict[str, str], NoDecode, Flag("--label", "KEY=VALUE", merge_env=True)] = (
         Field(
@@ -136,18 +140,25 @@ class ServerConfig(BaseSettings):
         default="", description="serve Prometheus /metrics there (HOST defaults to 127.0.0.1)"
     )
     grace: Annotated[float, Flag(metavar="SECONDS")] = Field(
-        default=20.0, gt=0, description="seconds between SIGINT and SIGTERM when a run is canceled"
+        default=20.0,
+        gt=0,
+        le=WEEK,
+        description="seconds between SIGINT and SIGTERM when a run is canceled",
     )
     default_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
-        default=3600.0, gt=0, description="timeout of a run that asks for none"
+        default=3600.0, gt=0, le=WEEK, description="timeout of a run that asks for none"
     )
     drain_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
         default=300.0,
         ge=0,
+        le=WEEK,
         description="on SIGTERM, how long active runs may finish before they are canceled",
     )
     retention_seconds: Annotated[float, Flag(metavar="SECONDS")] = Field(
-        default=600.0, gt=0, description="how long a finished run stays available to Attach"
+        default=600.0,
+        gt=0,
+        le=WEEK,
+        description="how long a finished run stays available to Attach",
     )
     retention_bytes: Annotated[int, Flag(metavar="BYTES", default_text="4194304 (4 MiB)")] = Field(
         default=4 * MiB, gt=0, description="output bytes kept per run for Attach"

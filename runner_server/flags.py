@@ -180,6 +180,10 @@ def _field_of(model: type[BaseSettings], loc: tuple[int | str, ...]) -> str | No
     return None
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _message(error: Any) -> str:
     """pydantic's error in the words of a command line: what the value is, what it must be."""
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
@@ -190,11 +194,11 @@ def _message(error: Any) -> str:
     if kind == "finite_number":
         return f"{value!r} is not a finite number"
     if kind == "greater_than":
-        return f"{value!r} must be more than {ctx['gt']:g}"
+        return f"{value!r} must be more than {_number(ctx['gt'])}"
     if kind == "greater_than_equal":
-        return f"{value!r} must be at least {ctx['ge']:g}"
+        return f"{value!r} must be at least {_number(ctx['ge'])}"
     if kind == "less_than_equal":
-        return f"{value!r} must be at most {ctx['le']:g}"
+        return f"{value!r} must be at most {_number(ctx['le'])}"
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", error["msg"]))
     return f"{value!r}: {error['msg'][0].lower()}{error['msg'][1:]}"
