@@ -54,14 +54,14 @@ def health_config_from_args(args: argparse.Namespace) -> HealthConfig:
 
 
 def health_main(argv: list[str]) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     try:
         config = health_config_from_args(health_parser().parse_args(argv))
     except ConfigError as exc:
         print(f"iac-runner-server health: {exc}", file=sys.stderr)
         return 2
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     if config.tls_ca:
         from pathlib import Path
 

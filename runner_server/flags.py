@@ -173,9 +173,10 @@ def load(model: type[M], values: dict[str, Any]) -> M:
 def _field_of(model: type[BaseSettings], loc: tuple[int | str, ...]) -> str | None:
     if not loc:
         return None
+    # An error names the field, or the variable when the value came from an alias.
     head = str(loc[0])
     for field in _fields(model):
-        if head in (field, env_name(model, field)) or head.upper() == env_name(model, field):
+        if head == field or head.upper() == env_name(model, field):
             return field
     return None
 
