@@ -50,6 +50,8 @@ from backend.store.runners import read_runners_file
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from runner_server import cli as runner_cli
+from runner_server.config import HealthConfig, ServerConfig
+from runner_server.flags import ConfigError, env_names
 from runner_stdio.executor import tool_environment
 from runner_stdio.tools import TOOLS
 from tests.conftest import skip_unless_strict
@@ -174,12 +176,12 @@ def settings_env_names() -> set[str]:
 
 
 def runner_env_names() -> set[str]:
-    """IAC_RUNNER_* read by iac-runner-server and iac-runner, and the tools' *_BIN."""
-    names = set()
-    for path in ("runner_server/cli.py", "runner_stdio/cli.py"):
-        source = (ROOT / path).read_text()
-        # Read through _env(...)/environ.get(...) or named in an option table's row.
-        names |= set(re.findall(r"""["'](IAC_[A-Z0-9_]+)["']""", source))
+    """IAC_RUNNER_* read by iac-runner-server (its settings models) and iac-runner, and the
+    tools' *_BIN."""
+    # iac-runner reads them through _env(...)/environ.get(...).
+    source = (ROOT / "runner_stdio/cli.py").read_text()
+    names = set(re.findall(r"""["'](IAC_[A-Z0-9_]+)["']""", source))
+    names |= env_names(ServerConfig) | env_names(HealthConfig)
     return names | {spec.bin_env for spec in TOOLS.values()}
 
 
@@ -219,10 +221,12 @@ def seconds(duration: str) -> float:
 
 
 @pytest.mark.parametrize("service", RUNNERS)
-def test_docker_waits_for_a_runner_to_drain_before_killing_it(service: str) -> None:
-    args = parse_command(SERVICES[service]["command"])
-    escalation = args.grace + 5  # SIGINT, grace, SIGTERM, 5 s, SIGKILL
-    assert seconds(SERVICES[service]["stop_grace_period"]) > args.drain_timeout + escalation
+def test_docker_waits_for_a_runner_to_drain_before_killing_it(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = runner_config(SERVICES[service]["command"], monkeypatch)
+    escalation = config.grace + 5  # SIGINT, grace, SIGTERM, 5 s, SIGKILL
+    assert seconds(SERVICES[service]["stop_grace_period"]) > config.drain_timeout + escalation
 
 
 @pytest.mark.parametrize("service", IAC_SERVICES)
@@ -250,6 +254,20 @@ def parse_command(argv: list[str]) -> Any:
     pytest.fail(f"no parser known for {script}")
 
 
+def runner_config(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, token: str = "t" * 32
+) -> ServerConfig:
+    """The settings iac-runner-server would serve with, given argv and, of its environment,
+    only IAC_RUNNER_TOKEN (from the service's env file)."""
+    for name in list(os.environ):
+        if name.upper().startswith("IAC_"):
+            monkeypatch.delenv(name)
+    if token:
+        monkeypatch.setenv("IAC_RUNNER_TOKEN", token)
+    config: ServerConfig = runner_cli.config_from_args(parse_command(argv))
+    return config
+
+
 @pytest.mark.parametrize("service", IAC_SERVICES)
 def test_commands_are_console_scripts_with_flags_they_accept(service: str) -> None:
     argv = SERVICES[service]["command"]
@@ -272,22 +290,18 @@ def test_commands_are_console_scripts_with_flags_they_accept(service: str) -> No
 def test_runner_flags_label_it_and_listen_on_all_interfaces_with_a_token(
     service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("IAC_"):
-            monkeypatch.delenv(name)
-    args = parse_command(SERVICES[service]["command"])
-    assert args.listen == "0.0.0.0:50051"
-    assert args.label == [("provider", provider_of(service))]
-    assert args.runner_id == service
+    command = SERVICES[service]["command"]
     # Not on loopback: the server refuses to start without a token, and takes the token
     # from the env file.
-    with pytest.raises(ValueError, match="without auth"):
-        runner_cli.config_from_args(args).check()
+    with pytest.raises(ConfigError, match="without auth"):
+        runner_config(command, monkeypatch, token="")
     example = read_env_file(env_files(service)[0].with_suffix(".env.example"))
     assert "IAC_RUNNER_TOKEN" in example
-    monkeypatch.setenv("IAC_RUNNER_TOKEN", "t" * 32)
-    runner_cli.config_from_args(parse_command(SERVICES[service]["command"])).check()
-    port = args.listen.rpartition(":")[2]
+    config = runner_config(command, monkeypatch)
+    assert config.listen == "0.0.0.0:50051"
+    assert config.labels == {"provider": provider_of(service)}
+    assert config.runner_id == service
+    port = config.listen.rpartition(":")[2]
     assert SERVICES[service]["healthcheck"]["test"][-1] == f"127.0.0.1:{port}"
 
 
@@ -365,16 +379,18 @@ def test_mounted_paths_and_volumes_exist(service: str) -> None:
         )
 
 
-def test_runners_file_names_the_runner_services_with_their_labels_and_tokens() -> None:
+def test_runners_file_names_the_runner_services_with_their_labels_and_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     env = {name: f"value-of-{name}" for name in runners_file_refs()}
     specs = {spec.name: spec for spec in read_runners_file(DEPLOY / "runners.json", env)}
     assert set(specs) == set(RUNNERS)
     backend_example = read_env_file(DEPLOY / "backend.env.example")
     for service in RUNNERS:
-        args = parse_command(SERVICES[service]["command"])
+        config = runner_config(SERVICES[service]["command"], monkeypatch)
         spec = specs[service]
-        assert spec.address == f"{service}:{args.listen.rpartition(':')[2]}"
-        assert spec.labels == dict(args.label)
+        assert spec.address == f"{service}:{config.listen.rpartition(':')[2]}"
+        assert spec.labels == config.labels
         token_var = f"RUNNER_{provider_of(service).upper()}_TOKEN"
         assert spec.token == f"value-of-{token_var}"
         assert token_var in backend_example

@@ -129,7 +129,7 @@ def test_refuses_non_loopback_listener_without_auth(
     ("args", "env", "fragment"),
     [
         (["--listen", "nonsense"], {}, "must be HOST:PORT"),
-        (["--tls-cert", "/nonexistent.pem"], {}, "must be given together"),
+        (["--tls-cert", "/nonexistent.pem"], {}, "file '/nonexistent.pem' does not exist"),
         (["--label", "novalue"], {}, "must be KEY=VALUE"),
         (["--max-concurrent", "0"], {}, "at least 1"),
         (["--grace", "soon"], {}, "'soon' is not a number (set by --grace or IAC_RUNNER_GRACE)"),
