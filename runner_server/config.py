@@ -163,6 +163,13 @@ class ServerConfig(BaseSettings):
     retention_bytes: Annotated[int, Flag(metavar="BYTES", default_text="4194304 (4 MiB)")] = Field(
         default=4 * MiB, gt=0, description="output bytes kept per run for Attach"
     )
+    state_hold: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        default=300.0,
+        gt=0,
+        le=WEEK,
+        description="how long terraform's state request waits for a backend to own its run "
+        "(one that adopts the run of a backend that died), then gets 503",
+    )
     runner_bin: Annotated[
         str, Flag(metavar="PATH", default_text="iac-runner beside this Python, else on PATH")
     ] = Field(

@@ -22,7 +22,7 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
 from runner_server.runs import ProtocolError, RetentionError, Run
-from runner_server.state_relay import HOLD_SECONDS, NoChannel, StateRelay
+from runner_server.state_relay import NoChannel, StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
 from runner_stdio.protocol import RequestError, now_iso, parse_request
 from runner_stdio.tools import ToolError, accepted, check_command, get_spec, operation_of
@@ -84,7 +84,7 @@ class RunnerService:
         self._idle.set()
         self._spare: asyncio.subprocess.Process | None = None
         self._refill: asyncio.Task[None] | None = None
-        self.state = StateRelay(HOLD_SECONDS, MAX_STATE_BYTES)
+        self.state = StateRelay(config.state_hold, MAX_STATE_BYTES)
 
     # -- Execute ---------------------------------------------------------------
     def _prepare(self, req: pb.ExecuteRequest) -> Prepared:

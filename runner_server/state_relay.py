@@ -38,9 +38,6 @@ log = logging.getLogger("iac_runner_server")
 
 METHODS = frozenset({"GET", "POST", "DELETE", "LOCK", "UNLOCK"})
 PATH_PREFIX = "/state/"
-# How long a state request waits for a backend to own its run: long enough for another
-# backend to adopt the run of one that died (IAC_ORPHAN_AFTER, 30 s by default).
-HOLD_SECONDS = 300.0
 # Terraform retries a 5xx: a request that found no backend within `hold` gets one.
 RETRY_AFTER = "5"
 # A backend's answer for a run it no longer executes.

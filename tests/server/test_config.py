@@ -69,6 +69,7 @@ BAD_VALUES = [
     Bad("drain_timeout", "604801", "'604801' must be at most 604800", forms=("env",)),
     Bad("retention_bytes", "1.5", "'1.5' is not an integer"),
     Bad("retention_bytes", "0", "'0' must be more than 0"),
+    Bad("state_hold", "0", "'0' must be more than 0"),
     Bad("runner_bin", "{tmp}/missing", "is not an executable file"),
     Bad("accept", "deploy", "'deploy' is not an operation; use: plan, apply, destroy"),
     Bad("tools", "terraform=/x", "must look like NAME@VERSION=PATH"),

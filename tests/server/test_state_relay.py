@@ -3,22 +3,26 @@ as the backend at the other end of ServeState (state kept in memory)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
+from runner_server.state_relay import StateRelay
 from tests.conftest import OFFLINE_CONFIG, wait_for
 from tests.procs import RunnerProcess, execute, lines_of, result_of
 
@@ -281,3 +285,26 @@ def test_state_channel_requests_are_checked(runner: RunnerProcess) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         list(stub.ServeState(iter([pb.StateReply(response=pb.StateResponse(call_id=1))])))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_request_no_backend_takes_gets_503_with_retry_after() -> None:
+    """In the runner's relay itself: a state request for a run whose backend never comes is
+    answered 503 (terraform retries a 5xx) once the hold time is over."""
+
+    async def scenario() -> tuple[int, str, float]:
+        relay = StateRelay(hold=0.5, max_body=1024)
+        relay.start()
+        try:
+            env = relay.env_for("held-1", "nobody")
+            auth = (env["TF_HTTP_USERNAME"], env["TF_HTTP_PASSWORD"])
+            async with httpx.AsyncClient() as client:
+                started = time.monotonic()
+                response = await client.get(env["TF_HTTP_ADDRESS"], auth=auth, timeout=30)
+                took = time.monotonic() - started
+            return response.status_code, response.headers.get("retry-after", ""), took
+        finally:
+            relay.stop()
+
+    status, retry_after, took = asyncio.run(scenario())
+    assert status == 503 and retry_after.isdigit()
+    assert 0.5 <= took < 10, took
