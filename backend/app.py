@@ -22,7 +22,7 @@ from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
 from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
-from backend.logs import LogHub
+from backend.logs.hub import LogHub
 from backend.pool import RunnerPool
 from backend.store import runners as runner_store
 from backend.store import tokens as token_store

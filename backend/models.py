@@ -59,7 +59,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
-    PLANNED = "planned"
     AWAITING_APPROVAL = "awaiting_approval"
     APPLYING = "applying"
     SUCCEEDED = "succeeded"
@@ -205,7 +204,7 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_queue", "status", "priority", "created_at"),
-        Index("ix_runs_deployment_id", "deployment_id"),
+        Index("ix_runs_deployment_status", "deployment_id", "status"),
         Index("ix_runs_runner_run_id", "runner_run_id"),
         NEVER_REUSED,
     )
@@ -219,7 +218,6 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(32), default=RunStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(default=0)
     auto_approve: Mapped[bool] = mapped_column(Boolean, default=False)
-    plan_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     plan_file: Mapped[bytes | None]
     # Not a foreign key: a run's history keeps naming its runner after the runner is removed.
     runner_id: Mapped[str | None] = mapped_column(String(64))
@@ -234,6 +232,8 @@ class Run(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[str | None] = mapped_column(String(16))
     dispatch_count: Mapped[int] = mapped_column(default=0)
+    # Bumped by every claim and adoption; every write of an execution checks it (fencing).
+    epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     # The runner-side run of the step in flight ("<db>-r<id>-<phase>-<attempt>-<step>", <db>
     # derived from this database's secret, so backends on different databases never collide
     # on a shared runner), where its seq 1 lands in this run's log, and the executing

@@ -18,19 +18,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
 from backend import metrics
 from backend.crypto import Cipher
 from backend.db import Database
 from backend.models import Runner, RunnerStatus, utcnow
-from backend.runner_client import RunnerClient
+from backend.runner_client import RunnerClient, RunnerUnreachable
 from backend.store import runners as runner_store
 from backend.store.runners import RunnerConnection
 from backend.versions import Constraint, highest
 
 log = logging.getLogger("iac.backend.pool")
+
+
+@dataclass
+class Occupancy:
+    """What this backend knows of its own use of one runner, kept across polls."""
+
+    # This backend's runs placed on the runner: run id -> runner-side id of the step in
+    # flight ("" before the first).
+    runs: dict[int, str] = field(default_factory=dict)
+    # Runner-side ids of the steps this backend started there (that a report may still name).
+    steps: set[str] = field(default_factory=set)
+    # The runner's report when it last refused a run as full: it gets nothing until a
+    # report differs (its load changed) or this backend frees one of its slots.
+    full_at: tuple[int, frozenset[str]] | None = None
 
 
 @dataclass
@@ -43,20 +56,17 @@ class RunnerView:
     reported_runs: frozenset[str] = frozenset()  # their runner-side ids
     tools: list[dict[str, Any]] = field(default_factory=list)
     accept: list[str] = field(default_factory=list)
-    # This backend's runs placed on the runner: run id -> runner-side id of the step in
-    # flight ("" before the first). Shared with the pool, so it outlives a poll.
-    local: dict[int, str] = field(default_factory=dict)
-    # Runner-side ids of the steps this backend started there (that a report may still
-    # name), also shared with the pool.
-    mine: set[str] = field(default_factory=set)
+    ours: Occupancy = field(default_factory=Occupancy)  # shared with the pool
 
     @property
     def active(self) -> int:
-        ours = sum(1 for step in self.reported_runs if step in self.mine)
-        return max(self.reported - ours, 0) + len(self.local)
+        ours = sum(1 for step in self.reported_runs if step in self.ours.steps)
+        return max(self.reported - ours, 0) + len(self.ours.runs)
 
     @property
     def free(self) -> int:
+        if self.ours.full_at == (self.reported, self.reported_runs):
+            return 0
         return self.max_concurrent - self.active
 
     def versions(self, tool: str) -> list[str]:
@@ -68,9 +78,7 @@ class RunnerView:
         return not self.accept or operation in self.accept
 
 
-def view_of(
-    row: Runner, local: dict[int, str] | None = None, mine: set[str] | None = None
-) -> RunnerView:
+def view_of(row: Runner, ours: Occupancy | None = None) -> RunnerView:
     info = row.info or {}
     labels = {**(row.labels or {}), **(info.get("labels") or {})}
     return RunnerView(
@@ -82,8 +90,7 @@ def view_of(
         reported_runs=frozenset(str(r) for r in info.get("active_runs") or ()),
         tools=list(info.get("tools") or []),
         accept=list(info.get("accept") or []),
-        local=local if local is not None else {},
-        mine=mine if mine is not None else set(),
+        ours=ours if ours is not None else Occupancy(),
     )
 
 
@@ -131,37 +138,81 @@ def choose(
     return free, "", target
 
 
+class Lease:
+    """A run's slot on a runner, held by the run's execution from its claim to its end."""
+
+    def __init__(self, pool: RunnerPool, runner: str, run_id: int) -> None:
+        self.pool = pool
+        self.runner = runner
+        self.run_id = run_id
+        self.released = False
+
+    def step(self, runner_run_id: str) -> None:
+        """The runner-side id of the step starting (to tell it apart in the runner's report)."""
+        ours = self.pool._occupancy(self.runner)
+        if not self.released and self.run_id in ours.runs:
+            ours.runs[self.run_id] = runner_run_id
+            ours.steps.add(runner_run_id)
+
+    def full(self) -> None:
+        """The runner refused the run as full: give the slot back, and give the runner
+        nothing more until its load changes."""
+        self.release()
+        view = self.pool.views.get(self.runner)
+        if view is not None:
+            view.ours.full_at = (view.reported, view.reported_runs)
+
+    def lost(self) -> None:
+        """The runner could not be reached for too long: route nothing to it until a poll
+        finds it again."""
+        view = self.pool.views.get(self.runner)
+        if view is not None:
+            view.status = RunnerStatus.UNHEALTHY.value
+
+    def release(self) -> None:
+        """The run no longer occupies the runner (idempotent)."""
+        if not self.released:
+            self.released = True
+            ours = self.pool._occupancy(self.runner)
+            ours.runs.pop(self.run_id, None)
+            ours.full_at = None  # this backend's load there changed
+
+
 class RunnerPool:
     def __init__(self, db: Database, cipher: Cipher, poll_interval: float = 2.0) -> None:
         self.db = db
         self.cipher = cipher
         self.poll_interval = poll_interval
         self.views: dict[str, RunnerView] = {}
-        self._local: dict[str, dict[int, str]] = {}  # runner -> this backend's runs on it
-        self._mine: dict[str, set[str]] = {}  # runner -> ids of the steps started there
+        self._ours: dict[str, Occupancy] = {}
         self._clients: dict[str, tuple[RunnerConnection, RunnerClient]] = {}
         self.changed = asyncio.Event()  # set when a poll finds capacity or a new runner
         # Told the runners' clients whenever they change (the state streams follow them).
         self.on_clients: Callable[[dict[str, RunnerClient]], None] | None = None
 
+    def _occupancy(self, name: str) -> Occupancy:
+        return self._ours.setdefault(name, Occupancy())
+
+    def lease(self, runner: str, run_id: int) -> Lease:
+        """Count run `run_id` on `runner` from now until the lease is released."""
+        self._occupancy(runner).runs[run_id] = ""
+        return Lease(self, runner, run_id)
+
     def clients(self) -> dict[str, RunnerClient]:
         return {name: client for name, (_, client) in self._clients.items()}
 
-    def client(self, name: str) -> RunnerClient | None:
-        entry = self._clients.get(name)
-        return entry[1] if entry else None
-
     async def client_for(self, name: str) -> RunnerClient | None:
-        """The client of a runner, connecting (from the registry) if needed."""
-        client = self.client(name)
-        if client is None:
-            async with self.db.session() as session:
-                row = await session.get(Runner, name)
-                if row is None:
-                    return None
-                connection = runner_store.runner_connection(row, self.cipher)
-            client = await self._connect(connection)
-        return client
+        """The client of a runner, connecting (from the registry) if needed; None when the
+        runner is not registered."""
+        entry = self._clients.get(name)
+        if entry is not None:
+            return entry[1]
+        async with self.db.session() as session:
+            row = await runner_store.find_runner(session, name)
+            if row is None:
+                return None
+            connection = runner_store.runner_connection(row, self.cipher)
+        return await self._connect(connection)
 
     async def _connect(self, connection: RunnerConnection) -> RunnerClient:
         entry = self._clients.get(connection.name)
@@ -178,17 +229,16 @@ class RunnerPool:
         if self.on_clients is not None:
             self.on_clients(self.clients())
 
-    async def _poll_one(self, client: RunnerClient) -> tuple[str, dict[str, Any] | None]:
+    async def _poll_one(self, client: RunnerClient) -> tuple[RunnerStatus, dict[str, Any] | None]:
         try:
             info = await client.info(timeout=max(self.poll_interval, 2.0))
-        except grpc.aio.AioRpcError as exc:
-            log.debug("runner %s: %s", client.connection.name, exc.details())
-            return RunnerStatus.UNHEALTHY.value, None
+        except RunnerUnreachable as exc:
+            log.debug("runner %s: %s", client.name, exc)
+            return RunnerStatus.UNHEALTHY, None
         data = MessageToDict(
             info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
-        status = RunnerStatus.DRAINING if info.draining else RunnerStatus.HEALTHY
-        return status.value, data
+        return (RunnerStatus.DRAINING if info.draining else RunnerStatus.HEALTHY), data
 
     async def refresh(self) -> None:
         """Poll every registered runner once and record what each said."""
@@ -206,18 +256,16 @@ class RunnerPool:
         async with self.db.session() as session:
             views = {}
             for client, (status, info) in zip(clients, answers, strict=True):
-                row = await session.get(Runner, client.connection.name)
+                row = await runner_store.record_runner_status(
+                    session, client.name, status, info, now
+                )
                 if row is None:
-                    continue
-                row.status = status
-                if info is not None:
-                    row.info = info
-                    row.last_seen = now
-                local = self._local.setdefault(row.id, {})
-                view = view_of(row, local, self._mine.setdefault(row.id, set()))
+                    continue  # removed meanwhile
+                ours = self._occupancy(row.id)
+                view = view_of(row, ours)
                 # Forget steps that ended (a later report cannot name them again), but
                 # not those in flight, which the next report may name.
-                view.mine.intersection_update(view.reported_runs | set(local.values()))
+                ours.steps.intersection_update(view.reported_runs | set(ours.runs.values()))
                 views[row.id] = view
         before = {n: v.free for n, v in self.views.items() if v.status == "healthy"}
         self.views = views
@@ -225,27 +273,6 @@ class RunnerPool:
             metrics.RUNNER_UP.labels(name).set(1 if view.status == "healthy" else 0)
         if any(v.status == "healthy" and v.free > before.get(n, 0) for n, v in views.items()):
             self.changed.set()
-
-    def mark_unhealthy(self, name: str) -> None:
-        view = self.views.get(name)
-        if view is not None:
-            view.status = RunnerStatus.UNHEALTHY.value
-
-    def reserve(self, name: str, run_id: int) -> None:
-        """Count run `run_id` on runner `name` from now until `release`."""
-        self._local.setdefault(name, {})[run_id] = ""
-
-    def step(self, name: str, run_id: int, runner_run_id: str) -> None:
-        """The runner-side id of the step the run is starting (to match the runner's report)."""
-        local = self._local.get(name)
-        if local is not None and run_id in local:
-            local[run_id] = runner_run_id
-            self._mine.setdefault(name, set()).add(runner_run_id)
-
-    def release(self, name: str, run_id: int) -> None:
-        """The run no longer occupies the runner (idempotent; the caller wakes dispatch
-        once its own bookkeeping is stored)."""
-        self._local.get(name, {}).pop(run_id, None)
 
     async def run(self) -> None:
         """Poll forever (until cancelled)."""

@@ -1,6 +1,8 @@
 """The backend's gRPC client for runner servers: one channel per runner, auth and TLS applied.
 
-Only `protos/` is shared with runner_server; nothing of it is imported here.
+The only backend module that knows gRPC: every call's failure comes out as a domain error
+(`RunnerBusy`, `RunnerRefused`, `RunGone`, `RunnerUnreachable`) that says what the
+caller can do about it. Only `protos/` is shared with runner_server.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backend.store.runners import RunnerConnection
 from protos.iacrunner.v1 import runner_pb2 as pb
@@ -31,8 +33,50 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class RunnerUnreachable(Exception):
-    """The runner could not be reached, or the call to it broke; the message says how."""
+class RunnerError(Exception):
+    """A call to a runner failed; the message says how (the status and the runner's words)."""
+
+
+class RunnerBusy(RunnerError):
+    """The runner is full or draining: it took nothing; another runner (or later) may."""
+
+
+class RunnerRefused(RunnerError):
+    """The runner refused the call itself (bad request, not permitted, tool missing):
+    asking again cannot help."""
+
+
+class RunGone(RunnerError):
+    """The runner does not know the run (it restarted, or forgot it)."""
+
+
+class RunnerUnreachable(RunnerError):
+    """The runner could not be reached, or the call to it broke; it may come back."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[RunnerError]] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RunnerBusy,
+    # Draining, or down: either way it took nothing (before a stream started; see _raise).
+    grpc.StatusCode.UNAVAILABLE: RunnerBusy,
+    grpc.StatusCode.INVALID_ARGUMENT: RunnerRefused,
+    grpc.StatusCode.PERMISSION_DENIED: RunnerRefused,
+    grpc.StatusCode.UNAUTHENTICATED: RunnerRefused,
+    grpc.StatusCode.FAILED_PRECONDITION: RunnerRefused,
+    grpc.StatusCode.ALREADY_EXISTS: RunnerRefused,
+    grpc.StatusCode.OUT_OF_RANGE: RunnerRefused,
+    grpc.StatusCode.UNIMPLEMENTED: RunnerRefused,
+    grpc.StatusCode.NOT_FOUND: RunGone,
+}
+
+
+def _raise(exc: grpc.aio.AioRpcError, *, started: bool = False) -> NoReturn:
+    """The domain error for a failed call. UNAVAILABLE is a refusal to start (draining) only
+    before a stream started; on an open stream it is a broken connection."""
+    code = exc.code()
+    kind = _ERRORS.get(code, RunnerUnreachable)
+    if started and kind is RunnerBusy:
+        kind = RunnerUnreachable
+    raise kind(f"{code.name}: {exc.details()}") from None
 
 
 StateHandler = Callable[[pb.StateCall], Awaitable[pb.StateResponse]]
@@ -58,45 +102,57 @@ class RunnerClient:
         return cls(connection, channel, pb_grpc.RunnerStub(channel))
 
     @property
+    def name(self) -> str:
+        return self.connection.name
+
+    @property
     def metadata(self) -> list[tuple[str, str]]:
         token = self.connection.token
         return [("authorization", f"Bearer {token}")] if token else []
 
     async def info(self, timeout: float = 5.0) -> pb.RunnerInfo:
-        reply: pb.RunnerInfo = await self.stub.GetInfo(
-            pb.GetInfoRequest(), metadata=self.metadata, timeout=timeout
-        )
+        try:
+            reply: pb.RunnerInfo = await self.stub.GetInfo(
+                pb.GetInfoRequest(), metadata=self.metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise RunnerUnreachable(f"{exc.code().name}: {exc.details()}") from None
         return reply
 
-    async def healthy(self, timeout: float = 5.0) -> bool:
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        reply = await stub.Check(
-            health_pb2.HealthCheckRequest(), metadata=self.metadata, timeout=timeout
-        )
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    async def execute(self, request: pb.ExecuteRequest) -> AsyncIterator[pb.ExecuteEvent]:
+        """The run's events. Before its first event: RunnerBusy (try elsewhere or later),
+        RunnerRefused; after: RunnerUnreachable when the stream breaks (Attach resumes)."""
+        started = False
+        try:
+            async for event in self.stub.Execute(request, metadata=self.metadata):
+                started = True
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            _raise(exc, started=started)
 
-    def execute(self, request: pb.ExecuteRequest) -> AsyncIterator[pb.ExecuteEvent]:
-        call: AsyncIterator[pb.ExecuteEvent] = self.stub.Execute(request, metadata=self.metadata)
-        return call
-
-    def attach(
+    async def attach(
         self, run_id: str, from_seq: int, state_channel: str = ""
     ) -> AsyncIterator[pb.ExecuteEvent]:
-        call: AsyncIterator[pb.ExecuteEvent] = self.stub.Attach(
-            pb.AttachRequest(
-                run_id=run_id,
-                from_seq=from_seq,
-                packed_output=True,
-                state_channel=state_channel,
-            ),
-            metadata=self.metadata,
+        """A live or retained run's events from `from_seq` on; RunGone when the runner no
+        longer knows it. Its state traffic goes to `state_channel` from now on."""
+        request = pb.AttachRequest(
+            run_id=run_id, from_seq=from_seq, packed_output=True, state_channel=state_channel
         )
-        return call
+        try:
+            async for event in self.stub.Attach(request, metadata=self.metadata):
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            _raise(exc, started=True)
 
     async def cancel(self, run_id: str, *, force: bool, timeout: float = 10.0) -> str:
-        reply = await self.stub.Cancel(
-            pb.CancelRequest(run_id=run_id, force=force), metadata=self.metadata, timeout=timeout
-        )
+        try:
+            reply = await self.stub.Cancel(
+                pb.CancelRequest(run_id=run_id, force=force),
+                metadata=self.metadata,
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            _raise(exc, started=True)
         return str(reply.status)
 
     async def serve_state(self, channel: str, handle: StateHandler) -> None:
@@ -114,7 +170,7 @@ class RunnerClient:
                 async with writing:
                     await call.write(pb.StateReply(response=response))
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                log.debug("state answer to %s lost: %s", self.connection.name, exc)
+                log.debug("state answer to %s lost: %s", self.name, exc)
 
         try:
             async with writing:

@@ -157,15 +157,22 @@ async def delete_runner(session: AsyncSession, name: str) -> None:
     await session.delete(row)
 
 
+async def find_runner(session: AsyncSession, name: str) -> Runner | None:
+    return await session.get(Runner, name)
+
+
 async def record_runner_status(
     session: AsyncSession,
     name: str,
     status: RunnerStatus | str,
     info: dict[str, Any] | None = None,
     seen_at: datetime | None = None,
-) -> Runner:
-    """Store the outcome of a health / GetInfo poll; ``info`` replaces the last answer."""
-    row = await get_runner(session, name)
+) -> Runner | None:
+    """Store the outcome of a health / GetInfo poll (``info`` replaces the last answer);
+    None when the runner is no longer registered."""
+    row = await find_runner(session, name)
+    if row is None:
+        return None
     row.status = RunnerStatus(status).value
     if info is not None:
         row.info = info

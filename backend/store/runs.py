@@ -21,7 +21,6 @@ async def create_run(
     *,
     priority: int | None = None,
     auto_approve: bool = False,
-    plan_run_id: int | None = None,
     config_version: int | None = None,
 ) -> Run:
     """Queue a run on the deployment's latest (or the given) config version."""
@@ -35,7 +34,6 @@ async def create_run(
         status=RunStatus.QUEUED.value,
         priority=check_priority(deployment.default_priority if priority is None else priority),
         auto_approve=auto_approve,
-        plan_run_id=plan_run_id,
     )
     session.add(run)
     await session.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from backend import follow
+from backend.logs import follow
 from tests.backend.helpers import new_deployment, upload
 
 pytestmark = pytest.mark.anyio

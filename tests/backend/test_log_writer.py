@@ -1,13 +1,12 @@
-"""LogWriter.add: a runner's output batches become the run's lines, whichever form the
-runner sends (text blocks, or one Line per line from a runner before packed output), each
-line once, after a re-attach too."""
+"""LogWriter.add: a runner's output blocks become the run's lines, each line once, after a
+re-attach too."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from backend.engine import LogWriter
-from backend.logs import LogHub
+from backend.logs.hub import LogHub
+from backend.logs.writer import LogWriter
 from protos.iacrunner.v1 import runner_pb2 as pb
 
 
@@ -22,17 +21,13 @@ def blocks(*items: tuple[int, str]) -> Any:
 
 def test_blocks_lines_overlaps_and_step_offsets() -> None:
     hub = LogHub()
-    writer = LogWriter(None, hub, 1, last_seq=0)  # type: ignore[arg-type]  # add() needs no db
+    writer = LogWriter(None, hub, 1, epoch=1, last_seq=0)  # type: ignore[arg-type]  # no db
     writer.add(0, blocks((1, "a\nb\nc"), (4, "d")))
     # Re-attached from seq 3: the lines it had are skipped, the rest taken.
     writer.add(0, blocks((3, "c\nd\ne")))
     # Entirely seen already: nothing.
     writer.add(0, blocks((2, "b")))
-    # A runner from before packed output sends Line messages.
-    writer.add(
-        0,
-        pb.Output(lines=[pb.Line(seq=s, stream="stderr", text=t) for s, t in ((5, "e"), (6, "f"))]),
-    )
+    writer.add(0, blocks((5, "e\nf")))
     # The next step's seq 1 is the run's seq 7 (offset 6); an empty line survives.
     writer.add(6, blocks((1, "g\n"), (3, "h")))
     assert published(hub, 1) == [

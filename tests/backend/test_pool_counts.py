@@ -3,7 +3,7 @@ apart from this backend's by runner-side run id) plus this backend's runs on it 
 
 from __future__ import annotations
 
-from backend.pool import RunnerView, choose
+from backend.pool import Occupancy, RunnerPool, RunnerView, choose
 
 TOOLS = [{"name": "terraform", "version": "1.9.0"}]
 
@@ -17,8 +17,7 @@ def view(reported: tuple[str, ...], local: dict[int, str], mine: set[str]) -> Ru
         reported=len(reported),
         reported_runs=frozenset(reported),
         tools=TOOLS,
-        local=local,
-        mine=mine,
+        ours=Occupancy(local, mine),
     )
 
 
@@ -53,3 +52,33 @@ def test_an_older_report_never_keeps_a_released_slot_taken() -> None:
     assert v.active == 1
     del local[1]
     assert v.active == 0 and v.free == 4
+
+
+def test_a_runner_that_said_full_gets_nothing_until_its_load_changes() -> None:
+    """Another backend filled the runner since the last poll: this backend's view says 2
+    free, the runner refuses. The lease backs off: no more runs there until a report
+    differs, or this backend frees a slot there."""
+    pool = RunnerPool(None, None)  # type: ignore[arg-type]  # leases need no database
+    before = view(("a", "b"), {}, set())
+    before.ours = pool._occupancy("r")
+    pool.views["r"] = before
+    assert before.free == 2
+    lease = pool.lease("r", 7)
+    assert before.free == 1
+    lease.full()
+    assert before.free == 0, "backed off"
+    assert choose([before], {}, "terraform", "plan")[0] == []
+    # The next poll says the same: still nothing.
+    same = view(("a", "b"), {}, set())
+    same.ours = pool._occupancy("r")
+    assert same.free == 0
+    # A poll that differs (one of the others ended): room again.
+    changed = view(("a",), {}, set())
+    changed.ours = pool._occupancy("r")
+    assert changed.free == 3
+    # Or this backend releases a run of its own there.
+    other = pool.lease("r", 8)
+    other.full()
+    assert same.free == 0
+    pool.lease("r", 9).release()
+    assert same.free == 2

@@ -13,7 +13,7 @@ from backend import metrics
 from backend.api.deps import IdPath, SessionDep
 from backend.engine import Engine
 from backend.errors import Invalid
-from backend.follow import KeepAlive, StatusChange, follow
+from backend.logs.follow import KeepAlive, StatusChange, follow
 from backend.models import Run, RunStatus
 from backend.schemas import RunCreate, RunEventOut, RunOut
 from backend.store import deployments, runlist

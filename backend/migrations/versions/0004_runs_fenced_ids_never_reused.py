@@ -1,6 +1,8 @@
 """Ids are never handed out twice (SQLite AUTOINCREMENT: a run, a log, a token or a state
-version deleted at the top of its table used to leave its id to the next one), and a
-sensitive variable's past values are kept, encrypted, to be masked forever.
+version deleted at the top of its table used to leave its id to the next one); a
+sensitive variable's past values are kept, encrypted, to be masked forever; a run's claim
+has an epoch that fences its execution's writes; the queue finds a deployment's runs by
+status; the never-used `plan_run_id` is gone.
 
 Revision ID: 0004
 Revises: 0003
@@ -45,6 +47,12 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_retired_secrets_deployment_id"), "retired_secrets", ["deployment_id"])
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("epoch", sa.Integer(), nullable=False, server_default="0"))
+        batch.drop_constraint("fk_runs_plan_run_id_runs", type_="foreignkey")
+        batch.drop_column("plan_run_id")
+        batch.drop_index("ix_runs_deployment_id")
+        batch.create_index("ix_runs_deployment_status", ["deployment_id", "status"])
     if op.get_bind().dialect.name == "sqlite":
         # AUTOINCREMENT is part of a table's definition on SQLite: rebuild each table
         # (rows copied; backend.db.migrate turns foreign keys off meanwhile).
@@ -56,5 +64,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_index("ix_runs_deployment_status")
+        batch.create_index("ix_runs_deployment_id", ["deployment_id"])
+        batch.add_column(sa.Column("plan_run_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key(
+            "fk_runs_plan_run_id_runs", "runs", ["plan_run_id"], ["id"], ondelete="SET NULL"
+        )
+        batch.drop_column("epoch")
     op.drop_index(op.f("ix_retired_secrets_deployment_id"), table_name="retired_secrets")
     op.drop_table("retired_secrets")

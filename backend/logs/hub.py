@@ -26,6 +26,14 @@ class LogBatch:
     def last_seq(self) -> int:
         return self.first_seq + len(self.lines) - 1
 
+    def after(self, seq: int) -> LogBatch | None:
+        """The part of this batch after line `seq` (None when nothing is left)."""
+        if self.last_seq <= seq:
+            return None
+        if self.first_seq > seq:
+            return self
+        return LogBatch(seq + 1, self.lines[seq + 1 - self.first_seq :])
+
 
 @dataclass
 class Subscription:
@@ -94,7 +102,3 @@ class LogHub:
         log = self._runs.get(sub.run_id)
         if log is not None and sub in log.subscribers:
             log.subscribers.remove(sub)
-
-    @property
-    def followers(self) -> int:
-        return sum(len(log.subscribers) for log in self._runs.values())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from backend.db import Database
-from backend.logs import LogBatch, LogHub, Subscription
+from backend.logs.hub import LogBatch, LogHub, Subscription
 from backend.models import TERMINAL_STATUSES, Run
 from backend.store import logs as log_store
 
@@ -55,13 +55,6 @@ async def follow(
     loop = asyncio.get_running_loop()
     last_sent = loop.time()  # of the last item yielded that was not a KeepAlive
 
-    def fresh(batch: LogBatch) -> LogBatch | None:
-        if batch.last_seq <= sent:
-            return None
-        if batch.first_seq > sent:
-            return batch
-        return LogBatch(sent + 1, batch.lines[sent + 1 - batch.first_seq :])
-
     while True:
         sub: Subscription | None = None
         snapshot: list[LogBatch] = []
@@ -81,7 +74,7 @@ async def follow(
                         last_sent = loop.time()
                         sent = first + len(lines) - 1
             for held in snapshot:
-                part = fresh(held)
+                part = held.after(sent)
                 if part is not None:
                     yield part
                     last_sent = loop.time()
@@ -110,7 +103,7 @@ async def follow(
                         continue
                     if batch is None:
                         break
-                    part = fresh(batch)
+                    part = batch.after(sent)
                     if part is not None:
                         yield part
                         last_sent = loop.time()

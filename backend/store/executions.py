@@ -1,0 +1,163 @@
+"""What an execution of a run writes, each write fenced by the claim's epoch.
+
+An execution holds the epoch of the claim it started from. A backend that adopts the run
+(the executing one stopped sending heartbeats: it died, or was paused) bumps the epoch, so
+every later write of the first execution matches no row: it gets `Fenced` and stops,
+without storing a line twice or ending a run it no longer holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.crypto import Cipher
+from backend.models import ConfigVersion, Deployment, LogChunk, Run, RunStatus, utcnow
+from backend.store import variables as variable_store
+from backend.store.runs import add_event, get_run
+from backend.store.variables import RunEnvironment
+
+RUNS = cast(Table, Run.__table__)
+R = RUNS.c
+LOG_CHUNKS = cast(Table, LogChunk.__table__)
+EXECUTING = (RunStatus.RUNNING.value, RunStatus.APPLYING.value)
+
+
+class Fenced(Exception):
+    """The run was claimed again (adopted by another backend) since this execution's claim:
+    the execution must stop and write nothing more."""
+
+
+@dataclass
+class Job:
+    """What an execution needs from the database, read in one transaction."""
+
+    run: Run
+    deployment: Deployment
+    archive: bytes
+    env: RunEnvironment
+
+
+async def load_job(session: AsyncSession, cipher: Cipher, run_id: int) -> Job:
+    run = await get_run(session, run_id)
+    deployment = await session.get(Deployment, run.deployment_id)
+    archive = await session.scalar(
+        select(ConfigVersion.archive).where(ConfigVersion.id == run.config_version_id)
+    )
+    assert deployment is not None and archive is not None
+    env = await variable_store.run_environment(session, cipher, deployment)
+    return Job(run, deployment, archive, env)
+
+
+async def _still_mine(session: AsyncSession, run_id: int, epoch: int, **values: Any) -> None:
+    result = await session.execute(
+        update(RUNS).where(R.id == run_id, R.epoch == epoch).values(**values)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Fenced(f"run {run_id} was claimed again since epoch {epoch}")
+
+
+async def store_lines(
+    session: AsyncSession, run_id: int, epoch: int, first_seq: int, lines: list[str]
+) -> None:
+    """Lines `first_seq`.. of the run's log, as one chunk (Fenced: not stored)."""
+    last = first_seq + len(lines) - 1
+    await _still_mine(session, run_id, epoch, last_seq=last, heartbeat_at=utcnow())
+    await session.execute(
+        insert(LOG_CHUNKS).values(
+            run_id=run_id, first_seq=first_seq, last_seq=last, data="\n".join(lines)
+        )
+    )
+
+
+async def check_claim(session: AsyncSession, run_id: int, epoch: int) -> None:
+    """Fenced unless the run is still claimed in `epoch` (and marks it alive)."""
+    await _still_mine(session, run_id, epoch, heartbeat_at=utcnow())
+
+
+class StepStart(Enum):
+    STARTED = "started"
+    CANCELED = "canceled"  # a cancel came first: do not start it
+
+
+async def begin_step(
+    session: AsyncSession, run_id: int, epoch: int, runner_run_id: str, seq_offset: int
+) -> StepStart:
+    """Record the step about to start (a re-attach finds it, and where its lines go),
+    unless a cancel came first. Fenced when the claim was lost."""
+    result = await session.execute(
+        update(RUNS)
+        .where(R.id == run_id, R.epoch == epoch, R.cancel_requested.is_(None))
+        .values(runner_run_id=runner_run_id, step_seq_offset=seq_offset)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return StepStart.STARTED
+    current = await session.scalar(select(R.epoch).where(R.id == run_id))
+    if current != epoch:
+        raise Fenced(f"run {run_id} was claimed again since epoch {epoch}")
+    return StepStart.CANCELED
+
+
+async def cancel_mode(session: AsyncSession, run_id: int) -> str | None:
+    mode = await session.scalar(select(R.cancel_requested).where(R.id == run_id))
+    return str(mode) if mode else None
+
+
+async def pending_cancels(session: AsyncSession, run_ids: list[int]) -> list[tuple[int, str]]:
+    rows = await session.execute(
+        select(R.id, R.cancel_requested).where(R.id.in_(run_ids), R.cancel_requested.is_not(None))
+    )
+    return [(row.id, str(row.cancel_requested)) for row in rows]
+
+
+async def heartbeat(session: AsyncSession, backend_id: str, run_ids: list[int]) -> None:
+    await session.execute(
+        update(RUNS)
+        .where(R.id.in_(run_ids), R.claimed_by == backend_id)
+        .values(heartbeat_at=utcnow())
+    )
+
+
+@dataclass(frozen=True)
+class Orphan:
+    run_id: int
+    claimed_by: str
+    heartbeat_at: datetime | None
+    runner: str
+    epoch: int
+
+
+async def orphans(session: AsyncSession, backend_id: str, stale_before: datetime) -> list[Orphan]:
+    """Executing runs this backend claimed (it restarted) or whose executor's heartbeat
+    is older than `stale_before` (another backend died or hangs)."""
+    rows = await session.execute(
+        select(R.id, R.claimed_by, R.heartbeat_at, R.runner_id, R.epoch).where(
+            R.status.in_(EXECUTING),
+            R.claimed_by.is_not(None),
+            or_(
+                R.claimed_by == backend_id,
+                R.heartbeat_at < stale_before,
+                R.heartbeat_at.is_(None),
+            ),
+        )
+    )
+    return [Orphan(r.id, r.claimed_by, r.heartbeat_at, r.runner_id or "", r.epoch) for r in rows]
+
+
+async def adopt(session: AsyncSession, orphan: Orphan, backend_id: str) -> int | None:
+    """Take the run over, if nobody did since it was read; the new epoch, or None."""
+    epoch = orphan.epoch + 1
+    result = await session.execute(
+        update(RUNS)
+        .where(R.id == orphan.run_id, R.epoch == orphan.epoch, R.claimed_by == orphan.claimed_by)
+        .values(claimed_by=backend_id, heartbeat_at=utcnow(), epoch=epoch)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    await add_event(session, orphan.run_id, "adopted", f"re-attached by {backend_id}")
+    return epoch

@@ -1,0 +1,142 @@
+"""Every change of a run's status, checked against one table of allowed transitions.
+
+    queued ─claim─▶ running ─plan ends─▶ awaiting_approval ─approve─▶ applying
+       ▲              │ │                                              ▲
+       └──unclaim─────┘ └───────────── auto-approved ──────────────────┘
+    running, applying ─end─▶ succeeded | failed | canceled | timed_out
+    queued, awaiting_approval, applying (between phases) ─cancel─▶ canceled
+
+"unclaim": the runner refused the run's first step (full): the claim is undone and the
+run keeps its place. A change is one conditional UPDATE (`WHERE status IN (...)`, and the
+executing backend's claim epoch where one executes it), so two backends, or a backend and
+an API request, can never both move a run: the second finds the row changed and gets
+False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend import metrics
+from backend.errors import Conflict
+from backend.models import CancelMode, Run, RunStatus, StateLock, utcnow
+from backend.store import state as state_store
+from backend.store.runs import add_event, get_run
+
+S = RunStatus
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELED}),
+    S.RUNNING: frozenset(
+        {S.QUEUED, S.AWAITING_APPROVAL, S.APPLYING, S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT}
+    ),
+    S.AWAITING_APPROVAL: frozenset({S.APPLYING, S.CANCELED}),
+    S.APPLYING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELED: frozenset(),
+    S.TIMED_OUT: frozenset(),
+}
+ENDINGS = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT})
+
+RUNS = cast(Table, Run.__table__)
+R = RUNS.c
+
+
+def sources(to: RunStatus, among: Iterable[RunStatus] | None = None) -> list[str]:
+    """The statuses a run may reach `to` from (those of `among`, when given)."""
+    allowed = [s for s, targets in TRANSITIONS.items() if to in targets]
+    if among is not None:
+        wanted = set(among)
+        bad = wanted - set(allowed)
+        if bad:
+            raise ValueError(f"no transition {sorted(bad)} -> {to}")
+        allowed = [s for s in allowed if s in wanted]
+    return [s.value for s in allowed]
+
+
+async def move(
+    session: AsyncSession,
+    run_id: int,
+    to: RunStatus,
+    *,
+    among: Iterable[RunStatus] | None = None,
+    in_epoch: int | None = None,
+    **values: Any,
+) -> bool:
+    """Set the run's status to `to` (and `values`) if it is in a status that may move there
+    (one of `among`) and, with `in_epoch`, still claimed in that epoch; whether it moved."""
+    query = update(RUNS).where(R.id == run_id, R.status.in_(sources(to, among)))
+    if in_epoch is not None:
+        query = query.where(R.epoch == in_epoch)
+    result = await session.execute(query.values(status=to.value, **values))
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def end(
+    session: AsyncSession,
+    run_id: int,
+    status: RunStatus,
+    message: str = "",
+    *,
+    exit_code: int | None = None,
+    in_epoch: int | None = None,
+    note: str = "",
+    **values: Any,
+) -> bool:
+    """End the run (from any status that may end so; with `in_epoch`, only while claimed in
+    it): times, message, claim given up, a state lock still held by the run released and
+    recorded, the history entry. Whether it ended (False: it had ended, or was taken)."""
+    assert status in ENDINGS, status
+    moved = await move(
+        session,
+        run_id,
+        status,
+        in_epoch=in_epoch,
+        ended_at=utcnow(),
+        error_msg=message,
+        exit_code=exit_code,
+        claimed_by=None,
+        **values,
+    )
+    if not moved:
+        return False
+    held = await session.scalar(select(StateLock.deployment_id).where(StateLock.run_id == run_id))
+    if held is not None:
+        await state_store.release_lock(
+            session, held, f"run {run_id} ended ({status.value}) holding it", run_id
+        )
+    await add_event(session, run_id, status.value, message or note)
+    metrics.RUNS_FINISHED.labels(status.value).inc()
+    return True
+
+
+async def approve(session: AsyncSession, run_id: int) -> None:
+    """A plan awaiting approval goes on to its apply phase (dispatched like a new run)."""
+    moved = await move(
+        session, run_id, RunStatus.APPLYING, among=[RunStatus.AWAITING_APPROVAL], claimed_by=None
+    )
+    if not moved:
+        run = await get_run(session, run_id)
+        raise Conflict(
+            f"run {run_id} is {run.status}; only a run awaiting approval can be approved"
+        )
+    await add_event(session, run_id, "approved", "")
+
+
+async def cancel(session: AsyncSession, run_id: int, mode: CancelMode) -> bool:
+    """Cancel the run: at once when nothing executes it (queued, awaiting approval, between
+    phases); else the request is recorded for the backend executing it, and True says the
+    runner must be told."""
+    run = await get_run(session, run_id, for_update=True)
+    if run.status in ENDINGS:
+        raise Conflict(f"run {run_id} has already ended ({run.status})")
+    if run.claimed_by is None:
+        await end(session, run_id, RunStatus.CANCELED, f"canceled while {run.status}")
+        return False
+    run.cancel_requested = mode.value
+    await add_event(session, run_id, "cancel_requested", mode.value)
+    return True

@@ -1,0 +1,179 @@
+"""The dispatcher's invariants, on SQLite and PostgreSQL, with no runner: runner views are
+set by hand (a runner that is there, with so many slots), claims are read from the
+database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from backend.db import Database
+from backend.dispatcher import Dispatcher
+from backend.models import RunStatus
+from backend.pool import RunnerPool, RunnerView
+from backend.store import queue, run_transitions, runs
+from backend.store.queue import Claim
+from tests.backend.helpers import new_deployment, upload
+
+pytestmark = pytest.mark.anyio
+TOOLS = [{"name": "terraform", "version": "1.11.4"}]
+
+
+def runner(pool: RunnerPool, name: str, slots: int, **labels: str) -> RunnerView:
+    view = RunnerView(
+        name=name,
+        status="healthy",
+        labels=labels,
+        max_concurrent=slots,
+        tools=TOOLS,
+        ours=pool._occupancy(name),
+    )
+    pool.views[name] = view
+    return view
+
+
+class Harness:
+    """A dispatcher whose claims start nothing: they are collected."""
+
+    def __init__(self, db: Database, backend_id: str = "d1") -> None:
+        self.db = db
+        self.pool = RunnerPool(db, None)  # type: ignore[arg-type]  # no runner is polled
+        self.claims: list[Claim] = []
+        self.dispatcher = Dispatcher(db, self.pool, backend_id, self._start)
+
+    def _start(self, claim: Claim) -> None:
+        self.claims.append(claim)
+        self.pool.lease(claim.runner, claim.run_id)
+
+    async def run(self, run_id: int) -> Any:
+        async with self.db.session() as s:
+            return await runs.get_run(s, run_id)
+
+
+@pytest.fixture
+async def harness(app: FastAPI, db: Database) -> Harness:
+    await app.state.engine.stop()  # this test is the only dispatcher
+    return Harness(db)
+
+
+async def queued(client: httpx.AsyncClient, deployment: str, **fields: Any) -> int:
+    response = await client.post(
+        "/api/v1/runs", json={"deployment": deployment, "operation": "plan", **fields}
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def deploy(client: httpx.AsyncClient, name: str, **fields: Any) -> None:
+    await new_deployment(client, name, **fields)
+    assert (await upload(client, name)).status_code == 201
+
+
+async def test_a_run_no_runner_can_take_waits_with_the_reason(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    await deploy(client, "web", required_labels={"provider": "aws"})
+    run_id = await queued(client, "web")
+    assert await harness.dispatcher.dispatch_once() == 0
+    assert (
+        "no registered runner has the labels provider=aws"
+        in (await harness.run(run_id)).wait_reason
+    )
+    runner(harness.pool, "r1", 2, provider="aws")
+    assert await harness.dispatcher.dispatch_once() == 1
+    run = await harness.run(run_id)
+    assert run.status == "running" and run.runner_id == "r1" and run.wait_reason == ""
+    assert run.epoch == 1 and harness.claims[0].epoch == 1
+
+
+async def test_one_run_per_deployment_in_queue_order_and_priority_across(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    await deploy(client, "a")
+    await deploy(client, "b")
+    a1 = await queued(client, "a", priority=0)
+    a2 = await queued(client, "a", priority=9)  # newer: never before a1, whatever priority
+    b1 = await queued(client, "b", priority=5)
+    runner(harness.pool, "r1", 10)
+    assert await harness.dispatcher.dispatch_once() == 2
+    assert [c.run_id for c in harness.claims] == [b1, a1]  # priority, then age
+    assert (await harness.run(a2)).wait_reason == (
+        f"waiting for run {a1} (queued before it) of this deployment"
+    )
+    assert await harness.dispatcher.dispatch_once() == 0
+    waiting = await harness.run(a2)
+    assert waiting.status == "queued"
+    assert waiting.wait_reason == f"waiting for run {a1} (running) of this deployment"
+
+
+async def test_a_refused_run_keeps_its_place_and_its_history(
+    client: httpx.AsyncClient, harness: Harness, db: Database
+) -> None:
+    """The runner said full: the claim is undone (no dispatch in the history), the run is
+    still the first of its deployment, and the next pass does not claim the run behind it."""
+    await deploy(client, "a")
+    first = await queued(client, "a")
+    second = await queued(client, "a")
+    view = runner(harness.pool, "r1", 2)
+    assert await harness.dispatcher.dispatch_once() == 1
+    claim = harness.claims.pop()
+    lease = harness.pool.lease(claim.runner, claim.run_id)
+    lease.full()  # what the executor does when the first Execute is refused
+    async with db.session() as s:
+        assert await queue.unclaim(s, claim, "runner r1 refused: RESOURCE_EXHAUSTED")
+    run = await harness.run(first)
+    assert run.status == "queued" and run.claimed_by is None and run.epoch == 1
+    async with db.session() as s:
+        kinds = [e.kind for e in await runs.list_events(s, first)]
+    assert kinds == ["queued"], "no dispatch, no requeue in its history"
+    assert view.free == 0, "backed off until the runner's load changes"
+    assert await harness.dispatcher.dispatch_once() == 0
+    assert (await harness.run(second)).wait_reason == (
+        f"waiting for run {first} (queued before it) of this deployment"
+    )
+    # The runner's report changes: the first run goes, then (after it) the second.
+    view.reported, view.reported_runs = 1, frozenset({"elsewhere"})
+    assert await harness.dispatcher.dispatch_once() == 1
+    assert harness.claims[-1].run_id == first and harness.claims[-1].epoch == 2
+
+
+async def test_a_claim_rechecks_what_the_pass_read(
+    client: httpx.AsyncClient, harness: Harness, db: Database
+) -> None:
+    """Claims made from a stale view (another backend moved first) are refused."""
+    await deploy(client, "a")
+    older = await queued(client, "a")
+    newer = await queued(client, "a")
+    async with db.session() as s:
+        # The newer run is not first in its deployment's queue.
+        assert await queue.claim(s, newer, "queued", "r1", "1.11.4", "x", row_locks=False) is None
+        got = await queue.claim(s, older, "queued", "r1", "1.11.4", "x", row_locks=False)
+        assert got is not None
+    async with db.session() as s:
+        # Taken already; and a run read in another status.
+        assert await queue.claim(s, older, "queued", "r1", "1.11.4", "y", row_locks=False) is None
+        assert await queue.claim(s, newer, "queued", "r1", "1.11.4", "y", row_locks=False) is None
+
+
+async def test_every_status_change_goes_through_the_table(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Every (from, to) pair of statuses: a change the table allows happens, any other
+    leaves the run as it was."""
+    await deploy(client, "t")
+    run_id = await queued(client, "t")
+    checked = 0
+    for frm in RunStatus:
+        for to in RunStatus:
+            async with db.session() as s:
+                (await runs.get_run(s, run_id)).status = frm.value
+            allowed = to in run_transitions.TRANSITIONS[frm]
+            async with db.session() as s:
+                moved = await run_transitions.move(s, run_id, to)
+            assert moved == allowed, (frm, to)
+            assert (await Harness(db).run(run_id)).status == (to if allowed else frm).value
+            checked += 1
+    assert checked == len(RunStatus) ** 2
