@@ -114,3 +114,71 @@ def test_failover_mid_apply_keeps_the_apply_state(
         for b in backends.values():
             b.stop()
         runner.stop()
+
+
+def test_a_paused_backend_that_lost_its_run_writes_nothing_more(
+    pg_server: PgServer, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The backend executing an apply is paused (SIGSTOP) until the other adopts the run,
+    then resumed: it finds its claim gone (the epoch moved on) and stops streaming. The log
+    holds every line once, in chunks that follow each other with no overlap."""
+    url = pg_server.create_database()
+    asyncio.run(migrate(url))
+    runner = start_runner(tmp_path, tool_env, name="r0")
+    backends = {
+        name: start_backend(tmp_path, tool_env, url, name=name, IAC_ORPHAN_AFTER="6")
+        for name in ("b0", "b1")
+    }
+    paused = None
+    try:
+        backends["b0"].register("r0", runner.address)
+        for b in backends.values():
+            b.wait_runners_healthy("r0")
+        n = 30
+        backends["b0"].deploy("fence", {"main.tf": lines_config("fence", n, "0.3")})
+        run = backends["b0"].start("fence", "apply", auto_approve=True)
+        wait_for(
+            lambda: 5 in tagged(backends["b0"].log_text(run["id"]).splitlines(), "fence"),
+            timeout=120,
+        )
+        last = [e for e in backends["b0"].run(run["id"])["events"] if e["kind"] == "dispatched"]
+        victim = re.search(r"backend (b\d)", last[-1]["message"]).group(1)  # type: ignore[union-attr]
+        other = backends["b1" if victim == "b0" else "b0"]
+        paused = backends[victim]
+        paused.proc.send_signal(signal.SIGSTOP)
+        wait_for(
+            lambda: "adopted" in [e["kind"] for e in other.run(run["id"])["events"]], timeout=60
+        )
+        paused.proc.send_signal(signal.SIGCONT)
+        done = other.wait(run["id"], "succeeded", "failed", timeout=120)
+        assert done["status"] == "succeeded", done
+        assert tagged(other.log_text(run["id"]).splitlines(), "fence") == list(range(1, n + 1))
+        chunks = asyncio.run(_chunk_ranges(url, run["id"]))
+        for (_, last_seq), (first_seq, _) in zip(chunks, chunks[1:], strict=False):
+            assert first_seq == last_seq + 1, chunks
+        wait_for(lambda: "taken over by another backend" in paused.log.read_text(), timeout=60)
+    finally:
+        if paused is not None:
+            paused.proc.send_signal(signal.SIGCONT)
+        for b in backends.values():
+            b.stop()
+        runner.stop()
+
+
+async def _chunk_ranges(url: str, run_id: int) -> list[tuple[int, int]]:
+    from sqlalchemy import select
+
+    from backend.db import Database
+    from backend.models import LogChunk
+
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            rows = await session.execute(
+                select(LogChunk.first_seq, LogChunk.last_seq)
+                .where(LogChunk.run_id == run_id)
+                .order_by(LogChunk.first_seq)
+            )
+            return [(r.first_seq, r.last_seq) for r in rows]
+    finally:
+        await db.dispose()
