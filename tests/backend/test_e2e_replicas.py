@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 from pathlib import Path
@@ -182,3 +183,72 @@ async def _chunk_ranges(url: str, run_id: int) -> list[tuple[int, int]]:
             return [(r.first_seq, r.last_seq) for r in rows]
     finally:
         await db.dispose()
+
+
+def test_three_backends_keep_each_deployments_queue_order(
+    pg_server: PgServer, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Three backends on one PostgreSQL, runners with few slots (so they refuse as full
+    when backends' views are stale), runs of several deployments queued round-robin
+    through all three: each run executes once, each deployment's runs start in the order
+    they were queued, and no history shows a requeue. IAC_SOAK=1: the issue's size."""
+    soak = os.environ.get("IAC_SOAK", "") not in ("", "0")
+    deployments, per = (60, 10) if soak else (8, 4)
+    url = pg_server.create_database()
+    asyncio.run(migrate(url))
+    runners = [
+        start_runner(tmp_path, tool_env, "--max-concurrent", "4" if soak else "2", name=f"r{i}")
+        for i in range(4 if soak else 2)
+    ]
+    backends = [start_backend(tmp_path, tool_env, url, name=f"b{i}") for i in range(3)]
+    try:
+        for i, runner in enumerate(runners):
+            backends[0].register(f"r{i}", runner.address)
+        for b in backends:
+            b.wait_runners_healthy(*(f"r{i}" for i in range(len(runners))))
+        for d in range(deployments):
+            backends[0].deploy(f"d{d}", {"main.tf": FAST_CONFIG})
+        ids: dict[str, list[int]] = {}
+        for n in range(per):
+            for d in range(deployments):
+                run = backends[(n * deployments + d) % 3].start(f"d{d}", "plan")
+                ids.setdefault(f"d{d}", []).append(run["id"])
+        all_ids = [i for group in ids.values() for i in group]
+        done = {i: backends[0].wait(i, "succeeded", "failed", timeout=600) for i in all_ids}
+        assert all(r["status"] == "succeeded" for r in done.values()), [
+            r for r in done.values() if r["status"] != "succeeded"
+        ]
+        out_of_order = 0
+        for group in ids.values():
+            starts = sorted(group, key=lambda i: done[i]["started_at"])
+            out_of_order += sum(1 for a, b in zip(starts, starts[1:], strict=False) if a > b)
+        assert out_of_order == 0, {
+            d: [(i, done[i]["started_at"]) for i in g] for d, g in ids.items()
+        }
+        requeues = [i for i, r in done.items() if any(e["kind"] == "requeued" for e in r["events"])]
+        assert requeues == []
+        # The runners' own logs: each run's plan step ran once, and on each runner the runs
+        # of one deployment came in queue order.
+        plans = [
+            str(e["run_id"])
+            for runner in runners
+            for e in runner.log_events()
+            if e.get("event") == "run_start" and str(e.get("run_id", "")).endswith("-plan")
+        ]
+        assert len(plans) == len(set(plans)) == len(all_ids), len(plans)
+        deployment_of = {i: d for d, group in ids.items() for i in group}
+        for runner in runners:
+            seen: dict[str, int] = {}
+            for e in runner.log_events():
+                match = re.search(r"-r(\d+)-plan-", str(e.get("run_id", "")))
+                if e.get("event") != "run_start" or match is None:
+                    continue
+                run_id = int(match.group(1))
+                d = deployment_of[run_id]
+                assert run_id >= seen.get(d, 0), (runner.name, d, run_id, seen)
+                seen[d] = run_id
+    finally:
+        for b in backends:
+            b.stop()
+        for runner in runners:
+            runner.stop()
