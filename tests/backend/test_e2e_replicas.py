@@ -244,9 +244,9 @@ def test_three_backends_keep_each_deployments_queue_order(
                 if e.get("event") != "run_start" or match is None:
                     continue
                 run_id = int(match.group(1))
-                d = deployment_of[run_id]
-                assert run_id >= seen.get(d, 0), (runner.name, d, run_id, seen)
-                seen[d] = run_id
+                dep = deployment_of[run_id]
+                assert run_id >= seen.get(dep, 0), (runner.name, dep, run_id, seen)
+                seen[dep] = run_id
     finally:
         for b in backends:
             b.stop()
