@@ -71,6 +71,7 @@ class RunnerServer:
     async def start(self) -> None:
         self.service.state.start()
         await self.server.start()
+        self.service.recover_leftovers()
         await self.service.prepare_spare()
         for name in ("", SERVICE_NAME):
             await self.health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -21,6 +21,7 @@ from typing import Any
 from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
+from runner_server.journal import Journal, Record
 from runner_server.runs import ProtocolError, RetentionError, Run
 from runner_server.state_relay import NoChannel, StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
@@ -35,6 +36,8 @@ _CHANNEL_OK = _RUN_ID_OK | frozenset(":/")
 
 # terraform writes the state it could not save here, in its working directory.
 ERRORED_STATE = "errored.tfstate"
+# How often the state a killed server left is offered again to a backend not connected yet.
+LEFTOVER_RETRY = 30.0
 # Terraform's state travels in one gRPC message (of at most 128 MiB).
 MAX_STATE_BYTES = 100 * 1024 * 1024
 
@@ -85,6 +88,7 @@ class RunnerService:
         self._spare: asyncio.subprocess.Process | None = None
         self._refill: asyncio.Task[None] | None = None
         self.state = StateRelay(config.state_hold, MAX_STATE_BYTES)
+        self.journal = Journal(config.workspace_root)
 
     # -- Execute ---------------------------------------------------------------
     def _prepare(self, req: pb.ExecuteRequest) -> Prepared:
@@ -135,6 +139,8 @@ class RunnerService:
         for rel in req.collect:
             if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
                 raise RunnerError("invalid", f"collect path {rel!r} must be relative to work_dir")
+        if self.journal.owns(work_dir):
+            raise RunnerError("invalid", f"work_dir {req.work_dir!r} is the runner's own journal")
         if req.state_channel:
             check_channel(req.state_channel)
             taken = sorted(k for k in req.env_vars if k.startswith("TF_HTTP_"))
@@ -251,6 +257,10 @@ class RunnerService:
             await spare.wait()
 
     def _make_work_dir(self, prepared: Prepared) -> None:
+        request = prepared.request
+        self.journal.add(
+            Record(prepared.run_id, prepared.work_dir, request.cleanup, request.state_channel)
+        )
         existed = os.path.isdir(prepared.work_dir)
         os.makedirs(prepared.work_dir, exist_ok=True)
         if prepared.request.workspace:
@@ -304,8 +314,7 @@ class RunnerService:
         if prepared.request.state_channel:
             keep = not await self._recover_state(run, result)
             self.state.close_run(run.run_id)
-        if prepared.request.cleanup and not keep:
-            await asyncio.to_thread(workspace.remove, self.config.workspace_root, run.work_dir)
+        await asyncio.to_thread(self._clean_up, run, prepared.request.cleanup and not keep)
         await run.finish(result)
         self._release_slot()
         duration = time.monotonic() - run.started_monotonic
@@ -328,6 +337,52 @@ class RunnerService:
         )
         loop = asyncio.get_running_loop()
         loop.call_later(self.config.retention_seconds, self._forget, run.run_id, run)
+
+    def _clean_up(self, run: Run, remove: bool) -> None:
+        if remove:
+            workspace.remove(self.config.workspace_root, run.work_dir)
+        self.journal.remove(run.run_id)
+
+    # -- what a killed server left -----------------------------------------------------
+    def recover_leftovers(self) -> None:
+        """Runs a previous server was executing when it died: their unsaved state goes to
+        their backend (in the background, when it connects), their work dirs are removed
+        as they asked."""
+        for record in self.journal.leftovers():
+            if record.run_id in self.runs:
+                continue
+            errored = os.path.join(record.work_dir, ERRORED_STATE)
+            if record.state_channel and os.path.isfile(errored):
+                task = asyncio.create_task(self._hand_over(record, errored))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
+            if record.cleanup and os.path.isdir(record.work_dir):
+                workspace.remove(self.config.workspace_root, record.work_dir)
+            self.journal.remove(record.run_id)
+            log.info(json.dumps({"event": "leftover_removed", "run_id": record.run_id}))
+
+    async def _hand_over(self, record: Record, errored: str) -> None:
+        data = await asyncio.to_thread(_read_file, errored)
+        call = pb.StateCall(run_id=record.run_id, method="RECOVER", body=data)
+        while True:
+            try:
+                reply = await self.state.call(call, channel=record.state_channel)
+            except NoChannel:
+                await asyncio.sleep(LEFTOVER_RETRY)
+                continue
+            break
+        if reply.status == 200:
+            await asyncio.to_thread(os.unlink, errored)
+            if record.cleanup:
+                await asyncio.to_thread(
+                    workspace.remove, self.config.workspace_root, record.work_dir
+                )
+            event = {"event": "unsaved_state_recovered", "run_id": record.run_id}
+        else:
+            event = {"event": "unsaved_state_kept", "run_id": record.run_id, "path": errored}
+        self.journal.remove(record.run_id)
+        log.warning(json.dumps(event))
 
     async def _recover_state(self, run: Run, result: pb.Result) -> bool:
         """State terraform could not save (errored.tfstate) goes to the run's backend as a

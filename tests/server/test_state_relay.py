@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -23,10 +25,17 @@ import pytest
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from runner_server.state_relay import StateRelay
-from tests.conftest import OFFLINE_CONFIG, wait_for
-from tests.procs import RunnerProcess, execute, lines_of, result_of
+from tests.conftest import OFFLINE_CONFIG, pids_matching, wait_for
+from tests.procs import RunnerProcess, execute, lines_of, result_of, start_runner
 
 BACKEND_TF = 'terraform {\n  backend "http" {}\n}\n'
+LONG = """
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "sleep %s"
+  }
+}
+"""
 # A local process on the runner host with the run's environment: it tries the state
 # endpoint with a wrong password and the right one, and shows the password transformed (a
 # transformed value is not masked: that is how the test learns it).
@@ -308,3 +317,55 @@ def test_a_request_no_backend_takes_gets_503_with_retry_after() -> None:
     status, retry_after, took = asyncio.run(scenario())
     assert status == 503 and retry_after.isdigit()
     assert 0.5 <= took < 10, took
+
+
+def test_a_restarted_runner_hands_over_unsaved_state_and_removes_what_was_left(
+    tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A runner server SIGKILLed mid-run leaves its runs' work dirs (with their tfplan).
+    Started again on the same root, it removes those the runs wanted removed, and hands
+    state terraform could not save to the run's backend (once it connects) before."""
+    root = tmp_path / "ws"
+    runner = start_runner(tmp_path, tool_env, "--grace", "2", workspace_root=root)
+    try:
+        stub = runner.stub()
+        first = FakeBackend(runner, "b1")
+        sleeper = "77.0" + str(os.getpid() % 1000)
+        for name in ("plain", "unsaved"):
+            workspace(runner, name, LONG % sleeper)
+            assert result_of(run(stub, f"{name}-init", name, "init")).success
+            stub.Execute(  # left running: the server dies under it
+                pb.ExecuteRequest(
+                    run_id=f"{name}-apply", tool="terraform", work_dir=name, command="apply",
+                    args=["-auto-approve"], state_channel="b1", cleanup=True,
+                    on_disconnect=pb.CONTINUE,
+                ),
+                timeout=0.5,
+            ).initial_metadata()  # fmt: skip
+        wait_for(lambda: len(pids_matching(f"sleep {sleeper}")) == 2, timeout=60)
+        first.close()
+    finally:
+        runner.stop(signal.SIGKILL)
+    wait_for(lambda: not pids_matching(f"sleep {sleeper}"), timeout=30)
+    journal = sorted(p.name for p in (root / ".iac-runner" / "runs").iterdir())
+    assert journal == ["plain-apply.json", "unsaved-apply.json"]
+    # terraform could not save what it had done: it is in the work dir.
+    (root / "unsaved" / "errored.tfstate").write_text(
+        json.dumps({"version": 4, "serial": 3, "lineage": "l", "resources": []})
+    )
+
+    again = start_runner(tmp_path, tool_env, name="again", workspace_root=root)
+    try:
+        wait_for(lambda: not (root / "plain").exists(), timeout=30)
+        assert (root / "unsaved" / "errored.tfstate").exists(), "kept until a backend took it"
+        backend = FakeBackend(again, "b1")
+        try:
+            wait_for(lambda: not (root / "unsaved").exists(), timeout=30)
+        finally:
+            backend.close()
+        recovered = [c for c in backend.calls if c.method == "RECOVER"]
+        assert [c.run_id for c in recovered] == ["unsaved-apply"]
+        assert json.loads(recovered[0].body)["serial"] == 3
+        assert list((root / ".iac-runner" / "runs").iterdir()) == []
+    finally:
+        again.stop()
