@@ -172,6 +172,8 @@ class Executor:
                 result = await self._follow(execution, writer, runner_run_id, offset, None)
             else:
                 runner_run_id = str(StepId(self.prefix(), run.id, phase, attempt, step.name))
+                command = " ".join((deployment.tool, step.command, *step.args))
+                writer.note(f"{phase} phase: {command} (runner {execution.runner})")
                 offset = writer.last_seq  # no step is streaming: nothing arrives meanwhile
 
                 async def begin(

@@ -34,6 +34,8 @@ FLUSH_BYTES = 256 * 1024
 FLUSH_INTERVAL = 1.0
 # Unstored log bytes at which reading from the runner pauses until they are stored.
 BACKLOG_BYTES = 4 * FLUSH_BYTES
+# How the backend's own lines start (the web page shows them as headers).
+PHASE_MARK = "==> "
 
 
 class LogWriter:
@@ -67,6 +69,15 @@ class LogWriter:
             self.hub.publish(self.run_id, fresh)
         if len(self._lines) >= FLUSH_LINES or self._bytes >= FLUSH_BYTES:
             self._due.set()
+
+    def note(self, text: str) -> None:
+        """A line of the backend's own in the run's log (a phase or step header): stored and
+        followed like the tool's lines, never masked (it holds no value of the run's)."""
+        batch = LogBatch(self.last_seq + 1, (PHASE_MARK + text,))
+        self.last_seq = batch.last_seq
+        self._lines.extend(batch.lines)
+        self._bytes += len(batch.lines[0])
+        self.hub.publish(self.run_id, batch)
 
     @property
     def backlogged(self) -> bool:

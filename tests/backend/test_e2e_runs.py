@@ -64,6 +64,14 @@ def test_plan_approve_apply_destroy(backend: Backend) -> None:
     log = backend.log_text(run["id"])
     assert "provisioned hi from e2e" in log
     assert "Apply complete! Resources: 1 added" in log
+    # Each step starts with a header line of the backend's own, phases told apart.
+    headers = [line for line in log.splitlines() if line.startswith("==> ")]
+    assert headers == [
+        "==> plan phase: terraform init (runner aws-1)",
+        "==> plan phase: terraform plan -out=tfplan -detailed-exitcode (runner aws-1)",
+        "==> apply phase: terraform init (runner aws-1)",
+        "==> apply phase: terraform apply tfplan (runner aws-1)",
+    ], headers
     kinds = [e["kind"] for e in run["events"]]
     assert kinds[0] == "queued" and "approved" in kinds and kinds[-1] == "succeeded"
     assert "state_locked" in kinds and "state_unlocked" in kinds

@@ -122,7 +122,9 @@
       if (seq > lastSeq + 1) {
         html += `<span class="line gap">[lines ${lastSeq + 1}–${seq - 1} missing]</span>`;
       }
-      html += `<span class="line" data-seq="${seq}">${ansi.toHtml(lines[i])}</span>`;
+      // The backend's own header lines ("==> plan phase: terraform init ...").
+      const kind = lines[i].startsWith("==> ") ? "line phase" : "line";
+      html += `<span class="${kind}" data-seq="${seq}">${ansi.toHtml(lines[i])}</span>`;
       lastSeq = seq;
     }
     if (!html) return;
