@@ -9,7 +9,7 @@ import grpc
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
-from runner_server.service import RunnerError, RunnerService
+from runner_server.service import RunnerError, RunnerService, check_strings
 
 STATUS = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,6 +47,7 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
         self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteEvent]:
         try:
+            check_strings(request)
             run = self.service.get(request.run_id)
             async for event in self.service.events(
                 run, request.from_seq, packed=request.packed_output
@@ -59,6 +60,7 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
         try:
+            check_strings(request)
             status = self.service.cancel(request.run_id, force=request.force)
         except RunnerError as exc:
             await context.abort(STATUS[exc.kind], str(exc))

@@ -152,7 +152,10 @@ def test_tool_failure_is_exit_status_1(tool_env, tmp_path):
     check_response(response)
     assert response["success"] is False
     assert response["exit_code"] == 1
-    assert response["error_msg"] == "terraform validate exited with code 1"
+    # With terraform's own first error line (colours and its box removed).
+    assert response["error_msg"] == (
+        "terraform validate exited with code 1: Error: Unsupported block type"
+    )
     assert "Error" in response["output"]
 
 
