@@ -143,7 +143,7 @@ class LineSplitter:
         # Longest first, so a secret that contains another is masked whole.
         self._forms = sorted(anchored.items(), key=lambda item: len(item[0]), reverse=True)
         self._anchors = tuple(set(anchored.values()))
-        self.first_error = ""  # the tool's first error diagnostic (error_line), masked
+        self.first_error = ""  # the tool's first error diagnostic on stderr, masked
         self._carry: dict[str, bytes] = {s: b"" for s in STREAMS}
 
     def mask(self, text: str) -> str:
@@ -159,12 +159,10 @@ class LineSplitter:
                 text = text.replace(form, MASK)
         return text
 
-    def _lines(self, raw: bytes) -> str:
-        """Decoded and masked; the first error diagnostic in it is remembered."""
-        text = self.mask(raw.decode("utf-8", "replace"))
-        if ERROR_PREFIX in text and not self.first_error:
+    def _error(self, text: str) -> None:
+        """Remember the first error diagnostic terraform or tofu wrote (on stderr)."""
+        if ERROR_PREFIX in text:
             self.first_error = error_line(text)
-        return text
 
     def feed(self, stream: str, data: bytes) -> list[str]:
         """Complete lines in `data` (after what was carried), masked, without newlines."""
@@ -175,14 +173,23 @@ class LineSplitter:
                 self._carry[stream] = buf
                 return []
             self._carry[stream] = b""
-            return [self._lines(buf)]
-        self._carry[stream] = buf[cut + 1 :]
-        return self._lines(buf[:cut]).split("\n")
+            cut = len(buf)
+        else:
+            self._carry[stream] = buf[cut + 1 :]
+        text = self.mask(buf[:cut].decode("utf-8", "replace"))
+        if stream == "stderr" and not self.first_error:
+            self._error(text)
+        return text.split("\n")
 
     def flush(self, stream: str) -> list[str]:
         """The unterminated last line of a stream, at its end."""
         rest, self._carry[stream] = self._carry[stream], b""
-        return [self._lines(rest)] if rest else []
+        if not rest:
+            return []
+        text = self.mask(rest.decode("utf-8", "replace"))
+        if stream == "stderr" and not self.first_error:
+            self._error(text)
+        return [text]
 
 
 # -- the tool's own words when it fails ----------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from tests.conftest import OFFLINE_CONFIG
-from tests.procs import RunnerProcess, execute, lines_of, result_of
+from tests.procs import RunnerProcess, execute, free_port, lines_of, result_of
+from tests.test_stdio_protocol import FAILING_CONFIGS
 
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
@@ -241,3 +242,21 @@ def test_get_info_reports_labels_tools_and_load(tool_env: dict[str, str], tmp_pa
         assert terraform and terraform[0].version.startswith("1.") and terraform[0].path
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("case", list(FAILING_CONFIGS))
+def test_failed_result_carries_terraform_s_first_error_line(
+    runner: RunnerProcess, case: str
+) -> None:
+    port = str(free_port())
+    config, command, error = (x.replace("{port}", port) for x in FAILING_CONFIGS[case])
+    events = execute(
+        runner.stub(),
+        tool="terraform",
+        command=command,
+        work_dir=f"fail-{case}",
+        workspace=tar_gz({"main.tf": config.encode()}),
+    )
+    result = result_of(events)
+    assert not result.success and result.outcome == "failed"
+    assert result.error_msg.startswith(f"terraform {command} exited with code 1: {error}")
