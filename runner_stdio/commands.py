@@ -50,7 +50,7 @@ COMMANDS: dict[str, Entry] = {
     "show":             Entry(READ, "prints a state or a saved plan", paths=True),
     "output":           Entry(READ, "prints outputs"),
     "modules":          Entry(READ, "prints the declared modules"),
-    "providers":        Entry(READ, "prints the required providers", paths=True),
+    "providers":        Entry(READ, "prints the required providers"),
     "providers lock":   Entry(READ, "writes the lock file in work_dir"),
     "providers mirror": Entry(READ, "copies providers into a directory", paths=True),
     "providers schema": Entry(READ, "prints provider schemas"),
@@ -88,8 +88,8 @@ COMMANDS: dict[str, Entry] = {
 }
 # fmt: on
 
-# Subcommands that are only a group of others: one of those must follow.
-GROUPS = frozenset(key.split()[0] for key in COMMANDS if " " in key) - {"providers"}
+# Subcommands that have subcommands: an unknown one is refused (`providers` alone is one).
+GROUPS = frozenset(key.split()[0] for key in COMMANDS if " " in key)
 # fmt -check reads only with these flags besides it.
 _FMT_READ_FLAGS = frozenset({"check", "diff", "list", "recursive", "no-color"})
 
@@ -118,11 +118,10 @@ _FALSE = ("false", "0", "f", "F", "FALSE", "False")
 
 
 def key_of(command: str, args: list[str]) -> str:
-    """The table key: `state rm` for command "state" with args ["rm", ...]."""
-    if args and not args[0].startswith("-"):
-        nested = f"{command} {args[0]}"
-        if nested in COMMANDS or command in GROUPS:
-            return nested
+    """The table key: `state rm` for command "state" with args ["rm", ...] (a group's
+    first argument, unless it is a flag, names its subcommand)."""
+    if command in GROUPS and args and not args[0].startswith("-"):
+        return f"{command} {args[0]}"
     return command
 
 

@@ -83,11 +83,15 @@ class ToolError(Exception):
 def check_command(spec: ToolSpec, command: str, args: list[str]) -> None:
     if command in spec.commands:
         if command in GROUPS and key_of(command, args) not in COMMANDS:
-            subs = sorted(key for key in COMMANDS if key.startswith(command + " "))
-            got = repr(args[0]) if args else "nothing"
+            subs = ", ".join(k.split()[1] for k in COMMANDS if k.startswith(command + " "))
+            if args and not args[0].startswith("-"):
+                raise ToolError(
+                    f"command '{command} {args[0]}' is not allowed for {spec.name}; "
+                    f"{command!r} takes one of: {subs}"
+                )
             raise ToolError(
                 f"command {command!r} is not allowed for {spec.name} without one of its "
-                f"subcommands ({', '.join(subs)}); got {got}"
+                f"subcommands first in args: {subs}"
             )
         return
     if command in spec.refused:

@@ -260,3 +260,78 @@ def test_failed_result_carries_terraform_s_first_error_line(
     result = result_of(events)
     assert not result.success and result.outcome == "failed"
     assert result.error_msg.startswith(f"terraform {command} exited with code 1: {error}")
+
+
+MODES_CONFIG = """\
+module "local" {
+  source = "./mod"
+}
+
+resource "terraform_data" "x" {
+  input = "modes"
+  provisioner "local-exec" {
+    command = "echo made > made-by-local-exec"
+  }
+}
+"""
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_work_dirs_are_0700_and_what_a_run_writes_0600(
+    runner: RunnerProcess, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A live plan holds secrets: the work dir (and the parents the runner creates) are
+    0700; unpacked files, the saved plan, the state, .terraform and what local-exec
+    writes are the runner user's alone, whatever the archive's modes say."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data, mode in [
+            ("main.tf", MODES_CONFIG.encode(), 0o666),
+            ("scripts/run.sh", b"#!/bin/sh\n", 0o775),
+            ("mod/main.tf", b"", 0o644),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    stub = runner.stub()
+    common: dict[str, Any] = {"tool": "terraform", "work_dir": "modes/nested/run"}
+    assert result_of(execute(stub, command="init", workspace=archive.getvalue(), **common)).success
+    plan = result_of(
+        execute(stub, command="plan", args=["-out=tfplan"], collect=["tfplan"], **common)
+    )
+    assert plan.success and plan.artifacts[0].path == "tfplan"
+    assert result_of(execute(stub, command="apply", args=["tfplan"], **common)).success
+    root = runner.workspace_root
+    work = root / "modes/nested/run"
+    expected = {
+        root / "modes": 0o700,
+        root / "modes/nested": 0o700,
+        work: 0o700,
+        work / "main.tf": 0o600,
+        work / "scripts/run.sh": 0o700,
+        work / "tfplan": 0o600,
+        work / "terraform.tfstate": 0o600,
+        work / ".terraform": 0o700,
+        work / ".terraform/modules/modules.json": 0o600,
+        work / "made-by-local-exec": 0o600,
+    }
+    assert {p.relative_to(root).as_posix(): oct(_mode(p)) for p in expected} == {
+        p.relative_to(root).as_posix(): oct(m) for p, m in expected.items()
+    }
+
+    # iac-runner on its own: what the tool writes is private too.
+    from tests.test_stdio_helpers import run_runner
+
+    stdio_work = tmp_path / "stdio"
+    (stdio_work / "mod").mkdir(parents=True)
+    (stdio_work / "mod/main.tf").write_text("")
+    (stdio_work / "main.tf").write_text(MODES_CONFIG)
+    for command, args in [("init", []), ("plan", ["-out=tfplan"])]:
+        request = {"tool": "terraform", "command": command, "args": args,
+                   "work_dir": str(stdio_work)}  # fmt: skip
+        assert run_runner(request, tool_env).status == 0
+    assert oct(_mode(stdio_work / "tfplan")) == oct(0o600)
+    assert oct(_mode(stdio_work / ".terraform")) == oct(0o700)
