@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import IAC_RUNNER, pids_matching
 from tests.procs import free_port
 from tests.test_stdio_helpers import (
     EXIT_INTERNAL,
@@ -25,6 +26,7 @@ from tests.test_stdio_helpers import (
     check_stream,
     fake_tool,
     run_runner,
+    unique_seconds,
 )
 
 SEED_REQUEST = {
@@ -534,3 +536,40 @@ def test_bad_command_line_flag_is_an_argparse_error(tool_env):
     assert result.status == 2
     assert b"--grace" in result.stderr and b"must be a positive number" in result.stderr
     assert_no_traceback(result)
+
+
+def _close_stdout() -> None:
+    os.close(1)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("request_kind", ["refused", "run"])
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_stdout_closed_or_full_is_exit_3_with_one_line(
+    tool_env, tmp_path, stdout, request_kind, stream
+):
+    """`iac-runner >&-` or `> /dev/full`: nowhere to answer. Exit 3 and one line on
+    stderr (it was a traceback and exit 1), for a refused request and for a run; a tool
+    it had started is stopped at once."""
+    seconds = unique_seconds()
+    body = f"import os\nprint('hello', flush=True)\nos.execvp('sleep', ['sleep', '{seconds}'])\n"
+    if not stream:
+        body = "print('hello')\n"
+    env = {**tool_env, "IAC_RUNNER_TERRAFORM_BIN": fake_tool(tmp_path, body)}
+    request = {"tool": "terraform" if request_kind == "run" else "nope", "command": "plan"}
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [IAC_RUNNER, *(["--stream"] if stream else [])],
+            input=json.dumps(request).encode(),
+            stdout=full if stdout == "full" else None,
+            stderr=subprocess.PIPE,
+            preexec_fn=_close_stdout if stdout == "closed" else None,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == EXIT_INTERNAL, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("iac-runner: "), lines
+    assert ("not open" if stdout == "closed" else "No space left on device") in lines[0]
+    assert pids_matching(f"sleep {seconds}") == []

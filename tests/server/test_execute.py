@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,15 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from tests.conftest import OFFLINE_CONFIG
-from tests.procs import RunnerProcess, execute, free_port, lines_of, result_of
+from tests.procs import (
+    RunnerProcess,
+    execute,
+    free_port,
+    lines_of,
+    make_fake_tool,
+    result_of,
+    start_runner,
+)
 from tests.test_stdio_protocol import FAILING_CONFIGS
 
 
@@ -335,3 +346,125 @@ def test_work_dirs_are_0700_and_what_a_run_writes_0600(
         assert run_runner(request, tool_env).status == 0
     assert oct(_mode(stdio_work / "tfplan")) == oct(0o600)
     assert oct(_mode(stdio_work / ".terraform")) == oct(0o700)
+
+
+@pytest.fixture(scope="module")
+def one_fake_runner(
+    tf_cli_config: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunnerProcess]:
+    """One runner server (fake terraform) for the many small refusals below."""
+    tmp = tmp_path_factory.mktemp("refusals")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IAC_", "TF_"))}
+    env.update(TF_CLI_CONFIG_FILE=tf_cli_config, IAC_RUNNER_TERRAFORM_BIN=make_fake_tool(tmp))
+    server = start_runner(tmp, env)
+    yield server
+    server.stop()
+
+
+def _string_fields(message: Any) -> list[str]:
+    """Every string field of a request message, a map's key and value as two."""
+    names = []
+    for f in message.DESCRIPTOR.fields:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            names += [f"{f.name}.key", f"{f.name}.value"]
+        elif f.type == f.TYPE_STRING:
+            names.append(f.name)
+    return names
+
+
+STRING_FIELDS = [
+    (kind, name)
+    for kind in (pb.ExecuteRequest, pb.AttachRequest, pb.CancelRequest)
+    for name in _string_fields(kind)
+]
+
+
+def _with(kind: Any, name: str, value: str) -> Any:
+    base: dict[str, Any] = {"run_id": "r"}
+    if kind is pb.ExecuteRequest:
+        base = {"tool": "terraform", "command": "version", "env_vars": {"A": "1"}}
+    field, _, part = name.partition(".")
+    if part == "key":
+        base[field] = {value: "1"}
+    elif part == "value":
+        base[field] = {"A": value}
+    elif kind.DESCRIPTOR.fields_by_name[field].is_repeated:
+        base[field] = [value]
+    else:
+        base[field] = value
+    return kind(**base)
+
+
+def _call(stub: Any, request: Any) -> None:
+    if isinstance(request, pb.ExecuteRequest):
+        list(stub.Execute(request))
+    elif isinstance(request, pb.AttachRequest):
+        list(stub.Attach(request))
+    else:
+        stub.Cancel(request)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), STRING_FIELDS, ids=[f"{k.__name__}.{n}" for k, n in STRING_FIELDS]
+)
+def test_nul_in_any_string_field_is_invalid_argument(
+    one_fake_runner: RunnerProcess, kind: Any, name: str
+) -> None:
+    """A NUL gave UNKNOWN and a traceback for work_dir (realpath ran before the check):
+    every string of every request is checked first."""
+    with pytest.raises(grpc.RpcError) as info:
+        _call(one_fake_runner.stub(), _with(kind, name, "a\x00b"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "must not contain NUL bytes" in (info.value.details() or "")
+    assert name.split(".")[0] in (info.value.details() or "")
+    assert "Traceback" not in one_fake_runner.log.read_text()
+
+
+def _utf8_bad(kind: Any, name: str) -> bytes:
+    """The request with `name`'s string as bytes that are no UTF-8: a lone surrogate."""
+    marker = "MARKER-1234"
+    data: bytes = _with(kind, name, marker).SerializeToString()
+    bad = b"\xed\xa0\x80"  # U+D800 as CESU-8 writes it
+    # Same length, so the length prefix stays right.
+    return data.replace(marker.encode(), bad + b"-" * (len(marker) - len(bad)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), STRING_FIELDS, ids=[f"{k.__name__}.{n}" for k, n in STRING_FIELDS]
+)
+def test_lone_surrogate_in_any_string_field_is_invalid_argument(
+    one_fake_runner: RunnerProcess, kind: Any, name: str
+) -> None:
+    """A protobuf client cannot put a lone surrogate in a string; raw bytes can (bad
+    UTF-8): refused with the reason, not UNKNOWN with grpc's traceback in the log."""
+    method = {pb.ExecuteRequest: "Execute", pb.AttachRequest: "Attach"}.get(kind, "Cancel")
+    path = f"/iacrunner.v1.Runner/{method}"
+    with one_fake_runner.channel() as channel, pytest.raises(grpc.RpcError) as info:
+        if method == "Cancel":
+            channel.unary_unary(path)(_utf8_bad(kind, name), timeout=30)
+        else:
+            list(channel.unary_stream(path)(_utf8_bad(kind, name), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "bad UTF-8" in (info.value.details() or "")
+    assert "Traceback" not in one_fake_runner.log.read_text()
+
+
+TIMEOUTS = [1e12, 86401, float("nan"), float("inf"), float("-inf"), -1.0]
+
+
+@pytest.mark.parametrize("timeout", TIMEOUTS, ids=[repr(t) for t in TIMEOUTS])
+def test_bad_timeouts_are_refused_alike_on_grpc_and_stdio(
+    one_fake_runner: RunnerProcess, fake_env: dict[str, str], timeout: float
+) -> None:
+    """A timeout over the maximum was a failed result on gRPC and a refusal on stdio:
+    both refuse now, with one message."""
+    from tests.test_stdio_helpers import EXIT_INVALID, run_runner
+
+    with pytest.raises(grpc.RpcError) as info:
+        execute(one_fake_runner.stub(), tool="terraform", command="version", timeout=timeout)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    body = json.dumps({"tool": "terraform", "command": "version", "timeout": timeout})
+    result = run_runner(body.encode(), fake_env)
+    assert result.status == EXIT_INVALID
+    assert info.value.details() == result.response["error_msg"]
+    assert "'timeout'" in result.response["error_msg"]
