@@ -132,6 +132,22 @@ def mask_forms(secret: str) -> set[str]:
     return set(anchored_forms(secret))
 
 
+# terraform word-wraps a diagnostic's text (at 78 columns): a form with spaces may show
+# with a line break, and the next line's indentation or box (`│ `, maybe coloured), in
+# place of one of them.
+_LINE_PREFIX = r"(?:\x1b\[[0-9;]*m|\u2502|[ ])*"
+_WRAP = rf"(?:[ ]*\n{_LINE_PREFIX}|[ ]+)"
+
+
+def _masked_wrapped(match: Any) -> str:
+    """`***` for each line a wrapped form spans, each line keeping its prefix (box, colour)."""
+    import re
+
+    lines = match.group(0).split("\n")
+    kept = [line[: len(line) - len(re.sub(f"^{_LINE_PREFIX}", "", line))] for line in lines[1:]]
+    return "\n".join([MASK, *(prefix + MASK for prefix in kept)])
+
+
 class LineSplitter:
     """Complete lines from pipe reads, every form of every secret replaced by `***`."""
 
@@ -143,6 +159,9 @@ class LineSplitter:
         # Longest first, so a secret that contains another is masked whole.
         self._forms = sorted(anchored.items(), key=lambda item: len(item[0]), reverse=True)
         self._anchors = tuple(set(anchored.values()))
+        # Forms of more than one word, which terraform may wrap: compiled when first needed.
+        self._wrappable = [(f, a) for f, a in self._forms if " " in f.strip() and "\n" not in f]
+        self._wrapped: list[tuple[Any, str]] | None = None
         self.first_error = ""  # the tool's first error diagnostic on stderr, masked
         self._carry: dict[str, bytes] = {s: b"" for s in STREAMS}
 
@@ -157,7 +176,21 @@ class LineSplitter:
         for form, anchor in self._forms:
             if anchor in present and form in text:
                 text = text.replace(form, MASK)
+        if self._wrappable and "\n" in text:
+            for pattern, anchor in self._wrapped_patterns():
+                if anchor in present:
+                    text = pattern.sub(_masked_wrapped, text)
         return text
+
+    def _wrapped_patterns(self) -> list[tuple[Any, str]]:
+        if self._wrapped is None:
+            import re
+
+            self._wrapped = [
+                (re.compile(_WRAP.join(map(re.escape, form.split()))), anchor)
+                for form, anchor in self._wrappable
+            ]
+        return self._wrapped
 
     def _error(self, text: str) -> None:
         """Remember the first error diagnostic terraform or tofu wrote (on stderr)."""

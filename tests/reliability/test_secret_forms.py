@@ -277,3 +277,50 @@ def test_error_msg_carries_terraform_s_error_line_masked(printed: Printed, sink:
     message = printed.error_msgs[sink]
     assert message.startswith("terraform plan exited with code 1: Error: Invalid target"), message
     assert _tag(printed.target) not in message and '"x.***"' in message, message
+
+
+WRAPPING_CONFIG = """\
+variable "phrase" { type = string }
+
+resource "terraform_data" "fails" {
+  provisioner "local-exec" {
+    command = "echo connecting with password ${var.phrase} to the database server now; exit 3"
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("color", [False, True], ids=["no-color", "color"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_secret_terraform_wraps_across_lines_is_masked(
+    rel_env: dict[str, str], tmp_path: Path, color: bool, stream: bool
+) -> None:
+    """terraform word-wraps a diagnostic at 78 columns: a failing local-exec's command
+    shows a passphrase broken over two lines (in a box, coloured, or not)."""
+    tag = secrets.token_hex(4)
+    phrase = f"correct horse battery staple {tag}"
+    (tmp_path / "main.tf").write_text(WRAPPING_CONFIG)
+    base = {"tool": "terraform", "work_dir": str(tmp_path), "env_vars": {"TF_VAR_phrase": phrase}}
+    outputs: dict[bool, str] = {}
+    for command, masked in [("init", False), ("apply", False), ("apply", True)]:
+        request = {**base, "command": command, "args": [] if color else ["-no-color"]}
+        if command == "apply":
+            request["args"] = [*request["args"], "-auto-approve"]
+        if masked:
+            request["sensitive_env"] = ["TF_VAR_phrase"]
+        proc = subprocess.run(
+            [IAC_RUNNER, *(["--stream"] if stream and masked else [])],
+            input=json.dumps(request).encode(),
+            capture_output=True,
+            env=rel_env,
+            timeout=120,
+            check=False,
+        )
+        outputs[masked] = proc.stdout.decode()
+    # Unmasked, the phrase is broken over two lines of the diagnostic ...
+    raw = json.loads(outputs[False])["output"]
+    broken = [line for line in raw.split("\n") if "correct horse" in line and tag not in line]
+    assert broken, raw
+    # ... and masked, nothing of it is left, nor in error_msg.
+    assert tag not in outputs[True] and "correct horse" not in outputs[True], outputs[True]
+    assert "Error running command" in outputs[True]
