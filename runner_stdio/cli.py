@@ -60,8 +60,9 @@ that is unknown is refused (exit 2). With --workspace-root, path arguments (-sta
 -out, -var-file, a file to show, a directory to fmt, ..., also in TF_CLI_ARGS) and
 TF_DATA_DIR-like variables must resolve inside the root (relative ones from work_dir).
 
-exit status: 0 tool succeeded, 1 tool failed / timed out / canceled,
-             2 request refused, 3 internal error
+exit status: 0 tool succeeded, 1 tool failed / timed out / canceled (error_msg then
+             carries the tool's first "Error: ..." line), 2 request refused,
+             3 internal error or stdout closed/full (one line on stderr)
 
 signals: SIGINT or SIGTERM cancels gracefully (SIGINT to the tool's process group,
          SIGTERM after the grace period, SIGKILL 5 s later); a second one, or
@@ -111,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workspace-root",
         default=os.environ.get("IAC_RUNNER_WORKSPACE_ROOT") or None,
-        help="work_dir must resolve inside this directory [env IAC_RUNNER_WORKSPACE_ROOT]",
+        help="work_dir and path arguments must resolve inside this directory "
+        "[env IAC_RUNNER_WORKSPACE_ROOT]",
     )
     p.add_argument(
         "--grace",
