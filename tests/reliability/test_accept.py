@@ -110,9 +110,10 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
 ACCEPTS = [["plan"], ["apply"], ["destroy"], ["plan", "apply"], ["plan", "destroy"],
            ["apply", "destroy"], []]  # fmt: skip
 # iac-runner's own check (the second line of defence: the runner server refuses first) on
-# stdin: against three accept lists that between them refuse every kind of command in the
-# quick profile, all of them in the soak profile.
-STDIO_ACCEPTS = [a for a in ACCEPTS if SOAK or a in (["plan"], ["apply", "destroy"], [])]
+# stdin: in the quick profile against a plan-only and a destroy-only list (between them
+# every kind of refusal, and a saved plan accepted by a runner without "apply"), all of
+# them in the soak profile.
+STDIO_ACCEPTS = [a for a in ACCEPTS if SOAK or a in (["plan"], ["destroy"])]
 FAKE_TOOL = """#!/bin/sh
 if [ "$1" = version ]; then echo '{"terraform_version": "1.11.4"}'; fi
 exit 0
