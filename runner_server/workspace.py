@@ -45,8 +45,10 @@ def work_dir_path(root: str, work_dir: str, default_name: str) -> str:
 
 def make_private_dirs(root: str, path: str) -> None:
     """Create `path` and any missing parents below `root` with mode 0700 (whatever the
-    umask); an existing directory is left as it is."""
+    umask); an existing directory is left as it is, and a missing root is created as
+    the operator's umask says."""
     real_root = os.path.realpath(root)
+    os.makedirs(real_root, exist_ok=True)
     missing: list[str] = []
     current = path
     while not os.path.isdir(current) and current.startswith(real_root + os.sep):

@@ -468,3 +468,12 @@ def test_bad_timeouts_are_refused_alike_on_grpc_and_stdio(
     assert result.status == EXIT_INVALID
     assert info.value.details() == result.response["error_msg"]
     assert "'timeout'" in result.response["error_msg"]
+
+
+def test_a_missing_workspace_root_is_created(fake_runner: RunnerProcess) -> None:
+    """The root is made when the first work dir needs it (it was, before work dirs were
+    made 0700 one level at a time)."""
+    fake_runner.workspace_root.rmdir()
+    events = execute(fake_runner.stub(), tool="terraform", command="plan", work_dir="a/b")
+    assert result_of(events).success
+    assert _mode(fake_runner.workspace_root / "a" / "b") == 0o700
