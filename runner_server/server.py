@@ -12,11 +12,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.iacrunner.v1 import runner_pb2 as pb
-from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from runner_server.auth import TokenAuth
 from runner_server.config import ServerConfig
 from runner_server.service import RunnerService
-from runner_server.servicer import RunnerServicer
+from runner_server.servicer import RunnerServicer, add_to_server
 from runner_server.toolinfo import detect
 
 log = logging.getLogger("iac_runner_server")
@@ -47,7 +46,7 @@ class RunnerServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        pb_grpc.add_RunnerServicer_to_server(RunnerServicer(self.service), self.server)
+        add_to_server(RunnerServicer(self.service), self.server)
         self.health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
         reflection.enable_server_reflection(

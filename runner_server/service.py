@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
@@ -25,8 +27,15 @@ from runner_server.journal import Journal, Record
 from runner_server.runs import ProtocolError, RetentionError, Run
 from runner_server.state_relay import NoChannel, StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
-from runner_stdio.protocol import RequestError, now_iso, parse_request
-from runner_stdio.tools import ToolError, accepted, check_command, get_spec, operation_of
+from runner_stdio.commands import check_paths, refusal
+from runner_stdio.protocol import (
+    DEFAULT_MAX_TIMEOUT,
+    MAX_TIMEOUT_ENV,
+    RequestError,
+    now_iso,
+    parse_request,
+)
+from runner_stdio.tools import ToolError, check_command, get_spec
 
 log = logging.getLogger("iac_runner_server")
 
@@ -66,6 +75,43 @@ class RunnerError(Exception):
         self.kind = kind
 
 
+def check_strings(message: Message) -> None:
+    """Every string of a request (fields, repeated fields, map keys and values) must be
+    passable to the OS: no NUL, no lone surrogate. Checked before any of them is used
+    (a NUL in work_dir made realpath raise)."""
+    for field, value in message.ListFields():
+        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+        if field.type != field.TYPE_STRING and not is_map:
+            continue
+        if is_map:  # map<string, string>
+            items = [(f"{field.name}[{k!r}]", x) for k, v in value.items() for x in (k, v)]
+        elif field.is_repeated:
+            items = [(f"{field.name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(f"field {field.name!r}", value)]
+        for where, text in items:
+            if not isinstance(text, str):
+                continue
+            if "\x00" in text:
+                raise RunnerError("invalid", f"{where} must not contain NUL bytes")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RunnerError(
+                    "invalid", f"{where} is not valid Unicode (lone surrogate)"
+                ) from None
+
+
+def max_timeout() -> float:
+    """The largest timeout iac-runner accepts: what IAC_RUNNER_MAX_TIMEOUT (which it
+    inherits) says, else its default. Refused here with iac-runner's own message."""
+    try:
+        value = float(os.environ.get(MAX_TIMEOUT_ENV) or DEFAULT_MAX_TIMEOUT)
+    except ValueError:
+        return DEFAULT_MAX_TIMEOUT
+    return value if 0 < value < float("inf") else DEFAULT_MAX_TIMEOUT
+
+
 @dataclass
 class Prepared:
     run_id: str
@@ -92,35 +138,36 @@ class RunnerService:
 
     # -- Execute ---------------------------------------------------------------
     def _prepare(self, req: pb.ExecuteRequest) -> Prepared:
+        check_strings(req)
         run_id = req.run_id or uuid.uuid4().hex
         if len(run_id) > 128 or not set(run_id) <= _RUN_ID_OK:
             raise RunnerError("invalid", "run_id must be 1-128 characters of [A-Za-z0-9._-]")
         if run_id in self.runs:
             raise RunnerError("exists", f"run_id {run_id!r} is already in use on this runner")
         # The same validation as iac-runner's stdin, so both entry points refuse alike.
+        args, env_vars = list(req.args), dict(req.env_vars)
         body: dict[str, Any] = {
             "tool": req.tool,
             "command": req.command,
-            "args": list(req.args),
-            "env_vars": dict(req.env_vars),
+            "args": args,
+            "env_vars": env_vars,
             "timeout": req.timeout,
             "sensitive_env": list(req.sensitive_env),
+            "mask_values": list(req.mask_values),
         }
         try:
-            parse_request(json.dumps(body).encode(), max_timeout=float("inf"))
+            parse_request(json.dumps(body).encode(), max_timeout=max_timeout())
             spec = get_spec(req.tool)
-            check_command(spec, req.command)
+            check_command(spec, req.command, args)
             work_dir = workspace.work_dir_path(
                 self.config.workspace_root, req.work_dir, f"run-{run_id}"
             )
+            check_paths(req.command, args, env_vars, work_dir, self.config.workspace_root)
         except (RequestError, ToolError) as exc:
             raise RunnerError("invalid", str(exc)) from None
-        if not accepted(self.config.accept, req.command, list(req.args)):
-            raise RunnerError(
-                "permission",
-                f"this runner does not accept {operation_of(req.command, list(req.args))} "
-                f"({req.command!r}); it accepts: {', '.join(self.config.accept)}",
-            )
+        refused = refusal(self.config.accept, req.command, args, env_vars)
+        if refused:
+            raise RunnerError("permission", refused)
         tools = [t for t in self.tools if t.name == spec.name]
         if not tools:
             raise RunnerError("precondition", f"{spec.name} is not installed on this runner")
@@ -224,6 +271,8 @@ class RunnerService:
             str(self.config.grace),
             "--default-timeout",
             str(self.config.default_timeout),
+            # iac-runner refuses what the runner does not accept, too.
+            *(["--accept", ",".join(self.config.accept)] if self.config.accept else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -262,7 +311,7 @@ class RunnerService:
             Record(prepared.run_id, prepared.work_dir, request.cleanup, request.state_channel)
         )
         existed = os.path.isdir(prepared.work_dir)
-        os.makedirs(prepared.work_dir, exist_ok=True)
+        workspace.make_private_dirs(self.config.workspace_root, prepared.work_dir)
         if prepared.request.workspace:
             try:
                 workspace.unpack(prepared.request.workspace, prepared.work_dir, self.config.limits)

@@ -1,15 +1,22 @@
-"""gRPC transport for `iacrunner.v1.Runner`: maps calls to RunnerService, errors to status codes."""
+"""gRPC transport for `iacrunner.v1.Runner`: maps calls to RunnerService, errors to status codes.
+
+Requests are parsed here, not by grpc: bytes that are no valid message (a string with bad
+UTF-8, such as a lone surrogate, or no protobuf at all) are INVALID_ARGUMENT with the
+reason, instead of UNKNOWN and a traceback in the log.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
-from runner_server.service import RunnerError, RunnerService
+from runner_server.service import RunnerError, RunnerService, check_strings
 
 STATUS = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
@@ -23,6 +30,57 @@ STATUS = {
 }
 
 
+class Undecodable:
+    """What arrived instead of a request that could not be parsed."""
+
+    def __init__(self, reason: str) -> None:
+        self.message = f"{reason} (a string must be valid UTF-8: no lone surrogate)"
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return parse
+
+
+async def _refuse_undecodable(request: object, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+def add_to_server(servicer: RunnerServicer, server: grpc.aio.Server) -> None:
+    """pb_grpc.add_RunnerServicer_to_server, with requests parsed by `_parser`."""
+    handlers = {
+        "Execute": grpc.unary_stream_rpc_method_handler(
+            servicer.Execute,
+            request_deserializer=_parser(pb.ExecuteRequest),
+            response_serializer=pb.ExecuteEvent.SerializeToString,
+        ),
+        "Attach": grpc.unary_stream_rpc_method_handler(
+            servicer.Attach,
+            request_deserializer=_parser(pb.AttachRequest),
+            response_serializer=pb.ExecuteEvent.SerializeToString,
+        ),
+        "Cancel": grpc.unary_unary_rpc_method_handler(
+            servicer.Cancel,
+            request_deserializer=_parser(pb.CancelRequest),
+            response_serializer=pb.CancelResponse.SerializeToString,
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetInfo,
+            request_deserializer=_parser(pb.GetInfoRequest),
+            response_serializer=pb.RunnerInfo.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Runner"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
     def __init__(self, service: RunnerService) -> None:
         self.service = service
@@ -30,6 +88,7 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteEvent]:
+        await _refuse_undecodable(request, context)
         try:
             run = await self.service.start(request)
         except RunnerError as exc:
@@ -46,7 +105,9 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
     async def Attach(
         self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteEvent]:
+        await _refuse_undecodable(request, context)
         try:
+            check_strings(request)
             run = await self.service.attach(request.run_id, request.state_channel)
             async for event in self.service.events(
                 run, request.from_seq, packed=request.packed_output
@@ -58,7 +119,9 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
     async def Cancel(
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
+        await _refuse_undecodable(request, context)
         try:
+            check_strings(request)
             status = self.service.cancel(request.run_id, force=request.force)
         except RunnerError as exc:
             await context.abort(STATUS[exc.kind], str(exc))
@@ -67,6 +130,7 @@ class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]
     async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunnerInfo:
+        await _refuse_undecodable(request, context)
         return self.service.info()
 
     async def ServeState(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 
-from runner_stdio.tools import TOOLS, TOOLS_ENV, ToolError, find_binary, get_spec
+from runner_stdio.tools import TOOLS, TOOLS_ENV, ToolError, binary_version, find_binary, get_spec
 
 log = logging.getLogger("iac_runner_server")
 
@@ -19,26 +18,6 @@ class ToolInfo:
     version: str
     path: str
     is_default: bool = True
-
-
-def binary_version(path: str) -> str:
-    """Ask the binary itself: `version -json` (terraform >= 0.13, tofu)."""
-    proc = subprocess.run(
-        [path, "version", "-json"],
-        capture_output=True,
-        timeout=30,
-        # The environment the tool gets in a run (no IAC_* settings), no update check.
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("IAC_")},
-            "CHECKPOINT_DISABLE": "1",
-        },
-        check=False,
-    )
-    try:
-        data = json.loads(proc.stdout)
-        return str(data.get("terraform_version") or data.get("version") or "")
-    except ValueError:
-        return ""
 
 
 def detect(entries: list[tuple[str, str, str]] | None = None) -> list[ToolInfo]:

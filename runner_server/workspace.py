@@ -1,4 +1,9 @@
-"""A run's directory: resolved inside the workspace root, unpacked safely, collected, removed."""
+"""A run's directory: resolved inside the workspace root, made private, unpacked safely,
+collected, removed.
+
+What the runner writes is its user's alone: directories 0700, files 0600 (owner's execute
+bit kept). A saved plan and a state hold secrets; the tool itself runs with umask 077.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +43,39 @@ def work_dir_path(root: str, work_dir: str, default_name: str) -> str:
     return path
 
 
+def make_private_dirs(root: str, path: str) -> None:
+    """Create `path` and any missing parents below `root` with mode 0700 (whatever the
+    umask); an existing directory is left as it is, and a missing root is created as
+    the operator's umask says."""
+    real_root = os.path.realpath(root)
+    os.makedirs(real_root, exist_ok=True)
+    missing: list[str] = []
+    current = path
+    while not os.path.isdir(current) and current.startswith(real_root + os.sep):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _private(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """The "data" filter (no absolute paths, no `..`, no links out, no devices), then
+    modes for the owner only: files 0600 (0700 if executable), directories 0700."""
+    member = tarfile.data_filter(member, dest)
+    if member.isdir():
+        return member.replace(mode=0o700, deep=False)
+    if member.isfile():
+        mode = 0o700 if (member.mode or 0) & 0o100 else 0o600
+        return member.replace(mode=mode, deep=False)
+    return member
+
+
 def unpack(archive: bytes, dest: str, limits: Limits) -> int:
     """Unpack a tar.gz (or plain tar) into `dest`. Refuses absolute paths, `..`, links
     that point out, devices, and archives over the size or file-count cap. Returns the
@@ -68,9 +106,8 @@ def unpack(archive: bytes, dest: str, limits: Limits) -> int:
                     raise WorkspaceError(
                         f"workspace archive refused: entry {member.name!r} points outside work_dir"
                     )
-            os.makedirs(dest, exist_ok=True)
-            # The "data" filter refuses absolute paths, `..`, and links that leave dest.
-            tar.extractall(dest, members=members, filter="data")
+            os.makedirs(dest, mode=0o700, exist_ok=True)
+            tar.extractall(dest, members=members, filter=_private)
         except tarfile.FilterError as exc:
             raise WorkspaceError(f"workspace archive refused: {exc}") from None
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:

@@ -12,14 +12,17 @@ import os
 import sys
 from collections.abc import Iterable
 
+from runner_stdio.commands import OPERATIONS, check_paths, refusal
 from runner_stdio.executor import Execution, Outcome
-from runner_stdio.output import BoundedOutput, NdjsonSink, write_response
+from runner_stdio.output import BoundedOutput, NdjsonSink, StdoutError, write_response
 from runner_stdio.protocol import (
+    DEFAULT_MAX_TIMEOUT,
     EXIT_INTERNAL,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_TOOL_FAILED,
     MAX_REQUEST_BYTES,
+    MAX_TIMEOUT_ENV,
     RequestError,
     now_iso,
     parse_request,
@@ -36,16 +39,30 @@ EPILOG = """\
 request (stdin):  {"tool": "terraform", "work_dir": "/tmp/iac-deployments/run-1",
                    "command": "plan", "args": ["-out=tfplan"],
                    "env_vars": {"TF_VAR_region": "us-east-1"}, "timeout": 30,
-                   "sensitive_env": ["TF_VAR_password"], "tool_version": "1.11.4"}
+                   "sensitive_env": ["TF_VAR_password"], "tool_version": "1.11.4",
+                   "mask_values": ["an-old-password"]}
 response (stdout): {"success": true, "output": "...", "exit_code": 0, "error_msg": "",
                     "started_at": "...Z", "ended_at": "...Z"}
 
-tool_version (optional) picks a binary listed in IAC_RUNNER_TOOLS
-("terraform@1.11.4=/opt/terraform/1.11.4/terraform,..."); without it the default
-binary (IAC_RUNNER_TERRAFORM_BIN / IAC_RUNNER_TOFU_BIN or PATH) runs.
+sensitive_env names env_vars whose values, and mask_values lists values (not in the
+environment: e.g. a variable's past values), that are replaced by *** in all output and
+in error_msg, in every form terraform or tofu prints a string (quoted, JSON-escaped,
+escaped twice, line by line).
 
-exit status: 0 tool succeeded, 1 tool failed / timed out / canceled,
-             2 request refused, 3 internal error
+tool_version (optional) picks a binary listed in IAC_RUNNER_TOOLS
+("terraform@1.11.4=/opt/terraform/1.11.4/terraform,..."), or the default binary
+(IAC_RUNNER_TERRAFORM_BIN / IAC_RUNNER_TOFU_BIN or PATH) when its `version -json` is that
+version; without it the default binary runs.
+
+--accept limits the operations (plan, apply, destroy) the runner runs: a command that
+needs another one (apply, destroy, test, state rm, import, fmt without -check, ...) or
+that is unknown is refused (exit 2). With --workspace-root, path arguments (-state,
+-out, -var-file, a file to show, a directory to fmt, ..., also in TF_CLI_ARGS) and
+TF_DATA_DIR-like variables must resolve inside the root (relative ones from work_dir).
+
+exit status: 0 tool succeeded, 1 tool failed / timed out / canceled (error_msg then
+             carries the tool's first "Error: ..." line), 2 request refused,
+             3 internal error or stdout closed/full (one line on stderr)
 
 signals: SIGINT or SIGTERM cancels gracefully (SIGINT to the tool's process group,
          SIGTERM after the grace period, SIGKILL 5 s later); a second one, or
@@ -64,6 +81,16 @@ def _positive(value: str) -> float:
     if not number > 0 or number == float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
     return number
+
+
+def _operations(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    bad = [name for name in names if name not in OPERATIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{bad[0]!r} is not an operation; use: {', '.join(OPERATIONS)}"
+        )
+    return names
 
 
 def _env(name: str, default: str) -> str:
@@ -85,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workspace-root",
         default=os.environ.get("IAC_RUNNER_WORKSPACE_ROOT") or None,
-        help="work_dir must resolve inside this directory [env IAC_RUNNER_WORKSPACE_ROOT]",
+        help="work_dir and path arguments must resolve inside this directory "
+        "[env IAC_RUNNER_WORKSPACE_ROOT]",
     )
     p.add_argument(
         "--grace",
@@ -102,8 +130,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-timeout",
         type=_positive,
-        default=_env("IAC_RUNNER_MAX_TIMEOUT", "86400"),
+        default=_env(MAX_TIMEOUT_ENV, f"{DEFAULT_MAX_TIMEOUT:g}"),
         help="largest timeout a request may ask for [env IAC_RUNNER_MAX_TIMEOUT, 86400]",
+    )
+    p.add_argument(
+        "--accept",
+        type=_operations,
+        action="append",
+        help="an operation this runner accepts: plan, apply or destroy; repeatable or "
+        "comma-separated; read-only commands always run [env IAC_RUNNER_ACCEPT, all]",
     )
     p.add_argument(
         "--output-cap",
@@ -112,7 +147,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bytes of output kept in the response, head and tail "
         "[env IAC_RUNNER_OUTPUT_CAP, 10 MiB]",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.accept is None:
+        try:
+            args.accept = [_operations(os.environ.get("IAC_RUNNER_ACCEPT", ""))]
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"IAC_RUNNER_ACCEPT: {exc}")
+    args.accept = list(dict.fromkeys(op for ops in args.accept for op in ops))
+    return args
 
 
 def _answer(
@@ -138,24 +180,80 @@ def _refuse(stream: bool, message: str, code: int) -> int:
     return code
 
 
+def _say(message: str) -> None:
+    """One line on stderr, if there is a stderr."""
+    try:
+        os.write(2, f"iac-runner: {message}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
-    except BrokenPipeError:
-        # Whoever reads stdout is gone: there is no one to answer. The tool's group has
-        # already been killed (Execution.run), so just end, without a traceback.
+    except StdoutError as exc:
+        # Whoever reads stdout is gone, or it is closed or full: there is no one to answer.
+        # The tool's group has already been killed (Execution.run).
+        _say(f"{exc}; no answer could be given")
         return EXIT_INTERNAL
+
+
+def _read_request() -> bytes:
+    """Up to one byte over the cap from stdin (fd 0), which may be closed."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_REQUEST_BYTES:
+        chunk = os.read(0, MAX_REQUEST_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _die_with_parent() -> None:
+    """Under the runner server (--stream): end with it. If it is SIGKILLed, the kernel
+    SIGKILLs this process at once (PR_SET_PDEATHSIG) and the guard kills the tool's group;
+    otherwise terraform would run on until its next line met the closed pipe."""
+    parent = os.getppid()
+    try:
+        import ctypes  # 3-5 ms; only on the runner server's path, where the spare hides it
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, 9, 0, 0, 0)  # 9: SIGKILL
+    except (OSError, AttributeError):  # not Linux: the closed pipe ends the run instead
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        raise StdoutError("the process that started iac-runner is gone")
 
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+    try:
+        os.fstat(1)
+    except OSError as exc:
+        _say(f"stdout is not open ({exc.strerror}): nowhere to answer")
+        return EXIT_INTERNAL
+    if args.stream:
+        _die_with_parent()
+    try:
+        raw = _read_request()
+    except OSError as exc:
+        return _refuse(args.stream, f"could not read the request from stdin: {exc}", EXIT_INVALID)
     try:
         request = parse_request(raw, max_timeout=args.max_timeout)
         spec = get_spec(request.tool)
-        check_command(spec, request.command)
+        check_command(spec, request.command, request.args)
         binary = find_binary(spec, request.tool_version)
         work_dir = resolve_work_dir(request.work_dir, args.workspace_root)
+        if args.workspace_root:
+            check_paths(
+                request.command, request.args, request.env_vars, work_dir, args.workspace_root
+            )
+        refused = refusal(args.accept, request.command, request.args, request.env_vars)
+        if refused:
+            raise RequestError(refused)
     except (RequestError, ToolError) as exc:
         return _refuse(args.stream, str(exc), EXIT_INVALID)
 
@@ -181,9 +279,7 @@ def _main(argv: list[str] | None) -> int:
     )
     try:
         outcome: Outcome = execution.run()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
+    except OSError as exc:  # the tool could not be started (writes to stdout: StdoutError)
         return _refuse(args.stream, f"could not run {spec.name}: {exc}", EXIT_INTERNAL)
 
     fields = response(
@@ -209,8 +305,12 @@ def entry() -> None:
     """The console script: main(), then exit without interpreter teardown (the response is
     already written with os.write; skipping finalisation saves several ms per command)."""
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None when the fd was closed at start
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
     os._exit(code)
 
 

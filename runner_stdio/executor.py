@@ -188,11 +188,14 @@ class Execution:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
+                # What the run writes (a saved plan and state hold secrets) is the
+                # runner user's alone: files 0600, directories 0700.
+                umask=0o077,
             )
             guard_pid, guard_fd = _start_guard(proc.pid)
-            if callable(self.on_start):
-                self.on_start(proc.pid, started_at)
             try:
+                if callable(self.on_start):
+                    self.on_start(proc.pid, started_at)
                 returncode = self._pump(proc, wake_r)
             finally:
                 # No child of the tool outlives the run.
@@ -208,7 +211,9 @@ class Execution:
             os.close(wake_w)
             if tmp is not None:
                 tmp.cleanup()
-        return self._outcome(returncode, started_at, now_iso(), proc.pid)
+        outcome = self._outcome(returncode, started_at, now_iso(), proc.pid)
+        outcome.error_msg = self.splitter.mask(outcome.error_msg)
+        return outcome
 
     def _pump(self, proc: subprocess.Popen[bytes], wake_r: int) -> int:
         assert proc.stdout is not None and proc.stderr is not None
@@ -294,4 +299,6 @@ class Execution:
             msg = f"{tool} was killed by signal {signal.Signals(-returncode).name}"
             return Outcome(exit_code, "killed", msg, started_at, ended_at, pid)
         msg = f"{tool} {self.request.command} exited with code {exit_code}"
+        if self.splitter.first_error:  # the tool's own words (already masked)
+            msg = f"{msg}: {self.splitter.first_error}"
         return Outcome(exit_code, "failed", msg, started_at, ended_at, pid)

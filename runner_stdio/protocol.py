@@ -1,7 +1,8 @@
 """The stdio wire format: parsing and validating a request, shaping a response.
 
 Request (one JSON object on stdin):
-    {"tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env"}
+    {"tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env",
+     "tool_version", "mask_values"}
 Response (one JSON object on stdout), exactly these fields:
     {"success", "output", "exit_code", "error_msg", "started_at", "ended_at"}
 """
@@ -38,9 +39,15 @@ FIELDS = (
     "timeout",
     "sensitive_env",
     "tool_version",
+    "mask_values",
 )
 MAX_ARGS = 1000
 MAX_ENV_VARS = 1000
+MAX_MASK_VALUES = 1000
+# The largest timeout a request may ask for, unless IAC_RUNNER_MAX_TIMEOUT says otherwise.
+# The runner server refuses what its iac-runner would, with the same message.
+MAX_TIMEOUT_ENV = "IAC_RUNNER_MAX_TIMEOUT"
+DEFAULT_MAX_TIMEOUT = 86400.0
 
 
 class RequestError(Exception):
@@ -67,6 +74,7 @@ class Request:
         "args",
         "command",
         "env_vars",
+        "mask_values",
         "sensitive_env",
         "timeout",
         "tool",
@@ -84,6 +92,7 @@ class Request:
         timeout: float = 0,
         sensitive_env: list[str] | None = None,
         tool_version: str = "",
+        mask_values: list[str] | None = None,
     ) -> None:
         self.tool = tool
         self.command = command
@@ -93,10 +102,13 @@ class Request:
         self.timeout = timeout
         self.sensitive_env = sensitive_env or []
         self.tool_version = tool_version
+        self.mask_values = mask_values or []
 
     def secrets(self) -> list[str]:
-        """The values to mask in every line of output."""
-        return [self.env_vars[name] for name in self.sensitive_env if self.env_vars[name]]
+        """The values to mask in every line of output: the sensitive env_vars' and
+        mask_values (values not in the environment, e.g. a variable's past values)."""
+        values = [self.env_vars[name] for name in self.sensitive_env]
+        return [value for value in values + self.mask_values if value]
 
 
 def now_iso() -> str:
@@ -210,6 +222,19 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
     if missing:
         raise RequestError(f"sensitive_env names {missing} are not in env_vars")
 
+    mask_values = obj.get("mask_values")
+    mask_values = [] if mask_values is None else mask_values
+    if not isinstance(mask_values, list):
+        raise RequestError(
+            f"field 'mask_values' must be a list of strings, got {type(mask_values).__name__}"
+        )
+    if len(mask_values) > MAX_MASK_VALUES:
+        raise RequestError(f"field 'mask_values' has more than {MAX_MASK_VALUES} items")
+    for i, value in enumerate(mask_values):
+        if not isinstance(value, str):
+            raise RequestError(f"mask_values[{i}] must be a string, got {type(value).__name__}")
+        _no_nul(value, f"mask_values[{i}]")
+
     return Request(
         tool=tool,
         command=command,
@@ -219,6 +244,7 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
         timeout=seconds,
         sensitive_env=list(sensitive),
         tool_version=tool_version,
+        mask_values=list(mask_values),
     )
 
 

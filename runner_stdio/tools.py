@@ -7,37 +7,13 @@ from __future__ import annotations
 
 import os
 
-# Subcommands that make sense unattended. Interactive ones are refused with a reason.
-_TF_COMMANDS = frozenset(
-    {
-        "version",
-        "init",
-        "validate",
-        "plan",
-        "apply",
-        "destroy",
-        "show",
-        "output",
-        "fmt",
-        "providers",
-        "state",
-        "import",
-        "refresh",
-        "workspace",
-        "graph",
-        "get",
-        "test",
-        "force-unlock",
-        "taint",
-        "untaint",
-    }
-)
-_TF_REFUSED = {
-    "console": "it is an interactive REPL",
-    "login": "it is interactive and writes credentials to the runner's disk",
-    "logout": "it is interactive and changes the runner's stored credentials",
-    "metadata": "it is not a command for unattended runs",
-}
+from runner_stdio.commands import COMMANDS, GROUPS, REFUSED, key_of
+from runner_stdio.commands import OPERATIONS as OPERATIONS  # runner_server.config reads it
+
+# Subcommands that make sense unattended, from the one table of subcommands; the
+# interactive ones are refused with a reason.
+_TF_COMMANDS = frozenset(key.split()[0] for key, e in COMMANDS.items() if e.needs != REFUSED)
+_TF_REFUSED = {key: e.why for key, e in COMMANDS.items() if e.needs == REFUSED}
 
 
 class ToolSpec:
@@ -77,39 +53,9 @@ TOOLS: dict[str, ToolSpec] = {
 }
 
 
-# Commands that change nothing (state or infrastructure); `plan` is its own operation.
-READ_ONLY_COMMANDS = frozenset(
-    {"version", "init", "validate", "show", "output", "fmt", "providers", "graph", "get", "test"}
-)
-OPERATIONS = ("plan", "apply", "destroy")
 # Versioned binaries: "terraform@1.11.4=/opt/terraform/1.11.4/terraform,tofu@1.8.0=/usr/bin/tofu".
 # iac-runner-server fills it with the versions each binary reported at start-up.
 TOOLS_ENV = "IAC_RUNNER_TOOLS"
-
-
-def operation_of(command: str, args: list[str]) -> str | None:
-    """The operation a runner must accept to run this command (None: read-only).
-
-    `plan` needs "plan"; `destroy` or `apply -destroy` needs "destroy"; applying a saved
-    plan needs "apply" or "destroy" (the file does not say which; callers check both);
-    every other state-changing command (import, state, taint, refresh, ...) needs "apply".
-    """
-    if command in READ_ONLY_COMMANDS or command == "workspace":
-        return None
-    if command == "plan":
-        return "plan"
-    if command == "destroy" or (command == "apply" and "-destroy" in args):
-        return "destroy"
-    return "apply"
-
-
-def accepted(accept: list[str], command: str, args: list[str]) -> bool:
-    """Whether a runner that accepts `accept` (empty: everything) may run this command."""
-    needed = operation_of(command, args)
-    if not accept or needed is None or needed in accept:
-        return True
-    saved_plan = command == "apply" and any(not a.startswith("-") for a in args)
-    return saved_plan and "destroy" in accept
 
 
 def parse_tool_entries(text: str) -> list[tuple[str, str, str]]:
@@ -134,8 +80,19 @@ class ToolError(Exception):
     """The requested tool or command cannot be run here; the message says why."""
 
 
-def check_command(spec: ToolSpec, command: str) -> None:
+def check_command(spec: ToolSpec, command: str, args: list[str]) -> None:
     if command in spec.commands:
+        if command in GROUPS and key_of(command, args) not in COMMANDS:
+            subs = ", ".join(k.split()[1] for k in COMMANDS if k.startswith(command + " "))
+            if args and not args[0].startswith("-"):
+                raise ToolError(
+                    f"command '{command} {args[0]}' is not allowed for {spec.name}; "
+                    f"{command!r} takes one of: {subs}"
+                )
+            raise ToolError(
+                f"command {command!r} is not allowed for {spec.name} without one of its "
+                f"subcommands first in args: {subs}"
+            )
         return
     if command in spec.refused:
         raise ToolError(
@@ -167,24 +124,32 @@ def _executable(spec: ToolSpec, path: str, where: str) -> str:
     return os.path.abspath(path)
 
 
-def find_binary(
-    spec: ToolSpec, version: str = "", environ: dict[str, str] | os._Environ[str] = os.environ
-) -> str:
-    """The absolute path of the tool's binary: of `version` from IAC_RUNNER_TOOLS when a
-    version is asked for, else the default one from its env var or PATH."""
-    if version:
-        entries = [
-            (v, path)
-            for name, v, path in parse_tool_entries(environ.get(TOOLS_ENV, ""))
-            if name == spec.name
-        ]
-        for v, path in entries:
-            if v == version:
-                return _executable(spec, path, f"{TOOLS_ENV} {spec.name}@{v}")
-        available = ", ".join(v for v, _ in entries) or "none listed in " + TOOLS_ENV
-        raise ToolError(
-            f"{spec.name} {version} is not available on this runner; it has: {available}"
+def binary_version(path: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The version a binary reports (`version -json`: terraform >= 0.13, tofu); "" when it
+    says none. Run in the environment a tool gets (no IAC_* settings), without update check."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in environ.items() if not k.startswith("IAC_")}
+    env["CHECKPOINT_DISABLE"] = "1"
+    try:
+        proc = subprocess.run(
+            [path, "version", "-json"],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+            env=env,
+            check=False,
         )
+        data = json.loads(proc.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    return str(data.get("terraform_version") or data.get("version") or "")
+
+
+def _default_binary(spec: ToolSpec, environ: dict[str, str] | os._Environ[str]) -> str:
     explicit = environ.get(spec.bin_env)
     if explicit:
         return _executable(spec, explicit, spec.bin_env)
@@ -195,3 +160,33 @@ def find_binary(
             f"(install it or set {spec.bin_env} to its path)"
         )
     return os.path.abspath(found)
+
+
+def find_binary(
+    spec: ToolSpec, version: str = "", environ: dict[str, str] | os._Environ[str] = os.environ
+) -> str:
+    """The absolute path of the tool's binary: the default one (its env var, or PATH), or,
+    when a version is asked for, the IAC_RUNNER_TOOLS entry of that version, else the
+    default binary if `version -json` says it is that version."""
+    if not version:
+        return _default_binary(spec, environ)
+    entries = [
+        (v, path)
+        for name, v, path in parse_tool_entries(environ.get(TOOLS_ENV, ""))
+        if name == spec.name
+    ]
+    for v, path in entries:
+        if v == version:
+            return _executable(spec, path, f"{TOOLS_ENV} {spec.name}@{v}")
+    try:
+        default = _default_binary(spec, environ)
+    except ToolError:
+        default = ""
+    default_version = binary_version(default, environ) if default else ""
+    if default_version == version:
+        return default
+    have = [v for v, _ in entries]
+    if default_version and default_version not in have:
+        have.append(default_version)
+    available = ", ".join(have) or "none (no IAC_RUNNER_TOOLS entry, no default binary)"
+    raise ToolError(f"{spec.name} {version} is not available on this runner; it has: {available}")

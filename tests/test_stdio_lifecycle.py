@@ -127,5 +127,7 @@ def test_failed_command_reports_terraform_error(tool_env, tf_dir, command):
     response = result.response
     check_response(response)
     assert response["success"] is False and response["exit_code"] == 1
-    assert response["error_msg"] == f"terraform {command} exited with code 1"
+    assert response["error_msg"] == (
+        f"terraform {command} exited with code 1: Error: Reference to undeclared input variable"
+    )
     assert "Reference to undeclared input variable" in response["output"]

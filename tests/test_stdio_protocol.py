@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import IAC_RUNNER, pids_matching
+from tests.procs import free_port
 from tests.test_stdio_helpers import (
     EXIT_INTERNAL,
     EXIT_INVALID,
@@ -24,6 +26,7 @@ from tests.test_stdio_helpers import (
     check_stream,
     fake_tool,
     run_runner,
+    unique_seconds,
 )
 
 SEED_REQUEST = {
@@ -152,8 +155,64 @@ def test_tool_failure_is_exit_status_1(tool_env, tmp_path):
     check_response(response)
     assert response["success"] is False
     assert response["exit_code"] == 1
-    assert response["error_msg"] == "terraform validate exited with code 1"
+    # With terraform's own first error line (colours and its box removed).
+    assert response["error_msg"] == (
+        "terraform validate exited with code 1: Error: Unsupported block type"
+    )
     assert "Error" in response["output"]
+
+
+# A configuration terraform refuses: (main.tf, command, the start of its first error line).
+FAILING_CONFIGS = {
+    "undeclared-variable": (
+        'output "o" {\n  value = var.nope\n}\n',
+        "plan",
+        "Error: Reference to undeclared input variable",
+    ),
+    "http-backend-closed-port": (
+        'terraform {\n  backend "http" {\n    address = "http://127.0.0.1:{port}/state"\n'
+        "    retry_max = 0\n  }\n}\n",
+        "init",
+        "Error: Error refreshing state: Failed to get state: GET http://127.0.0.1:{port}/state",
+    ),
+    "not-hcl": ("this is not HCL {", "validate", "Error: Unsupported block type"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("color", [False, True], ids=["no-color", "color"])
+@pytest.mark.parametrize("case", list(FAILING_CONFIGS))
+def test_error_msg_carries_terraform_s_first_error_line(tool_env, tmp_path, case, color, stream):
+    """error_msg says how terraform ended and its own first `Error:` line (from stderr,
+    in or out of its box, colours removed), not only the exit code."""
+    port = str(free_port())  # nothing listens there
+    config, command, error = (x.replace("{port}", port) for x in FAILING_CONFIGS[case])
+    (tmp_path / "main.tf").write_text(config)
+    request = {
+        "tool": "terraform",
+        "work_dir": str(tmp_path),
+        "command": command,
+        "args": [] if color else ["-no-color"],
+    }
+    result = run_runner(request, tool_env, *(["--stream"] if stream else []))
+    assert result.status == EXIT_TOOL_FAILED, result.stdout[-2000:]
+    message = (result.result if stream else result.response)["error_msg"]
+    assert message.startswith(f"terraform {command} exited with code 1: {error}"), message
+    assert "\x1b" not in message and "\u2502" not in message and "\n" not in message
+
+
+def test_error_msg_without_an_error_line_is_the_exit_code(tool_env, tmp_path):
+    """A tool that fails without a diagnostic (an "Error: " inside a line is not one,
+    nor one on stdout) keeps the plain message."""
+    body = (
+        "import sys\n"
+        "print('Error: on stdout is not a diagnostic')\n"
+        "print('some Error: in the middle', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    env = {**tool_env, "IAC_RUNNER_TERRAFORM_BIN": fake_tool(tmp_path, body)}
+    result = run_runner({"tool": "terraform", "command": "plan"}, env)
+    assert result.response["error_msg"] == "terraform plan exited with code 3"
 
 
 def test_exit_code_of_a_tool_killed_by_a_signal(tool_env, tmp_path):
@@ -335,6 +394,15 @@ BAD_REQUESTS: list[Case] = [
     case("chdir", _req(args=["-chdir=/"]), "args[0] '-chdir=/' is not allowed: work_dir sets the"),
     case("chdir-dashes", _req(args=["-json", "--chdir=/etc"]), "args[1] '--chdir=/etc' is not all"),
     case("sensitive-unknown", _req(sensitive_env=["PW"]), "sensitive_env names ['PW'] are not in "),
+    case("mask-values-string", _req(mask_values="pw"), "'mask_values' must be a list of strings"),
+    case("mask-values-number", _req(mask_values=["a", 1]), "mask_values[1] must be a string, got"),
+    case("mask-values-nul", _req(mask_values=["a\x00"]), "mask_values[0] must not contain NUL"),
+    case(
+        "mask-values-surrogate",
+        TF + b'"mask_values":["\\ud800"]}',
+        "mask_values[0] is not valid Unicode (lone surrogate)",
+    ),
+    case("mask-values-too-many", _req(mask_values=["x"] * 1001), "has more than 1000 items"),
     case(
         "sensitive-not-list",
         _req(sensitive_env="PW", env_vars={"PW": "x"}),
@@ -344,6 +412,7 @@ BAD_REQUESTS: list[Case] = [
 
 STREAM_TOO = {
     "invalid-json",
+    "mask-values-nul",
     "missing-tool",
     "unknown-field",
     "nul-in-arg",
@@ -467,3 +536,40 @@ def test_bad_command_line_flag_is_an_argparse_error(tool_env):
     assert result.status == 2
     assert b"--grace" in result.stderr and b"must be a positive number" in result.stderr
     assert_no_traceback(result)
+
+
+def _close_stdout() -> None:
+    os.close(1)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("request_kind", ["refused", "run"])
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_stdout_closed_or_full_is_exit_3_with_one_line(
+    tool_env, tmp_path, stdout, request_kind, stream
+):
+    """`iac-runner >&-` or `> /dev/full`: nowhere to answer. Exit 3 and one line on
+    stderr (it was a traceback and exit 1), for a refused request and for a run; a tool
+    it had started is stopped at once."""
+    seconds = unique_seconds()
+    body = f"import os\nprint('hello', flush=True)\nos.execvp('sleep', ['sleep', '{seconds}'])\n"
+    if not stream:
+        body = "print('hello')\n"
+    env = {**tool_env, "IAC_RUNNER_TERRAFORM_BIN": fake_tool(tmp_path, body)}
+    request = {"tool": "terraform" if request_kind == "run" else "nope", "command": "plan"}
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [IAC_RUNNER, *(["--stream"] if stream else [])],
+            input=json.dumps(request).encode(),
+            stdout=full if stdout == "full" else None,
+            stderr=subprocess.PIPE,
+            preexec_fn=_close_stdout if stdout == "closed" else None,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == EXIT_INTERNAL, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("iac-runner: "), lines
+    assert ("not open" if stdout == "closed" else "No space left on device") in lines[0]
+    assert pids_matching(f"sleep {seconds}") == []

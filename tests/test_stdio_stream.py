@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from runner_stdio.output import LineSplitter, mask_forms
 from tests.conftest import IAC_RUNNER, pids_matching
 from tests.test_stdio_helpers import (
     EXIT_OK,
@@ -216,6 +217,48 @@ def test_masking_of_terraform_output(tool_env, tmp_path, stream):
     # Not listed in sensitive_env: shown as is. (-raw prints no final newline; output is
     # made of lines, so the last one gets its newline too.)
     assert text == secret + "\n"
+
+
+# (secret, a form of it as Go code in terraform or tofu prints it): hclwrite's quoted
+# string, strconv.Quote (%q), encoding/json HTML-safe (jsonencode) and not, JSON in ASCII,
+# and any of those escaped twice (a jsonencode shown as an output value).
+FORMS = [
+    ("Pw<Html>&Sec9", "Pw\\u003cHtml\\u003e\\u0026Sec9"),  # jsonencode
+    ('Qu"ot\\eXYZ7', 'Qu\\"ot\\\\eXYZ7'),  # quoted
+    ('Qu"ot\\eXYZ7', 'Qu\\\\\\"ot\\\\\\\\eXYZ7'),  # jsonencode shown quoted
+    ("Pw<Html>&Sec9", "Pw\\\\u003cHtml\\\\u003e\\\\u0026Sec9"),  # the same
+    ("a${b}%{c}", "a$${b}%%{c}"),  # hclwrite
+    ("tab\there\r", "tab\\there\\r"),
+    ("bell\x07x", "bell\\ax"),  # %q
+    ("bell\x07x", "bell\\u0007x"),  # hclwrite, JSON
+    ("del\x7fx", "del\\x7fx"),  # %q
+    ("del\x7fx", "del\\u007fx"),  # hclwrite, JSON in ASCII
+    ("nb\u00a0sp", "nb\\u00a0sp"),  # not printable for Go: %q, hclwrite
+    ("line\u2028sep", "line\\u2028sep"),  # encoding/json escapes it always
+    ("Caf\u00e9", "Caf\\u00e9"),  # JSON in ASCII
+    ("Em\U0001f600oji", "Em\\ud83d\\ude00oji"),  # JSON in ASCII: a surrogate pair
+    ("Tag\U000e0001x", "Tag\\U000e0001x"),  # not printable beyond the BMP: %q
+    ("ctl\x01x", "ctl\\x01x"),  # %q
+    ("<>&", "\\u003c\\u003e\\u0026"),  # no letter or digit to anchor on
+    ("First line\nSecond line", "First line"),  # printed line by line
+    ("First line\nSecond line", "First line\\nSecond line"),
+]
+
+
+@pytest.mark.parametrize(("secret", "form"), FORMS, ids=[f"{i}" for i in range(len(FORMS))])
+def test_masking_covers_every_escaped_form(secret: str, form: str) -> None:
+    """Each form is one mask_forms gives, and masked in the middle of a line."""
+    assert form in mask_forms(secret)
+    splitter = LineSplitter([secret])
+    line = f'x = "{form}" and more'.encode()
+    assert splitter.feed("stdout", line + b"\n") == ['x = "***" and more']
+
+
+def test_forms_of_plain_secrets_and_short_lines() -> None:
+    assert mask_forms("abc-DEF_123") == {"abc-DEF_123"}
+    # A multi-line secret's short lines ("}") are not masked on their own.
+    assert mask_forms("{\n}\nlong enough") >= {"long enough"}
+    assert "}" not in mask_forms("{\n}\nlong enough")
 
 
 MASKER = (

@@ -17,6 +17,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -84,7 +85,7 @@ def fake_server(
         server.stop()
 
 
-def _stdin(world: Path, env: dict[str, str], request: dict[str, str]) -> dict[str, object]:
+def _stdin(world: Path, env: dict[str, str], request: dict[str, Any]) -> dict[str, object]:
     proc = subprocess.run(
         [IAC_RUNNER, "--workspace-root", str(world / "root")],
         input=json.dumps(request).encode(),
@@ -139,6 +140,130 @@ def test_disallowed_tools_and_commands_are_refused_on_stdin_and_grpc(
         or ("must not be empty" in stdin_message)
     )
     Counter.add("disallowed tools/commands refused", 2)
+
+
+# Path arguments and variables that leave the root: (command, args, env_vars, what the
+# refusal names). {out} is a directory outside the root; root/link-out points to it.
+PATH_ESCAPES: list[tuple[str, list[str], dict[str, str], str]] = [
+    ("plan", ["-out={out}/tfplan"], {}, "args[0]: -out '{out}/tfplan'"),
+    ("plan", ["-no-color", "-out", "{out}/tfplan"], {}, "args[1]: -out '{out}/tfplan'"),
+    ("plan", ["--out={out}/tfplan"], {}, "-out '{out}/tfplan'"),
+    ("plan", ["-out=../../outside/tfplan"], {}, "-out '../../outside/tfplan'"),
+    ("plan", ["-out=../link-out/tfplan"], {}, "-out '../link-out/tfplan'"),
+    ("plan", ["-var-file={out}/x.tfvars"], {}, "-var-file '{out}/x.tfvars'"),
+    ("plan", ["-generate-config-out={out}/g.tf"], {}, "-generate-config-out"),
+    ("plan", ["-state={out}/s"], {}, "-state '{out}/s'"),
+    ("apply", ["-state-out={out}/s"], {}, "-state-out '{out}/s'"),
+    ("apply", ["-backup={out}/b"], {}, "-backup '{out}/b'"),
+    ("apply", ["-auto-approve", "{out}/tfplan"], {}, "args[1]: '{out}/tfplan'"),
+    ("destroy", ["-state={out}/s"], {}, "-state"),
+    ("refresh", ["-state={out}/s"], {}, "-state"),
+    ("init", ["-from-module={out}"], {}, "-from-module '{out}'"),
+    ("init", ["-from-module=file::{out}"], {}, "-from-module 'file::{out}'"),
+    ("init", ["-plugin-dir={out}"], {}, "-plugin-dir '{out}'"),
+    ("init", ["-backend-config={out}/b.hcl"], {}, "-backend-config '{out}/b.hcl'"),
+    ("init", ["-test-directory={out}"], {}, "-test-directory"),
+    ("fmt", ["{out}"], {}, "args[0]: '{out}'"),
+    ("fmt", ["-check", "-recursive", "{out}"], {}, "args[2]: '{out}'"),
+    ("validate", ["{out}"], {}, "args[0]: '{out}'"),
+    ("show", ["-json", "{out}/tfplan"], {}, "args[1]: '{out}/tfplan'"),
+    ("graph", ["-plan={out}/tfplan"], {}, "-plan '{out}/tfplan'"),
+    ("output", ["-state={out}/s"], {}, "-state"),
+    ("test", ["-test-directory={out}"], {}, "-test-directory '{out}'"),
+    ("test", ["-junit-xml={out}/j.xml"], {}, "-junit-xml"),
+    ("import", ["-config={out}", "a.b", "id"], {}, "-config '{out}'"),
+    ("taint", ["-state={out}/s", "a.b"], {}, "-state"),
+    ("state", ["push", "{out}/s.json"], {}, "args[1]: '{out}/s.json'"),
+    ("state", ["mv", "-state-out={out}/s", "a.b", "a.c"], {}, "args[1]: -state-out"),
+    ("state", ["rm", "-backup={out}/b", "a.b"], {}, "-backup"),
+    ("providers", ["mirror", "{out}"], {}, "args[1]: '{out}'"),
+    ("providers", ["lock", "-fs-mirror={out}"], {}, "-fs-mirror '{out}'"),
+    ("workspace", ["new", "-state={out}/s", "x"], {}, "-state"),
+    ("plan", [], {"TF_CLI_ARGS_plan": "-out={out}/tfplan"}, "env_vars['TF_CLI_ARGS_plan']: -out"),
+    ("plan", [], {"TF_CLI_ARGS": "-var-file '{out}/v'"}, "env_vars['TF_CLI_ARGS']: -var-file"),
+    ("state", ["push"], {"TF_CLI_ARGS_state_push": "{out}/s"}, "TF_CLI_ARGS_state_push"),
+    ("plan", [], {"TF_CLI_ARGS": "-out 'unclosed"}, "cannot be split into arguments"),
+    ("plan", [], {"TF_DATA_DIR": "{out}"}, "env_vars['TF_DATA_DIR'] '{out}' is outside"),
+    ("plan", [], {"TF_LOG_PATH": "{out}/log"}, "env_vars['TF_LOG_PATH']"),
+    ("init", [], {"TF_PLUGIN_CACHE_DIR": "{out}"}, "env_vars['TF_PLUGIN_CACHE_DIR']"),
+    ("plan", [], {"TF_CLI_CONFIG_FILE": "{out}/rc"}, "env_vars['TF_CLI_CONFIG_FILE']"),
+    ("plan", [], {"TERRAFORM_CONFIG": "../../outside/rc"}, "env_vars['TERRAFORM_CONFIG']"),
+]
+# ... and path-like arguments that stay inside (or are no paths): they run.
+PATHS_INSIDE: list[tuple[str, list[str], dict[str, str]]] = [
+    ("plan", ["-out=tfplan"], {}),
+    ("plan", ["-out", "sub/../tfplan", "-var", "x=/etc/passwd"], {}),
+    ("plan", ["-var-file={root}/w/x.tfvars"], {}),
+    ("init", ["-from-module=hashicorp/consul/aws", "-backend-config=address=/x"], {}),
+    ("apply", ["-backup=-", "tfplan"], {}),
+    ("fmt", ["-check", "."], {}),
+    ("show", ["tfplan"], {}),
+    ("plan", [], {"TF_DATA_DIR": ".data", "TF_CLI_ARGS_plan": "-out=tfplan"}),
+]
+
+
+def _fill_paths(value: object, world: Path) -> object:
+    if isinstance(value, str):
+        return value.replace("{out}", str(world / "outside")).replace("{root}", str(world / "root"))
+    if isinstance(value, list):
+        return [_fill_paths(v, world) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill_paths(v, world) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "env_vars", "fragment"),
+    PATH_ESCAPES,
+    ids=[f"{c} {' '.join(a)} {' '.join(e)}".strip() for c, a, e, _ in PATH_ESCAPES],
+)
+def test_path_arguments_outside_the_root_are_refused_on_stdin_and_grpc(
+    world: Path,
+    rel_env: dict[str, str],
+    fake_server: tuple[RunnerProcess, pb_grpc.RunnerStub],
+    command: str,
+    args: list[str],
+    env_vars: dict[str, str],
+    fragment: str,
+) -> None:
+    request: dict[str, Any] = {
+        "tool": "terraform",
+        "command": command,
+        "work_dir": "w",
+        "args": _fill_paths(args, world),
+        "env_vars": _fill_paths(env_vars, world),
+    }
+    stdin_message = str(_stdin(world, rel_env, request)["error_msg"])
+    assert str(_fill_paths(fragment, world)) in stdin_message, stdin_message
+    with pytest.raises(grpc.RpcError) as info:
+        execute(fake_server[1], None, **request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == stdin_message  # one check, one message
+    Counter.add("path arguments outside the root refused", 2)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "env_vars"),
+    PATHS_INSIDE,
+    ids=[f"{c} {' '.join(a)} {' '.join(e)}".strip() for c, a, e in PATHS_INSIDE],
+)
+def test_path_arguments_inside_the_root_run(
+    world: Path,
+    fake_server: tuple[RunnerProcess, pb_grpc.RunnerStub],
+    command: str,
+    args: list[str],
+    env_vars: dict[str, str],
+) -> None:
+    events = execute(
+        fake_server[1],
+        None,
+        tool="terraform",
+        command=command,
+        work_dir="w",
+        args=_fill_paths(args, world),  # type: ignore[arg-type]
+        env_vars=_fill_paths(env_vars, world),  # type: ignore[arg-type]
+    )
+    assert result_of(events).success
 
 
 def test_collect_and_cleanup_stay_inside_the_work_dir(

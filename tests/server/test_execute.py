@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,16 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from tests.conftest import OFFLINE_CONFIG
-from tests.procs import RunnerProcess, execute, lines_of, result_of
+from tests.procs import (
+    RunnerProcess,
+    execute,
+    free_port,
+    lines_of,
+    make_fake_tool,
+    result_of,
+    start_runner,
+)
+from tests.test_stdio_protocol import FAILING_CONFIGS
 
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
@@ -241,3 +253,227 @@ def test_get_info_reports_labels_tools_and_load(tool_env: dict[str, str], tmp_pa
         assert terraform and terraform[0].version.startswith("1.") and terraform[0].path
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("case", list(FAILING_CONFIGS))
+def test_failed_result_carries_terraform_s_first_error_line(
+    runner: RunnerProcess, case: str
+) -> None:
+    port = str(free_port())
+    config, command, error = (x.replace("{port}", port) for x in FAILING_CONFIGS[case])
+    events = execute(
+        runner.stub(),
+        tool="terraform",
+        command=command,
+        work_dir=f"fail-{case}",
+        workspace=tar_gz({"main.tf": config.encode()}),
+    )
+    result = result_of(events)
+    assert not result.success and result.outcome == "failed"
+    assert result.error_msg.startswith(f"terraform {command} exited with code 1: {error}")
+
+
+MODES_CONFIG = """\
+module "local" {
+  source = "./mod"
+}
+
+resource "terraform_data" "x" {
+  input = "modes"
+  provisioner "local-exec" {
+    command = "echo made > made-by-local-exec"
+  }
+}
+"""
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_work_dirs_are_0700_and_what_a_run_writes_0600(
+    runner: RunnerProcess, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A live plan holds secrets: the work dir (and the parents the runner creates) are
+    0700; unpacked files, the saved plan, the state, .terraform and what local-exec
+    writes are the runner user's alone, whatever the archive's modes say."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data, mode in [
+            ("main.tf", MODES_CONFIG.encode(), 0o666),
+            ("scripts/run.sh", b"#!/bin/sh\n", 0o775),
+            ("mod/main.tf", b"", 0o644),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    stub = runner.stub()
+    common: dict[str, Any] = {"tool": "terraform", "work_dir": "modes/nested/run"}
+    assert result_of(execute(stub, command="init", workspace=archive.getvalue(), **common)).success
+    plan = result_of(
+        execute(stub, command="plan", args=["-out=tfplan"], collect=["tfplan"], **common)
+    )
+    assert plan.success and plan.artifacts[0].path == "tfplan"
+    assert result_of(execute(stub, command="apply", args=["tfplan"], **common)).success
+    root = runner.workspace_root
+    work = root / "modes/nested/run"
+    expected = {
+        root / "modes": 0o700,
+        root / "modes/nested": 0o700,
+        work: 0o700,
+        work / "main.tf": 0o600,
+        work / "scripts/run.sh": 0o700,
+        work / "tfplan": 0o600,
+        work / "terraform.tfstate": 0o600,
+        work / ".terraform": 0o700,
+        work / ".terraform/modules/modules.json": 0o600,
+        work / "made-by-local-exec": 0o600,
+    }
+    assert {p.relative_to(root).as_posix(): oct(_mode(p)) for p in expected} == {
+        p.relative_to(root).as_posix(): oct(m) for p, m in expected.items()
+    }
+
+    # iac-runner on its own: what the tool writes is private too.
+    from tests.test_stdio_helpers import run_runner
+
+    stdio_work = tmp_path / "stdio"
+    (stdio_work / "mod").mkdir(parents=True)
+    (stdio_work / "mod/main.tf").write_text("")
+    (stdio_work / "main.tf").write_text(MODES_CONFIG)
+    for command, args in [("init", []), ("plan", ["-out=tfplan"])]:
+        request = {"tool": "terraform", "command": command, "args": args,
+                   "work_dir": str(stdio_work)}  # fmt: skip
+        assert run_runner(request, tool_env).status == 0
+    assert oct(_mode(stdio_work / "tfplan")) == oct(0o600)
+    assert oct(_mode(stdio_work / ".terraform")) == oct(0o700)
+
+
+@pytest.fixture(scope="module")
+def one_fake_runner(
+    tf_cli_config: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunnerProcess]:
+    """One runner server (fake terraform) for the many small refusals below."""
+    tmp = tmp_path_factory.mktemp("refusals")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IAC_", "TF_"))}
+    env.update(TF_CLI_CONFIG_FILE=tf_cli_config, IAC_RUNNER_TERRAFORM_BIN=make_fake_tool(tmp))
+    server = start_runner(tmp, env)
+    yield server
+    server.stop()
+
+
+def _string_fields(message: Any) -> list[str]:
+    """Every string field of a request message, a map's key and value as two."""
+    names = []
+    for f in message.DESCRIPTOR.fields:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            names += [f"{f.name}.key", f"{f.name}.value"]
+        elif f.type == f.TYPE_STRING:
+            names.append(f.name)
+    return names
+
+
+STRING_FIELDS = [
+    (kind, name)
+    for kind in (pb.ExecuteRequest, pb.AttachRequest, pb.CancelRequest)
+    for name in _string_fields(kind)
+]
+
+
+def _with(kind: Any, name: str, value: str) -> Any:
+    base: dict[str, Any] = {"run_id": "r"}
+    if kind is pb.ExecuteRequest:
+        base = {"tool": "terraform", "command": "version", "env_vars": {"A": "1"}}
+    field, _, part = name.partition(".")
+    if part == "key":
+        base[field] = {value: "1"}
+    elif part == "value":
+        base[field] = {"A": value}
+    elif kind.DESCRIPTOR.fields_by_name[field].is_repeated:
+        base[field] = [value]
+    else:
+        base[field] = value
+    return kind(**base)
+
+
+def _call(stub: Any, request: Any) -> None:
+    if isinstance(request, pb.ExecuteRequest):
+        list(stub.Execute(request))
+    elif isinstance(request, pb.AttachRequest):
+        list(stub.Attach(request))
+    else:
+        stub.Cancel(request)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), STRING_FIELDS, ids=[f"{k.__name__}.{n}" for k, n in STRING_FIELDS]
+)
+def test_nul_in_any_string_field_is_invalid_argument(
+    one_fake_runner: RunnerProcess, kind: Any, name: str
+) -> None:
+    """A NUL gave UNKNOWN and a traceback for work_dir (realpath ran before the check):
+    every string of every request is checked first."""
+    with pytest.raises(grpc.RpcError) as info:
+        _call(one_fake_runner.stub(), _with(kind, name, "a\x00b"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "must not contain NUL bytes" in (info.value.details() or "")
+    assert name.split(".")[0] in (info.value.details() or "")
+    assert "Traceback" not in one_fake_runner.log.read_text()
+
+
+def _utf8_bad(kind: Any, name: str) -> bytes:
+    """The request with `name`'s string as bytes that are no UTF-8: a lone surrogate."""
+    marker = "MARKER-1234"
+    data: bytes = _with(kind, name, marker).SerializeToString()
+    bad = b"\xed\xa0\x80"  # U+D800 as CESU-8 writes it
+    # Same length, so the length prefix stays right.
+    return data.replace(marker.encode(), bad + b"-" * (len(marker) - len(bad)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), STRING_FIELDS, ids=[f"{k.__name__}.{n}" for k, n in STRING_FIELDS]
+)
+def test_lone_surrogate_in_any_string_field_is_invalid_argument(
+    one_fake_runner: RunnerProcess, kind: Any, name: str
+) -> None:
+    """A protobuf client cannot put a lone surrogate in a string; raw bytes can (bad
+    UTF-8): refused with the reason, not UNKNOWN with grpc's traceback in the log."""
+    method = {pb.ExecuteRequest: "Execute", pb.AttachRequest: "Attach"}.get(kind, "Cancel")
+    path = f"/iacrunner.v1.Runner/{method}"
+    with one_fake_runner.channel() as channel, pytest.raises(grpc.RpcError) as info:
+        if method == "Cancel":
+            channel.unary_unary(path)(_utf8_bad(kind, name), timeout=30)
+        else:
+            list(channel.unary_stream(path)(_utf8_bad(kind, name), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "bad UTF-8" in (info.value.details() or "")
+    assert "Traceback" not in one_fake_runner.log.read_text()
+
+
+TIMEOUTS = [1e12, 86401, float("nan"), float("inf"), float("-inf"), -1.0]
+
+
+@pytest.mark.parametrize("timeout", TIMEOUTS, ids=[repr(t) for t in TIMEOUTS])
+def test_bad_timeouts_are_refused_alike_on_grpc_and_stdio(
+    one_fake_runner: RunnerProcess, fake_env: dict[str, str], timeout: float
+) -> None:
+    """A timeout over the maximum was a failed result on gRPC and a refusal on stdio:
+    both refuse now, with one message."""
+    from tests.test_stdio_helpers import EXIT_INVALID, run_runner
+
+    with pytest.raises(grpc.RpcError) as info:
+        execute(one_fake_runner.stub(), tool="terraform", command="version", timeout=timeout)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    body = json.dumps({"tool": "terraform", "command": "version", "timeout": timeout})
+    result = run_runner(body.encode(), fake_env)
+    assert result.status == EXIT_INVALID
+    assert info.value.details() == result.response["error_msg"]
+    assert "'timeout'" in result.response["error_msg"]
+
+
+def test_a_missing_workspace_root_is_created(fake_runner: RunnerProcess) -> None:
+    """The root is made when the first work dir needs it (it was, before work dirs were
+    made 0700 one level at a time)."""
+    fake_runner.workspace_root.rmdir()
+    events = execute(fake_runner.stub(), tool="terraform", command="plan", work_dir="a/b")
+    assert result_of(events).success
+    assert _mode(fake_runner.workspace_root / "a" / "b") == 0o700

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -11,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.iacrunner.v1 import runner_pb2 as pb
-from tests.conftest import OFFLINE_CONFIG, pids_matching, wait_for
+from tests.conftest import OFFLINE_CONFIG, pids_alive, pids_matching, wait_for
 from tests.procs import RunnerProcess, execute, lines_of, result_of, start_runner
+from tests.test_stdio_helpers import unique_seconds
 
 LONG_CONFIG = """\
 resource "terraform_data" "slow" {
@@ -266,8 +270,6 @@ def test_sigkill_of_iac_runner_still_gives_a_result_and_no_orphan(
     ]
     assert runners
     for pid in runners:
-        import os
-
         os.kill(pid, signal.SIGKILL)
     events.extend(call)
     result = result_of(events)
@@ -294,3 +296,48 @@ def test_offline_config_plan_streams_through_grpc(runner: RunnerProcess) -> None
     assert result_of(execute(stub, tool="terraform", command="init", work_dir="p")).success
     events = execute(stub, tool="terraform", command="plan", work_dir="p")
     assert "1 to add" in "\n".join(line.text for line in lines_of(events))
+
+
+def test_sigkill_of_the_runner_server_stops_terraform_and_its_children_at_once(
+    tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """They lived on until terraform next printed (8 s and more): iac-runner dies with its
+    parent (PR_SET_PDEATHSIG) and its guard kills the tool's process group."""
+    marker = unique_seconds()
+    server = start_runner(tmp_path, tool_env, "--grace", "2")
+    try:
+        stub = server.stub()
+        (server.workspace_root / "long").mkdir()
+        (server.workspace_root / "long" / "main.tf").write_text(LONG_CONFIG % marker)
+        assert result_of(execute(stub, tool="terraform", command="init", work_dir="long")).success
+        call = stub.Execute(
+            pb.ExecuteRequest(
+                tool="terraform",
+                command="apply",
+                work_dir="long",
+                args=["-auto-approve"],
+                on_disconnect=pb.CONTINUE,
+            )
+        )
+        reader = threading.Thread(target=lambda: list(_quietly(call)), daemon=True)
+        reader.start()
+        sleeps = wait_for(lambda: pids_matching(f"sleep {marker}"), timeout=30)
+        assert isinstance(sleeps, list)
+        # terraform leads the process group its local-exec children are in.
+        terraform = {os.getpgid(pid) for pid in sleeps}
+        assert all("apply" in Path(f"/proc/{p}/cmdline").read_text() for p in terraform)
+        server.proc.kill()
+        server.proc.wait(10)
+        start = time.monotonic()
+        wait_for(lambda: not pids_alive([*sleeps, *terraform]), timeout=2.5)
+        assert time.monotonic() - start < 2.5
+        reader.join(10)
+    finally:
+        server.stop()
+
+
+def _quietly(call: object) -> Iterator[object]:
+    try:
+        yield from call  # type: ignore[misc]
+    except grpc.RpcError:
+        return

@@ -90,7 +90,56 @@ def test_stdio_picks_the_binary_of_tool_version(tool_env: dict[str, str], tmp_pa
     )
     answer = json.loads(proc.stdout)
     assert proc.returncode == 2 and not answer["success"]
-    assert answer["error_msg"] == "terraform 1.2.3 is not available on this runner; it has: 1.9.8"
+    # The listed binary's version, and the default binary's (terraform on PATH).
+    assert answer["error_msg"] == (
+        f"terraform 1.2.3 is not available on this runner; it has: 1.9.8, {_path_version()}"
+    )
+
+
+def _path_version() -> str:
+    proc = subprocess.run(
+        ["terraform", "version", "-json"], capture_output=True, check=True, timeout=60
+    )
+    return str(json.loads(proc.stdout)["terraform_version"])
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["no-tools-env", "other-version-listed"])
+def test_stdio_tool_version_of_the_default_binary_is_accepted(
+    tool_env: dict[str, str], tmp_path: Path, listed: bool
+) -> None:
+    """tool_version equal to the version of the terraform on PATH runs it, as on the
+    runner server, whether or not IAC_RUNNER_TOOLS lists other binaries; another version
+    is refused with what the runner has."""
+    version = _path_version()
+    env = dict(tool_env)
+    if listed:
+        env["IAC_RUNNER_TOOLS"] = f"terraform@1.9.8={make_fake_tool(tmp_path)}"
+    for stream in ([], ["--stream"]):
+        request = {"tool": "terraform", "command": "version", "tool_version": version}
+        proc = subprocess.run(
+            [IAC_RUNNER, *stream],
+            input=json.dumps(request).encode(),
+            env=env,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc
+        last = json.loads(proc.stdout.splitlines()[-1])
+        assert last["success"] is True
+        if stream:
+            assert last["tool_version"] == version
+        else:
+            assert f"Terraform v{version}" in last["output"]
+    request = {"tool": "terraform", "command": "version", "tool_version": "0.0.1"}
+    proc = subprocess.run(
+        [IAC_RUNNER], input=json.dumps(request).encode(), env=env, capture_output=True, check=False
+    )
+    assert proc.returncode == 2
+    have = f"1.9.8, {version}" if listed else version
+    assert json.loads(proc.stdout)["error_msg"] == (
+        f"terraform 0.0.1 is not available on this runner; it has: {have}"
+    )
 
 
 def test_plan_only_runner_refuses_state_changes(fake_env: dict[str, str], tmp_path: Path) -> None:
