@@ -52,33 +52,30 @@ async def _refuse_undecodable(request: object, context: grpc.aio.ServicerContext
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def add_to_server(servicer: RunnerServicer, server: grpc.aio.Server) -> None:
-    """pb_grpc.add_RunnerServicer_to_server, with requests parsed by `_parser`."""
+    """pb_grpc.add_RunnerServicer_to_server, with requests parsed by `_parser`: every
+    method of the service, as the .proto declares it."""
+    service = pb.DESCRIPTOR.services_by_name["Runner"]
     handlers = {
-        "Execute": grpc.unary_stream_rpc_method_handler(
-            servicer.Execute,
-            request_deserializer=_parser(pb.ExecuteRequest),
-            response_serializer=pb.ExecuteEvent.SerializeToString,
-        ),
-        "Attach": grpc.unary_stream_rpc_method_handler(
-            servicer.Attach,
-            request_deserializer=_parser(pb.AttachRequest),
-            response_serializer=pb.ExecuteEvent.SerializeToString,
-        ),
-        "Cancel": grpc.unary_unary_rpc_method_handler(
-            servicer.Cancel,
-            request_deserializer=_parser(pb.CancelRequest),
-            response_serializer=pb.CancelResponse.SerializeToString,
-        ),
-        "GetInfo": grpc.unary_unary_rpc_method_handler(
-            servicer.GetInfo,
-            request_deserializer=_parser(pb.GetInfoRequest),
-            response_serializer=pb.RunnerInfo.SerializeToString,
-        ),
+        method.name: _HANDLERS[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name),
+            request_deserializer=_parser(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
     }
-    name = pb.DESCRIPTOR.services_by_name["Runner"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    server.add_registered_method_handlers(name, handlers)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 class RunnerServicer(pb_grpc.RunnerServicer):  # type: ignore[misc]

@@ -193,7 +193,11 @@ class StateRelay:
     async def serve(self, replies: AsyncIterator[pb.StateReply]) -> AsyncIterator[pb.StateCall]:
         """One backend's stream: the hello names it; calls go out, answers come back."""
         first = await anext(replies, None)
-        if first is None or not first.HasField("hello") or not first.hello.channel:
+        if (
+            not isinstance(first, pb.StateReply)  # None, or bytes that parse as nothing
+            or not first.HasField("hello")
+            or not first.hello.channel
+        ):
             raise ValueError("the first ServeState message must be a hello naming the channel")
         channel = Channel(first.hello.channel)
         async with self._changed:
@@ -219,7 +223,7 @@ class StateRelay:
     async def _read(self, channel: Channel, replies: AsyncIterator[pb.StateReply]) -> None:
         try:
             async for reply in replies:
-                if reply.HasField("response"):
+                if isinstance(reply, pb.StateReply) and reply.HasField("response"):
                     future = channel.waiting.pop(reply.response.call_id, None)
                     if future is not None and not future.done():
                         future.set_result(reply.response)

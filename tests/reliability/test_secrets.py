@@ -21,7 +21,7 @@ import pytest
 
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from tests.backend.archives import tar_gz
-from tests.backend.platform import Backend, start_backend
+from tests.backend.platform import TOKEN, Backend, start_backend
 from tests.conftest import IAC_RUNNER
 from tests.procs import RunnerProcess, execute, lines_of, result_of
 from tests.reliability.harness import Counter, Follower, columns_holding, start_server
@@ -209,3 +209,79 @@ def test_a_backend_run_leaks_no_secret_to_logs_sse_or_the_database(
     versions = backend.call("GET", "/deployments/vault/state", 200)["versions"]
     state = backend.client.get(f"/deployments/vault/state/versions/{versions[0]['id']}")
     assert json.loads(state.content)["outputs"]["pw"]["value"] == values["db_password"]
+
+
+ROTATED = """\
+variable "db_password" { type = string }
+
+resource "terraform_data" "x" {
+  input = var.db_password
+  provisioner "local-exec" {
+    command = "echo pw=${var.db_password}"
+  }
+}
+
+output "pw" { value = var.db_password }
+output "pw_json" { value = jsonencode({ p = var.db_password }) }
+"""
+
+
+def test_every_value_a_secret_ever_held_stays_masked(
+    vault: tuple[Backend, RunnerProcess, str], tmp_path: Path
+) -> None:
+    """A sensitive variable applied, then rotated, then deleted and set again as a public
+    value: terraform prints the old values in its plan diffs (`"old" -> ...`) and outputs;
+    none of them appears in the stored log, SSE, the API, the CLI, the processes' logs or
+    any database column."""
+    backend, runner, db_url = vault
+    tag = secrets.token_hex(5)
+    values = {
+        "first": f"Sup3r-S3cret-{tag}<&>",
+        "second": f"N3w-S3cret-{tag}\"q'",
+    }
+    backend.deploy("rotated", {"main.tf": ROTATED})
+    url = "/deployments/rotated/variables/db_password"
+    stored: list[str] = []
+    sse: list[str] = []
+    for value, sensitive, operation in [
+        (values["first"], True, "apply"),
+        (values["second"], True, "plan"),
+        ("public-value", False, "plan"),
+    ]:
+        if not sensitive:
+            backend.call("DELETE", url, 204)
+        backend.call("PUT", url, None, json={"value": value, "sensitive": sensitive})
+        run = backend.start("rotated", operation, auto_approve=True)
+        follower = Follower(backend, run["id"]).start()
+        run = backend.wait(run["id"], *TERMINAL, timeout=180)
+        assert run["status"] == "succeeded", run
+        follower.join()
+        stored.append(backend.log_text(run["id"]))
+        sse.append("\n".join(text for _, text in follower.received))
+    # The old values were printed (masked) where terraform shows what changes.
+    assert '"***" -> "***"' in stored[1], stored[1]
+    assert '"***" -> "public-value"' in stored[2], stored[2]
+    cli = subprocess.run(
+        [str(Path(IAC_RUNNER).parent / "iac"), "logs", str(run["id"])],
+        env={**backend.env, "IAC_URL": backend.url, "IAC_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "public-value" in cli
+    places = {
+        "stored logs": "\n".join(stored),
+        "SSE": "\n".join(sse),
+        "CLI": cli,
+        "runs in the API": json.dumps(backend.call("GET", "/runs", 200)),
+        "runner server log": runner.log.read_text(),
+        "backend log": backend.log.read_text(),
+    }
+    leaks = {where: _leaks(text, values) for where, text in places.items()}
+    assert all(found == [] for found in leaks.values()), leaks
+    leaked = {
+        name: columns_holding(db_url, value.split("<")[0].split('"')[0])
+        for name, value in values.items()
+    }
+    assert leaked == {"first": [], "second": []}, leaked
