@@ -84,6 +84,38 @@ async def test_write_read_and_versions(
     assert (await client.get("/api/v1/deployments/web/state/versions/999")).status_code == 404
 
 
+async def test_a_write_identical_to_the_latest_version_stores_nothing(
+    anon: httpx.AsyncClient, client: httpx.AsyncClient, creds: tuple[str, str]
+) -> None:
+    """A canceled apply wrote its state twice: one version, not two identical ones."""
+
+    async def versions() -> list[tuple[int, str]]:
+        shown = (await client.get("/api/v1/deployments/web/state")).json()
+        return [(v["serial"], v["md5"]) for v in shown["versions"]]
+
+    async def history() -> list[str]:
+        run = (await client.get(f"/api/v1/runs/{creds[0]}")).json()
+        return [e["kind"] for e in run["events"] if e["kind"] == "state_written"]
+
+    first = doc(3)
+    for _ in range(3):
+        assert (await anon.post(URL, content=first, auth=creds)).status_code == 200
+    stored = await versions()
+    assert len(stored) == 1 and stored[0][0] == 3
+    assert await history() == ["state_written"]
+    # The same serial with other content, and another lineage, are new versions.
+    assert (await anon.post(URL, content=doc(3, extra=1), auth=creds)).status_code == 200
+    assert (await anon.post(URL, content=doc(3, "lin-2"), auth=creds)).status_code == 200
+    assert len(await versions()) == 3
+    got = await anon.get(URL, auth=creds)
+    assert got.content == doc(3, "lin-2")
+    # After a DELETE (the marker version), the same state again is a new version.
+    assert (await anon.delete(URL, auth=creds)).status_code == 200
+    assert (await anon.post(URL, content=doc(3, "lin-2"), auth=creds)).status_code == 200
+    assert len(await versions()) == 5
+    assert (await anon.get(URL, auth=creds)).content == doc(3, "lin-2")
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "message"),
     [

@@ -6,12 +6,13 @@ from fastapi import APIRouter, Request, Response, status
 from starlette.datastructures import UploadFile
 
 from backend.api.deps import DeploymentDep, IdPath, SessionDep, SettingsDep
+from backend.api.routing import CheckedRoute
 from backend.archive import Limits
 from backend.errors import Invalid, TooLarge
 from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut
 from backend.store import configs, deployments
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
+router = APIRouter(prefix="/deployments", tags=["deployments"], route_class=CheckedRoute)
 
 # Room for multipart boundaries and part headers on top of the archive itself.
 MULTIPART_SLACK = 64 * 1024

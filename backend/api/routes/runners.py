@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from backend.api.deps import CipherDep, SessionDep
+from backend.api.routing import CheckedRoute
 from backend.models import Runner
 from backend.schemas import RunnerCreate, RunnerOut
 from backend.store import runners
 
-router = APIRouter(prefix="/runners", tags=["runners"])
+router = APIRouter(prefix="/runners", tags=["runners"], route_class=CheckedRoute)
 
 
 def runner_out(row: Runner) -> RunnerOut:

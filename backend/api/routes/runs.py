@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from backend import metrics
 from backend.api.deps import IdPath, SessionDep
+from backend.api.routing import CheckedRoute
 from backend.engine import Engine
 from backend.errors import Invalid
 from backend.follow import KeepAlive, StatusChange, follow
@@ -21,7 +22,7 @@ from backend.store import logs as log_store
 from backend.store import runs as run_store
 from backend.store.validation import MAX_ID
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=CheckedRoute)
 
 
 def run_out(run: Run, deployment: str, config_version: int) -> RunOut:

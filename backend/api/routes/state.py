@@ -24,6 +24,7 @@ from backend.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from backend.api.routing import CheckedRoute
 from backend.crypto import Cipher
 from backend.db import Database
 from backend.errors import Forbidden, TooLarge, Unauthenticated
@@ -32,8 +33,8 @@ from backend.schemas import StateLockOut, StateOut, StateVersionOut
 from backend.store import state
 from backend.store.state import StateAccess
 
-router = APIRouter(prefix="/state", tags=["terraform state backend"])
-api_router = APIRouter(prefix="/deployments/{name}/state", tags=["state"])
+router = APIRouter(prefix="/state", tags=["terraform state backend"], route_class=CheckedRoute)
+api_router = APIRouter(prefix="/deployments/{name}/state", tags=["state"], route_class=CheckedRoute)
 
 basic = HTTPBasic(auto_error=False, description="user = run id, password = the run's token")
 REALM = {"WWW-Authenticate": 'Basic realm="iac-runner state"'}
