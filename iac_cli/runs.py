@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import httpx
 
 from iac_cli.context import F, State, json_option, pass_state
 from iac_cli.logstream import End, Lines, LogStream, Status
@@ -325,8 +326,8 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
     """Print the log of run RUN; with --follow, stream it live to the end (exit code: the
     run's outcome). --json --follow prints one JSON event per line."""
     if not follow:
-        response = state.api.request("GET", f"/runs/{run_id}/logs")
         if as_json:
+            response = state.api.request("GET", f"/runs/{run_id}/logs")
             state.output.json(
                 {
                     "run_id": run_id,
@@ -334,8 +335,19 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
                     "lines": state.output.clean(response.text).splitlines(),
                 }
             )
-        else:
-            state.output.log(response.text, sys.stdout)
+            return 0
+        # Streamed to stdout as it arrives: a log of millions of lines is never held here.
+        try:
+            with state.api.stream(f"/runs/{run_id}/logs") as response:
+                pending = ""  # a piece may end inside a line (and a colour code)
+                for text in response.iter_text():
+                    whole, _, pending = (pending + text).rpartition("\n")
+                    if whole:
+                        state.output.log(whole + "\n", sys.stdout)
+                if pending:
+                    state.output.log(pending, sys.stdout)
+        except httpx.TransportError as exc:
+            raise state.api.unreachable(exc) from None
         return 0
     if not as_json:
         return follow_and_report(state, run_id, as_json=False, stop_at_approval=False)

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from backend import metrics
-from backend.api.deps import IdPath, SessionDep
+from backend.api.deps import DatabaseDep, IdPath, SessionDep
 from backend.api.routing import CheckedRoute
+from backend.db import Database
 from backend.engine import Engine
 from backend.errors import Invalid
 from backend.follow import KeepAlive, StatusChange, follow
@@ -119,24 +120,58 @@ def _resume_from(last_event_id: str | None, after: int) -> int:
     return int(last_event_id)
 
 
-@router.get("/{run_id}/logs", response_model=None)
+# Chunks read per transaction of a plain download: a chunk holds up to ~2000 lines or
+# 256 KiB (the engine's flush size), so a page is a few MiB at most, whatever the log's size.
+LOG_PAGE_ROWS = 8
+
+
+def plain_log(database: Database, run_id: int, after: int, upto: int) -> AsyncIterator[str]:
+    """Lines `after`+1 .. `upto` as text, a page of chunks at a time, each page read in a
+    short transaction of its own (on SQLite the one connection is never held while the
+    client reads), each chunk sent as it is read: memory stays flat however long the log."""
+
+    async def pages() -> AsyncIterator[str]:
+        position = after
+        while position < upto:
+            async with database.session() as session:
+                chunks = await log_store.chunk_page(session, run_id, position, upto, LOG_PAGE_ROWS)
+            if not chunks:
+                return
+            for chunk in chunks:
+                text, position = log_store.page_text(chunk, position, upto)
+                if text:
+                    yield text
+
+    return pages()
+
+
+@router.get(
+    "/{run_id}/logs",
+    response_model=None,
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+)
 async def run_logs(
     run_id: IdPath,
-    session: SessionDep,
+    database: DatabaseDep,
     request: Request,
     follow_: Annotated[bool, Query(alias="follow", description="Server-Sent Events, live")] = False,
     after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this seq")] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> PlainTextResponse | StreamingResponse:
-    """The stored log as text; with `follow=true` an SSE stream: one `id: <last seq>` event
-    per batch (data: {"seq": first seq, "lines": [...]}), `status` events when the run's
-    status changes, and an `end` event. Reconnect with `Last-Event-ID` to resume."""
-    await run_store.get_run(session, run_id)  # 404 for an unknown run
+) -> StreamingResponse:
+    """The stored log as text, streamed from the store (`X-Last-Seq`: the last line in it,
+    the last stored when the request came); with `follow=true` an SSE stream: one
+    `id: <last seq>` event per batch (data: {"seq": first seq, "lines": [...]}), `status`
+    events when the run's status changes, and an `end` event. Reconnect with
+    `Last-Event-ID` to resume."""
+    async with database.session() as session:
+        last = await log_store.last_stored_seq(session, run_id)  # 404 for an unknown run
     if not follow_:
-        text, last = await log_store.log_text(session, run_id, after)
-        return PlainTextResponse(text, headers={"X-Last-Seq": str(last)})
+        return StreamingResponse(
+            plain_log(database, run_id, after, last),
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Last-Seq": str(max(last, after))},
+        )
     start = _resume_from(last_event_id, after)
-    await session.close()
     engine = engine_of(request)
 
     async def events() -> AsyncIterator[str]:
