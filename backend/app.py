@@ -8,6 +8,8 @@ migration in a child process (see ``backend.cli``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
 from backend.logs import LogHub
 from backend.pool import RunnerPool
+from backend.store import deployments as deployment_store
 from backend.store import runners as runner_store
 from backend.store import tokens as token_store
 from backend.web import pages
@@ -55,6 +58,26 @@ async def prepare(settings: Settings, *, migrate_schema: bool = True) -> tuple[D
     return database, cipher
 
 
+async def purge_deleted(database: Database, retention_days: float) -> list[str]:
+    """Remove for good the deployments deleted longer ago than the retention period."""
+    async with database.session() as session:
+        purged = await deployment_store.purge_expired(session, retention_days)
+    if purged:
+        log.info("purged deleted deployments past their retention: %s", ", ".join(purged))
+    return purged
+
+
+async def purge_loop(database: Database, settings: Settings) -> None:
+    """Purge at start, then every IAC_PURGE_INTERVAL seconds (each replica: a purge is
+    idempotent), until cancelled."""
+    while True:
+        try:
+            await purge_deleted(database, settings.deleted_retention_days)
+        except Exception:  # the next pass retries; a purge must never stop the backend
+            log.exception("purging deleted deployments failed")
+        await asyncio.sleep(settings.purge_interval)
+
+
 def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(
         backend_id=settings.backend_id or f"{socket.gethostname()}:{settings.port}",
@@ -84,11 +107,15 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         )
         app.state.engine = engine
         await engine.start()
+        purger = asyncio.create_task(purge_loop(database, settings), name="purge-deleted")
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await engine.stop()
             await database.dispose()
 

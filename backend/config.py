@@ -144,6 +144,23 @@ class Settings(BaseSettings):
             "answering mid-run before the run fails."
         ),
     )
+    deleted_retention_days: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "IAC_DELETED_RETENTION_DAYS: days a deleted deployment is kept (hidden, with its "
+            "state versions, runs, logs, variables and configurations) and can be restored; "
+            "then it is purged for good. 0: at the next purge."
+        ),
+    )
+    purge_interval: float = Field(
+        default=3600,
+        gt=0,
+        description=(
+            "IAC_PURGE_INTERVAL: seconds between two purges of deleted deployments past "
+            "their retention (one also runs at start)."
+        ),
+    )
     orphan_after: float = Field(
         default=30.0,
         gt=0,

@@ -72,6 +72,17 @@ class DeploymentOut(BaseModel):
     default_priority: int
     version_constraint: str | None
     created_at: datetime
+    deleted_at: datetime | None = Field(
+        default=None, description="When it was deleted (deleted deployments only)."
+    )
+    purge_after: datetime | None = Field(
+        default=None,
+        description="When a deleted deployment is purged for good (IAC_DELETED_RETENTION_DAYS).",
+    )
+    managed_resources: int | None = Field(
+        default=None,
+        description="Resource instances in its latest state version (GET of one deployment).",
+    )
 
 
 class VariableSet(BaseModel):

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import NotFound
-from backend.models import LogChunk, Run, utcnow
+from backend.models import Deployment, LogChunk, Run, utcnow
 
 
 async def append_chunk(session: AsyncSession, run_id: int, first_seq: int, lines: list[str]) -> int:
@@ -84,8 +84,20 @@ def page_text(chunk: StoredChunk, after_seq: int, upto_seq: int) -> tuple[str, i
 
 
 async def last_stored_seq(session: AsyncSession, run_id: int) -> int:
-    """The seq of the run's last stored line (the run must exist: NotFound otherwise)."""
-    last = await session.scalar(select(Run.last_seq).where(Run.id == run_id))
-    if last is None:
+    """The seq of the run's last stored line; NotFound when the run does not exist or its
+    deployment is deleted."""
+    row = (
+        await session.execute(
+            select(Run.last_seq, Deployment.name, Deployment.deleted_at)
+            .join(Deployment, Deployment.id == Run.deployment_id)
+            .where(Run.id == run_id)
+        )
+    ).first()
+    if row is None:
         raise NotFound(f"run {run_id} does not exist")
-    return int(last)
+    if row.deleted_at is not None:
+        raise NotFound(
+            f"run {run_id} belongs to the deleted deployment {row.name!r}; restore the "
+            "deployment to see it"
+        )
+    return int(row.last_seq)

@@ -1,4 +1,5 @@
-"""Reading runs for the API: one run with its names resolved, or a filtered page of runs."""
+"""Reading runs for the API: one run with its names resolved, or a filtered page of runs.
+Runs of a deleted deployment are hidden with it (until it is restored)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,35 @@ _QUERY = (
 
 
 async def run_row(session: AsyncSession, run_id: int) -> RunRow:
-    row = (await session.execute(_QUERY.where(Run.id == run_id))).first()
+    row = (
+        await session.execute(_QUERY.add_columns(Deployment.deleted_at).where(Run.id == run_id))
+    ).first()
     if row is None:
         raise NotFound(f"run {run_id} does not exist")
+    if row[3] is not None:
+        raise NotFound(
+            f"run {run_id} belongs to the deleted deployment {row[1]!r}; restore the deployment "
+            "to see it"
+        )
     return row[0], row[1], row[2]
+
+
+async def check_visible(session: AsyncSession, run_id: int) -> None:
+    """NotFound unless the run exists and its deployment is not deleted (reads two columns)."""
+    row = (
+        await session.execute(
+            select(Deployment.name, Deployment.deleted_at)
+            .join(Run, Run.deployment_id == Deployment.id)
+            .where(Run.id == run_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"run {run_id} does not exist")
+    if row.deleted_at is not None:
+        raise NotFound(
+            f"run {run_id} belongs to the deleted deployment {row.name!r}; restore the "
+            "deployment to see it"
+        )
 
 
 async def list_runs(
@@ -31,7 +57,7 @@ async def list_runs(
     status: str | None = None,
     limit: int = 100,
 ) -> list[RunRow]:
-    query = _QUERY
+    query = _QUERY.where(Deployment.deleted_at.is_(None))
     if deployment is not None:
         query = query.where(Deployment.name == deployment)
     if status is not None:

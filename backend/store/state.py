@@ -64,7 +64,9 @@ async def authorize_run(
     if not hmac.compare_digest(expected, hash_state_token(password)):
         raise Unauthenticated("unknown run or wrong state token")
     deployment_id = await session.scalar(
-        select(Deployment.id).where(Deployment.name == deployment_name)
+        select(Deployment.id).where(
+            Deployment.name == deployment_name, Deployment.deleted_at.is_(None)
+        )
     )
     if deployment_id is None or deployment_id != row.deployment_id:
         raise Forbidden(f"run {run_id} may not access the state of {deployment_name!r}")

@@ -56,7 +56,10 @@ def engine_of(request: Request) -> Engine:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_run(body: RunCreate, session: SessionDep, request: Request) -> RunOut:
-    deployment = await deployments.get_deployment(session, body.deployment)
+    # FOR SHARE (PostgreSQL): a delete of the deployment waits for this run to be queued
+    # (and then refuses: the run is active), or this request sees the deployment deleted.
+    # Runs of a deleted deployment are never queued, so never dispatched.
+    deployment = await deployments.get_deployment(session, body.deployment, for_share=True)
     run = await run_store.create_run(
         session,
         deployment,
@@ -97,6 +100,8 @@ async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
 
 @router.post("/{run_id}/approve")
 async def approve_run(run_id: IdPath, session: SessionDep, request: Request) -> RunOut:
+    await runlist.check_visible(session, run_id)
+    await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).approve(run_id)
     return run_out(*(await runlist.run_row(session, run_id)))
 
@@ -105,6 +110,8 @@ async def approve_run(run_id: IdPath, session: SessionDep, request: Request) -> 
 async def cancel_run(
     run_id: IdPath, session: SessionDep, request: Request, force: bool = False
 ) -> RunOut:
+    await runlist.check_visible(session, run_id)
+    await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).cancel(run_id, force=force)
     session.expire_all()
     return run_out(*(await runlist.run_row(session, run_id)))
