@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api import errors
 from backend.api.deps import require_token
@@ -88,6 +89,34 @@ def engine_options(settings: Settings) -> EngineOptions:
     )
 
 
+class HeadAsGet:
+    """HEAD outside the API (the probes /healthz and /readyz, /metrics, the web pages, the
+    docs) answered as its GET without the body: load balancers and uptime checks probe with
+    HEAD, and FastAPI routes are GET only (405 for HEAD). The API keeps its own methods."""
+
+    def __init__(self, app: ASGIApp, api_prefix: str = API_PREFIX) -> None:
+        self.app = app
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "HEAD"
+            or scope["path"].startswith(self.api_prefix + "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return  # the GET's body, not sent; its headers (Content-Length) are
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(settings: Settings | None = None, *, migrated: bool = False) -> FastAPI:
     """The application; its start-up migrates the database unless ``migrated`` says the
     caller did (``iac-backend serve`` migrates in a child process)."""
@@ -124,8 +153,13 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         version="0.1.0",
         summary="Queue, dispatch and watch Terraform/OpenTofu runs on a remote runner pool.",
         lifespan=lifespan,
+        # /docs is served by the web UI from a local copy of Swagger UI (no CDN); ReDoc,
+        # which only a CDN would serve, is not.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(HeadAsGet)
     errors.install(app)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])

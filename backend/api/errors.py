@@ -90,8 +90,35 @@ async def _validation(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": describe_validation(exc.errors())}, status_code=422)
 
 
+def _document_validation_errors(app: FastAPI) -> None:
+    """The OpenAPI document's 422 body as the handler above writes it (FastAPI documents
+    its own list form)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas.pop("ValidationError", None)
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError",
+                    "type": "object",
+                    "properties": {
+                        "detail": {
+                            "type": "string",
+                            "description": "Each wrong field and what was wrong, in one line.",
+                        }
+                    },
+                    "required": ["detail"],
+                }
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
+    _document_validation_errors(app)
     for error, status in STATUS:
         app.add_exception_handler(error, _detail(status))
     app.add_exception_handler(StateLocked, _locked)

@@ -407,3 +407,25 @@ def test_the_overview_lists_every_run(platform: Platform, page: Page) -> None:
     screenshot(page, "runs-overview")
     platform.backend.call("POST", f"/runs/{waiting['id']}/cancel", 200)
     expect(row.locator(".status")).to_have_text("canceled")
+
+
+def test_the_api_docs_render_offline_under_the_csp(platform: Platform, page: Page) -> None:
+    """/docs is Swagger UI from the backend's own files: it renders every operation with no
+    request leaving the backend's origin and no Content-Security-Policy refusal."""
+    console: list[str] = []
+    elsewhere: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on(
+        "request",
+        lambda req: (
+            None if req.url.startswith((platform.url, "data:")) else elsewhere.append(req.url)
+        ),
+    )
+    page.goto(platform.url + "/docs")
+    expect(page.locator(".opblock-summary-path", has_text="/api/v1/runs").first).to_be_visible()
+    assert page.locator(".opblock").count() >= 20
+    expect(page.locator(".info .title")).to_contain_text("iac-runner backend")
+    screenshot(page, "api-docs")
+    assert elsewhere == [], elsewhere
+    refused = [line for line in console if "Content Security Policy" in line or "Refused" in line]
+    assert refused == [], refused
