@@ -26,12 +26,28 @@ class RunnerCreate(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, description="e.g. {'provider': 'aws'}")
 
 
+class EffectiveLabel(BaseModel):
+    key: str
+    value: str
+    source: Literal["registered", "reported", "both"] = Field(
+        description="Given at registration, reported by the runner (its --label), or both."
+    )
+    registered_value: str | None = Field(
+        default=None,
+        description="The registered value the runner's reported one replaces, if they differ.",
+    )
+
+
 class RunnerOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str
     address: str
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(description="The labels given at registration.")
+    effective_labels: list[EffectiveLabel] = Field(
+        description="The labels routing matches on: the registered ones merged with those the "
+        "runner reports (a reported value wins), each with where it came from."
+    )
     status: str = Field(description="unknown, healthy, unhealthy or draining")
     info: dict[str, Any] = Field(description="The runner's last GetInfo answer.")
     has_token: bool

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tests.backend.platform import TOKEN
 from tests.cli.conftest import IAC, Platform, assert_one_line_error, json_of
-from tests.conftest import OFFLINE_CONFIG
+from tests.conftest import OFFLINE_CONFIG, wait_for
+from tests.procs import start_runner
 
 SECRET = "s3cr3t-VALUE-never-shown-7f3a"
 
@@ -467,3 +468,80 @@ def test_delete_is_confirmed_kept_restored_and_purged(platform: Platform, tmp_pa
     assert "cannot be undone" in screen and "purged deployment keep" in screen
     assert "keep" not in platform.iac("deployments", "list", "--deleted").ok().stdout
     assert_one_line_error(platform.iac("runs", "show", str(run_ids[0])), 2, "HTTP 404")
+
+
+def test_runners_show_the_labels_routing_uses_and_where_each_came_from(
+    platform: Platform, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A runner server started with --label provider=aws --label zone=a, registered with
+    provider=gcp and team=x: routing matches provider=aws (what it reports wins), team=x
+    and zone=a, and that is what `iac runners list/show` shows, with each label's source."""
+    server = start_runner(
+        tmp_path, tool_env, "--label", "provider=aws", "--label", "zone=a", name="mixed"
+    )
+    try:
+        platform.iac(
+            "runners",
+            "add",
+            "mixed",
+            server.address,
+            "--label",
+            "provider=gcp",
+            "--label",
+            "team=x",
+        ).ok()
+        platform.backend.wait_runners_healthy("mixed")
+        shown = json_of(platform.iac("runners", "show", "mixed", "--json"))
+        assert shown["labels"] == {"provider": "gcp", "team": "x"}
+        assert shown["effective_labels"] == [
+            {"key": "provider", "value": "aws", "source": "reported", "registered_value": "gcp"},
+            {"key": "team", "value": "x", "source": "registered", "registered_value": None},
+            {"key": "zone", "value": "a", "source": "reported", "registered_value": None},
+        ]
+        text = platform.iac("runners", "show", "mixed").ok().stdout
+        assert re.search(
+            r"labels\s+provider=aws \(reported, registered: gcp\), team=x \(registered\), "
+            r"zone=a \(reported\)",
+            text,
+        ), text
+        assert re.search(r"registered labels\s+provider=gcp,team=x", text), text
+        listed = platform.iac("runners", "list").ok().stdout
+        assert re.search(r"mixed\s+127\.0\.0\.1:\d+\s+healthy\s+provider=aws,team=x,zone=a", listed)
+        aws = json_of(platform.iac("runners", "show", "aws-1", "--json"))["effective_labels"]
+        assert aws == [
+            {"key": "provider", "value": "aws", "source": "both", "registered_value": None}
+        ]
+
+        # Routing uses the same labels: zone=a + team=x runs there, provider=gcp + team=x waits.
+        infra = config_dir(tmp_path, "routed", OFFLINE_CONFIG)
+        platform.iac(
+            "deployments",
+            "create",
+            "routed",
+            "--dir",
+            str(infra),
+            "--label",
+            "zone=a",
+            "--label",
+            "team=x",
+        ).ok()
+        planned = json_of(platform.iac("plan", "routed", "--json"))
+        assert planned["status"] == "succeeded" and planned["runner_id"] == "mixed"
+        platform.iac(
+            "deployments",
+            "create",
+            "nowhere",
+            "--dir",
+            str(infra),
+            "--label",
+            "provider=gcp",
+            "--label",
+            "team=x",
+        ).ok()
+        queued = json_of(platform.iac("plan", "nowhere", "--no-follow", "--json"))
+        reason = wait_for(lambda: platform.backend.run(queued["id"])["wait_reason"], timeout=30)
+        assert reason == "no registered runner has the labels provider=gcp, team=x", reason
+        platform.iac("runs", "cancel", str(queued["id"])).ok()
+    finally:
+        platform.iac("runners", "remove", "mixed")
+        server.stop()
