@@ -193,6 +193,16 @@ class RunOut(BaseModel):
     has_changes: bool | None
     last_seq: int = Field(description="Seq of the last stored log line.")
     cancel_requested: str | None
+    running_seconds: float = Field(
+        default=0.0,
+        description="Seconds a runner executed it (plan and apply phases), up to now if it "
+        "has not ended.",
+    )
+    waiting_seconds: float = Field(
+        default=0.0,
+        description="Seconds it waited: queued (for a runner, or behind another run) and "
+        "awaiting approval, up to now if it has not ended.",
+    )
     events: list[RunEventOut] | None = Field(
         default=None, description="The run's history (on GET /runs/{id})."
     )

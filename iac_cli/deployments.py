@@ -13,7 +13,7 @@ from iac_cli.archive import PackedConfig, pack_directory
 from iac_cli.client import Api, seg
 from iac_cli.context import State, json_option, labels_option, pass_state, to_labels
 from iac_cli.errors import EXIT_USAGE, CliError, UsageError
-from iac_cli.output import run_duration, show_labels, show_time
+from iac_cli.output import run_duration, run_waited, show_labels, show_time
 
 dir_option = click.option(
     "--dir",
@@ -208,7 +208,7 @@ def show(state: State, name: str, as_json: bool) -> None:
     if runs:
         state.output.result("")
         state.output.table(
-            ["RUN", "OPERATION", "STATUS", "CREATED", "DURATION"],
+            ["RUN", "OPERATION", "STATUS", "CREATED", "RUNNING", "WAITED"],
             [
                 [
                     str(r["id"]),
@@ -216,6 +216,7 @@ def show(state: State, name: str, as_json: bool) -> None:
                     r["status"],
                     show_time(r["created_at"]),
                     run_duration(r),
+                    run_waited(r),
                 ]
                 for r in runs
             ],

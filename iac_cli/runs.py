@@ -13,7 +13,7 @@ import httpx
 
 from iac_cli.context import F, State, json_option, pass_state
 from iac_cli.logstream import End, Lines, LogStream, Status
-from iac_cli.output import run_duration, show_time
+from iac_cli.output import run_duration, run_waited, show_time
 from iac_cli.watch import Followed, approval_hint, follow_run, outcome_line
 
 INTERRUPTED = 130
@@ -208,7 +208,8 @@ def runs() -> None:
 def list_runs(
     state: State, deployment: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first: RUNNING is the time runners executed it, WAITED the time it
+    was queued or awaiting approval."""
     rows = state.api.get("/runs", deployment=deployment, status=status, limit=limit)
     if as_json:
         state.output.json(rows)
@@ -217,7 +218,17 @@ def list_runs(
         state.output.note("no runs")
         return
     state.output.table(
-        ["ID", "DEPLOYMENT", "OPERATION", "STATUS", "PRIORITY", "RUNNER", "CREATED", "DURATION"],
+        [
+            "ID",
+            "DEPLOYMENT",
+            "OPERATION",
+            "STATUS",
+            "PRIORITY",
+            "RUNNER",
+            "CREATED",
+            "RUNNING",
+            "WAITED",
+        ],
         [
             [
                 str(r["id"]),
@@ -228,6 +239,7 @@ def list_runs(
                 r.get("runner_id") or "-",
                 show_time(r["created_at"]),
                 run_duration(r),
+                run_waited(r),
             ]
             for r in rows
         ],
@@ -261,7 +273,8 @@ def show_run(state: State, run_id: int, as_json: bool) -> None:
             ("created", show_time(run["created_at"])),
             ("started", show_time(run.get("started_at"))),
             ("ended", show_time(run.get("ended_at"))),
-            ("duration", run_duration(run)),
+            ("running", run_duration(run)),
+            ("waiting", f"{run_waited(run)} (queued and awaiting approval)"),
             ("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"])),
             ("error", run.get("error_msg") or "-"),
             ("log lines", str(run["last_seq"])),

@@ -158,6 +158,12 @@ def test_plan_approve_apply_destroy(platform: Platform, tmp_path: Path) -> None:
     assert [r["id"] for r in runs] == [run_id] and runs[0]["status"] == "succeeded"
     shown = platform.iac("runs", "show", str(run_id)).ok().stdout
     assert re.search(r"status\s+succeeded", shown) and "approved" in shown
+    # The approval wait is waiting time, not running time.
+    assert re.search(r"running\s+\d+\.\ds\n", shown), shown
+    assert re.search(r"waiting\s+\d+\.\ds \(queued and awaiting approval\)", shown), shown
+    assert runs[0]["waiting_seconds"] > 0 and runs[0]["running_seconds"] > 0
+    table = platform.iac("runs", "list", "--deployment", "web").ok().stdout
+    assert re.search(r"RUNNING\s+WAITED", table) and re.search(r"\d+\.\ds\s+\d+\.\ds", table)
     log = json_of(platform.iac("logs", str(run_id), "--json"))
     assert log["last_seq"] == len(log["lines"]) > 0
     assert platform.iac("logs", str(run_id)).ok().stdout.splitlines() == log["lines"]

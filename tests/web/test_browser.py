@@ -5,6 +5,7 @@ restarts, approve, cancel, the runners page, and a refused token."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,17 @@ def test_approve_a_plan_from_the_page(platform: Platform, page: Page) -> None:
     expect(page.locator("#events li[data-kind='approved']")).to_have_count(1)
     expect(approve).to_be_hidden()
     expect(page.locator("#cancel")).to_be_hidden()
-    assert platform.backend.run(run["id"])["status"] == "succeeded"
+    done = platform.backend.run(run["id"])
+    assert done["status"] == "succeeded"
+    # The approval wait is waiting time, not running time; together they are the run's life.
+    times = {e["kind"]: datetime.fromisoformat(e["at"]) for e in done["events"]}
+    approval_wait = (times["approved"] - times["planned"]).total_seconds()
+    assert done["waiting_seconds"] >= approval_wait > 0, done
+    life = datetime.fromisoformat(done["ended_at"]) - datetime.fromisoformat(done["created_at"])
+    total = done["running_seconds"] + done["waiting_seconds"]
+    assert abs(total - life.total_seconds()) < 0.5, (done, life)
+    expect(page.locator("dd[data-fact='running']")).to_have_text(re.compile(r"^\d+\.\d s$"))
+    expect(page.locator("dd[data-fact='waiting']")).to_contain_text("queued and awaiting approval")
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["graceful", "force"])

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
 from backend.api.deps import DatabaseDep, IdPath, SessionDep
@@ -26,8 +27,13 @@ from backend.store.validation import MAX_ID
 router = APIRouter(prefix="/runs", tags=["runs"], route_class=CheckedRoute)
 
 
-def run_out(run: Run, deployment: str, config_version: int) -> RunOut:
+def run_out(
+    run: Run, deployment: str, config_version: int, times: runlist.RunTimes | None = None
+) -> RunOut:
+    times = times or runlist.RunTimes()
     return RunOut(
+        running_seconds=times.running,
+        waiting_seconds=times.waiting,
         id=run.id,
         deployment=deployment,
         operation=run.operation,
@@ -49,6 +55,12 @@ def run_out(run: Run, deployment: str, config_version: int) -> RunOut:
     )
 
 
+async def one_run_out(session: AsyncSession, run_id: int) -> RunOut:
+    row = await runlist.run_row(session, run_id)
+    times = await runlist.times_of(session, [row[0]])
+    return run_out(*row, times[run_id])
+
+
 def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
@@ -68,10 +80,10 @@ async def create_run(body: RunCreate, session: SessionDep, request: Request) -> 
         auto_approve=body.auto_approve,
         config_version=body.config_version,
     )
-    row = await runlist.run_row(session, run.id)  # in the same transaction
+    out = await one_run_out(session, run.id)  # in the same transaction
     await session.commit()
     engine_of(request).wake()
-    return run_out(*row)
+    return out
 
 
 @router.get("")
@@ -81,20 +93,18 @@ async def list_runs(
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunOut]:
-    return [
-        run_out(*row)
-        for row in await runlist.list_runs(
-            session, deployment=deployment, status=status, limit=limit
-        )
-    ]
+    rows = await runlist.list_runs(session, deployment=deployment, status=status, limit=limit)
+    times = await runlist.times_of(session, [row[0] for row in rows])
+    return [run_out(*row, times[row[0].id]) for row in rows]
 
 
 @router.get("/{run_id}")
 async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
-    out = run_out(*(await runlist.run_row(session, run_id)))
-    out.events = [
-        RunEventOut.model_validate(e) for e in await run_store.list_events(session, run_id)
-    ]
+    run, deployment, version = await runlist.run_row(session, run_id)
+    events = await run_store.list_events(session, run_id)
+    times = runlist.run_times(run.created_at, ((e.at, e.kind) for e in events))
+    out = run_out(run, deployment, version, times)
+    out.events = [RunEventOut.model_validate(e) for e in events]
     return out
 
 
@@ -103,7 +113,7 @@ async def approve_run(run_id: IdPath, session: SessionDep, request: Request) -> 
     await runlist.check_visible(session, run_id)
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).approve(run_id)
-    return run_out(*(await runlist.run_row(session, run_id)))
+    return await one_run_out(session, run_id)
 
 
 @router.post("/{run_id}/cancel")
@@ -114,7 +124,7 @@ async def cancel_run(
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).cancel(run_id, force=force)
     session.expire_all()
-    return run_out(*(await runlist.run_row(session, run_id)))
+    return await one_run_out(session, run_id)
 
 
 def _resume_from(last_event_id: str | None, after: int) -> int:
