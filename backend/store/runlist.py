@@ -118,6 +118,14 @@ def run_times(
     return RunTimes(round(running, 3), round(waiting, 3))
 
 
+def counted_until(run: Run, now: datetime | None = None) -> datetime:
+    """Up to when a run's time counts: its end once it has ended (even if its history
+    lacks the terminal event), else now."""
+    if run.status in TERMINAL_STATUSES:
+        return run.ended_at or run.created_at
+    return now or utcnow()
+
+
 async def times_of(session: AsyncSession, runs: Sequence[Run]) -> dict[int, RunTimes]:
     """`run_times` of each run, from one query of their timeline events."""
     if not runs:
@@ -131,4 +139,6 @@ async def times_of(session: AsyncSession, runs: Sequence[Run]) -> dict[int, RunT
     for run_id, at, kind in rows:
         events.setdefault(run_id, []).append((at, kind))
     now = utcnow()
-    return {r.id: run_times(r.created_at, events.get(r.id, []), now) for r in runs}
+    return {
+        r.id: run_times(r.created_at, events.get(r.id, []), counted_until(r, now)) for r in runs
+    }

@@ -94,3 +94,24 @@ async def test_the_api_shows_both_times(client: httpx.AsyncClient, db: Database)
     assert [(r["running_seconds"], r["waiting_seconds"]) for r in listed] == [
         (one["running_seconds"], one["waiting_seconds"])
     ]
+
+
+@pytest.mark.anyio
+async def test_an_ended_run_stops_counting(client: httpx.AsyncClient, db: Database) -> None:
+    """A run that has ended counts up to its end, even when its history lacks the terminal
+    event (runs ended before the history had one): its times do not grow afterwards."""
+    await new_deployment(client, "web")
+    await upload(client, "web")
+    run_id, _ = await start_run(db, "web", RunStatus.SUCCEEDED)
+    async with db.session() as s:
+        run = await runs.get_run(s, run_id)
+        run.ended_at = run.created_at + timedelta(seconds=42)
+    first = (await client.get(f"/api/v1/runs/{run_id}")).json()
+    assert first["waiting_seconds"] == pytest.approx(42, abs=0.1)
+    async with db.session() as s:
+        await runs.add_event(s, run_id, "note")  # time passes; nothing changes
+    again = (await client.get("/api/v1/runs")).json()[0]
+    assert (again["running_seconds"], again["waiting_seconds"]) == (
+        first["running_seconds"],
+        first["waiting_seconds"],
+    )

@@ -102,7 +102,9 @@ async def list_runs(
 async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
     run, deployment, version = await runlist.run_row(session, run_id)
     events = await run_store.list_events(session, run_id)
-    times = runlist.run_times(run.created_at, ((e.at, e.kind) for e in events))
+    times = runlist.run_times(
+        run.created_at, ((e.at, e.kind) for e in events), runlist.counted_until(run)
+    )
     out = run_out(run, deployment, version, times)
     out.events = [RunEventOut.model_validate(e) for e in events]
     return out
