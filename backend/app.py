@@ -8,12 +8,15 @@ migration in a child process (see ``backend.cli``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api import errors
 from backend.api.deps import require_token
@@ -24,6 +27,7 @@ from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
 from backend.logs.hub import LogHub
 from backend.pool import RunnerPool
+from backend.store import deployments as deployment_store
 from backend.store import runners as runner_store
 from backend.store import tokens as token_store
 from backend.web import pages
@@ -55,6 +59,26 @@ async def prepare(settings: Settings, *, migrate_schema: bool = True) -> tuple[D
     return database, cipher
 
 
+async def purge_deleted(database: Database, retention_days: float) -> list[str]:
+    """Remove for good the deployments deleted longer ago than the retention period."""
+    async with database.session() as session:
+        purged = await deployment_store.purge_expired(session, retention_days)
+    if purged:
+        log.info("purged deleted deployments past their retention: %s", ", ".join(purged))
+    return purged
+
+
+async def purge_loop(database: Database, settings: Settings) -> None:
+    """Purge at start, then every IAC_PURGE_INTERVAL seconds (each replica: a purge is
+    idempotent), until cancelled."""
+    while True:
+        try:
+            await purge_deleted(database, settings.deleted_retention_days)
+        except Exception:  # the next pass retries; a purge must never stop the backend
+            log.exception("purging deleted deployments failed")
+        await asyncio.sleep(settings.purge_interval)
+
+
 def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(
         backend_id=settings.backend_id or f"{socket.gethostname()}:{settings.port}",
@@ -63,6 +87,34 @@ def engine_options(settings: Settings) -> EngineOptions:
         runner_lost_timeout=settings.runner_lost_timeout,
         orphan_after=settings.orphan_after,
     )
+
+
+class HeadAsGet:
+    """HEAD outside the API (the probes /healthz and /readyz, /metrics, the web pages, the
+    docs) answered as its GET without the body: load balancers and uptime checks probe with
+    HEAD, and FastAPI routes are GET only (405 for HEAD). The API keeps its own methods."""
+
+    def __init__(self, app: ASGIApp, api_prefix: str = API_PREFIX) -> None:
+        self.app = app
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "HEAD"
+            or scope["path"].startswith(self.api_prefix + "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return  # the GET's body, not sent; its headers (Content-Length) are
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 def create_app(settings: Settings | None = None, *, migrated: bool = False) -> FastAPI:
@@ -84,11 +136,17 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         )
         app.state.engine = engine
         await engine.start()
+        purger = asyncio.create_task(purge_loop(database, settings), name="purge-deleted")
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
+        if (warning := settings.public_url_warning()) is not None:
+            log.warning(warning)
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await engine.stop()
             await database.dispose()
 
@@ -97,8 +155,13 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         version="0.1.0",
         summary="Queue, dispatch and watch Terraform/OpenTofu runs on a remote runner pool.",
         lifespan=lifespan,
+        # /docs is served by the web UI from a local copy of Swagger UI (no CDN); ReDoc,
+        # which only a CDN would serve, is not.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(HeadAsGet)
     errors.install(app)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])

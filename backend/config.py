@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -46,8 +53,24 @@ def normalize_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def derived_public_url(host: str, port: int) -> str:
+    """The URL of a backend listening on host:port, as seen from this host (a wildcard
+    address is reached through loopback)."""
+    if host in WILDCARD_HOSTS:
+        host = "::1" if host == "::" else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{port}"
+
+
 class Settings(BaseSettings):
     """iac-backend settings; env var names are given in each field's description."""
+
+    # Whether public_url was derived from host and port (not set): see public_url_warning.
+    _public_url_derived: bool = PrivateAttr(default=False)
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -87,10 +110,12 @@ class Settings(BaseSettings):
         default=8000, ge=0, le=65535, description="IAC_PORT: port the API listens on."
     )
     public_url: str = Field(
-        default="http://127.0.0.1:8000",
+        default="",
         description=(
             "IAC_PUBLIC_URL: the backend's URL as runners reach it; the state endpoint "
-            "address handed to terraform is built from it."
+            "address handed to terraform is built from it. Default: http://HOST:PORT of "
+            "IAC_HOST/IAC_PORT (--host/--port), with 127.0.0.1 for 0.0.0.0 and [::1] for "
+            "::, which runners on other hosts cannot reach: set it when they are elsewhere."
         ),
     )
     max_config_bytes: int = Field(
@@ -144,6 +169,23 @@ class Settings(BaseSettings):
             "answering mid-run before the run fails."
         ),
     )
+    deleted_retention_days: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "IAC_DELETED_RETENTION_DAYS: days a deleted deployment is kept (hidden, with its "
+            "state versions, runs, logs, variables and configurations) and can be restored; "
+            "then it is purged for good. 0: at the next purge."
+        ),
+    )
+    purge_interval: float = Field(
+        default=3600,
+        gt=0,
+        description=(
+            "IAC_PURGE_INTERVAL: seconds between two purges of deleted deployments past "
+            "their retention (one also runs at start)."
+        ),
+    )
     orphan_after: float = Field(
         default=30.0,
         gt=0,
@@ -174,9 +216,28 @@ class Settings(BaseSettings):
     @field_validator("public_url")
     @classmethod
     def _public_url_is_http(cls, value: str) -> str:
+        if not value:
+            return value  # derived from host and port (_default_public_url)
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"IAC_PUBLIC_URL {value!r} must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_public_url(self) -> Settings:
+        if not self.public_url:
+            self.public_url = derived_public_url(self.host, self.port)
+            self._public_url_derived = True
+        return self
+
+    def public_url_warning(self) -> str | None:
+        """Why the derived public URL will not do for runners on other hosts, or None."""
+        if not self._public_url_derived or self.host not in WILDCARD_HOSTS:
+            return None
+        return (
+            f"listening on {self.host} without IAC_PUBLIC_URL: runs hand terraform the state "
+            f"endpoint at {self.public_url}, a loopback address that runners on other hosts "
+            "cannot reach; set IAC_PUBLIC_URL to this backend's address as they see it"
+        )
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -157,6 +157,9 @@ class Deployment(Base):
     default_priority: Mapped[int] = mapped_column(default=0)
     version_constraint: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when deleted: the deployment and everything it owns are kept (hidden) until the
+    # retention period ends and a purge removes them, or it is restored.
+    deleted_at: Mapped[datetime | None]
 
 
 class ConfigVersion(Base):

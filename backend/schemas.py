@@ -26,12 +26,28 @@ class RunnerCreate(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, description="e.g. {'provider': 'aws'}")
 
 
+class EffectiveLabel(BaseModel):
+    key: str
+    value: str
+    source: Literal["registered", "reported", "both"] = Field(
+        description="Given at registration, reported by the runner (its --label), or both."
+    )
+    registered_value: str | None = Field(
+        default=None,
+        description="The registered value the runner's reported one replaces, if they differ.",
+    )
+
+
 class RunnerOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str
     address: str
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(description="The labels given at registration.")
+    effective_labels: list[EffectiveLabel] = Field(
+        description="The labels routing matches on: the registered ones merged with those the "
+        "runner reports (a reported value wins), each with where it came from."
+    )
     status: str = Field(description="unknown, healthy, unhealthy or draining")
     info: dict[str, Any] = Field(description="The runner's last GetInfo answer.")
     has_token: bool
@@ -72,6 +88,17 @@ class DeploymentOut(BaseModel):
     default_priority: int
     version_constraint: str | None
     created_at: datetime
+    deleted_at: datetime | None = Field(
+        default=None, description="When it was deleted (deleted deployments only)."
+    )
+    purge_after: datetime | None = Field(
+        default=None,
+        description="When a deleted deployment is purged for good (IAC_DELETED_RETENTION_DAYS).",
+    )
+    managed_resources: int | None = Field(
+        default=None,
+        description="Resource instances in its latest state version (GET of one deployment).",
+    )
 
 
 class VariableSet(BaseModel):
@@ -170,6 +197,16 @@ class RunOut(BaseModel):
     has_changes: bool | None
     last_seq: int = Field(description="Seq of the last stored log line.")
     cancel_requested: str | None
+    running_seconds: float = Field(
+        default=0.0,
+        description="Seconds a runner executed it (plan and apply phases), up to now if it "
+        "has not ended.",
+    )
+    waiting_seconds: float = Field(
+        default=0.0,
+        description="Seconds it waited: queued (for a runner, or behind another run) and "
+        "awaiting approval, up to now if it has not ended.",
+    )
     events: list[RunEventOut] | None = Field(
         default=None, description="The run's history (on GET /runs/{id})."
     )

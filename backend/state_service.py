@@ -141,11 +141,16 @@ class StateService:
             # Adopted by another backend, which is about to attach: the runner holds the
             # call for it.
             return answer(MISDIRECTED, {"detail": f"run {row.id} is executed by another backend"})
-        name = await session.scalar(
-            select(Deployment.name).where(Deployment.id == row.deployment_id)
-        )
-        assert name is not None
-        return Caller(row.id, Deployment(id=row.deployment_id, name=name))
+        deployment = (
+            await session.execute(
+                select(Deployment.name, Deployment.deleted_at).where(
+                    Deployment.id == row.deployment_id
+                )
+            )
+        ).one()
+        if deployment.deleted_at is not None:
+            return answer(403, {"detail": f"deployment {deployment.name!r} is deleted"})
+        return Caller(row.id, Deployment(id=row.deployment_id, name=deployment.name))
 
     async def _get(
         self, session: AsyncSession, caller: Caller, call: pb.StateCall

@@ -1,13 +1,17 @@
-"""Figure 4: peak memory while one run prints `lines` lines to 3 live followers.
+"""Figure 4: peak memory while one run prints `lines` lines to 3 live followers and 2
+plain downloads.
 
 A backend plan run on a runner server whose terraform is the producer (100-byte lines,
 one write per line), with 3 SSE followers attached from the start, each its own process
 (`python -m bench.memory URL RUN_ID`, as 3 separate clients would be); each must
-receive every line once, in order. A fresh runner server and backend (SQLite) per size,
-so each peak is that run's. Peak RSS is VmHWM from /proc/<pid>/status (the kernel's
-high-water mark), polled every 10 ms, for the runner server, the backend, and every
-`iac-runner` the runner server started (the largest is reported); the RSS of each
-server before the run ("idle") is in the details.
+receive every line once, in order. Two more processes (`python -m bench.memory URL RUN_ID
+download LINES`) download the plain log (`GET /runs/{id}/logs`, the web page's Download)
+at once when half the lines are stored, the run going on, and again after its end, each
+download checked whole (as many lines as its X-Last-Seq; the last one all of them). A fresh runner
+server and backend (SQLite) per size, so each peak is that run's. Peak RSS is VmHWM from
+/proc/<pid>/status (the kernel's high-water mark), polled every 10 ms, for the runner
+server, the backend, and every `iac-runner` the runner server started (the largest is
+reported); the RSS of each server before the run ("idle") is in the details.
 Measured at `memory_small` lines too: the baseline column, to show the peak is flat in
 the number of lines. Target: each < 100 MB, and flat (at most 1.2x the small size's).
 """
@@ -18,6 +22,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 
@@ -36,6 +41,8 @@ from bench.common import (
 )
 
 FOLLOWERS = 3
+DOWNLOADS = 2
+TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
 LIMIT_MB = 100.0
 FLAT_FACTOR = 1.2
 
@@ -62,20 +69,50 @@ def follow(url: str, run_id: int) -> dict[str, object]:
     return {"lines": lines, "error": "the stream ended without an end event"}
 
 
-def start_followers(ctx: Context, url: str, run_id: int) -> list[subprocess.Popen[str]]:
+def download(url: str, run_id: int, lines: int) -> dict[str, object]:
+    """Download a run's plain log once when it has stored half its `lines` (the run going
+    on), and once after its end; each download must hold as many lines as its X-Last-Seq
+    says, the last one all `lines`."""
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    api = f"{url}/api/v1/runs/{run_id}"
+    got: list[int] = []
+    try:
+        with httpx.Client(headers=headers, timeout=600) as http:
+            for ready in (lambda r: r["last_seq"] >= lines // 2, lambda r: r["status"] in TERMINAL):
+                while True:
+                    run = http.get(api).json()
+                    if ready(run) or run["status"] in TERMINAL:
+                        break
+                    time.sleep(0.2)
+                count = 0
+                with http.stream("GET", api + "/logs") as response:
+                    for piece in response.iter_bytes():
+                        count += piece.count(b"\n")
+                    expected = int(response.headers["x-last-seq"])
+                if count != expected:
+                    return {"downloads": got, "error": f"{count} lines, X-Last-Seq {expected}"}
+                got.append(count)
+    except httpx.HTTPError as exc:
+        return {"downloads": got, "error": repr(exc)}
+    return {"downloads": got, "lines": got[-1]}
+
+
+def start_clients(ctx: Context, url: str, run_id: int, lines: int) -> list[subprocess.Popen[str]]:
+    """The SSE followers, then the plain downloaders."""
+    modes: list[list[str]] = [[]] * FOLLOWERS + [["download", str(lines)]] * DOWNLOADS
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.memory", url, str(run_id)],
+            [sys.executable, "-m", "bench.memory", url, str(run_id), *mode],
             cwd=ctx.root,
             env=ctx.env,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(FOLLOWERS)
+        for mode in modes
     ]
 
 
-def measure(ctx: Context, lines: int) -> dict[str, float]:
+def measure(ctx: Context, lines: int) -> dict[str, Any]:
     """Peak RSS (MB) of each process for one run of `lines` lines, and the run's rate."""
     name = f"memory-{lines}"
     server = start_runner(ctx.tmp, ctx.env, name, tool=ctx.producer)
@@ -93,7 +130,7 @@ def measure(ctx: Context, lines: int) -> dict[str, float]:
         with PeakWatcher(roots, [server.pid]) as watcher:
             start = time.perf_counter()
             run = backend.start("big", "plan")
-            followers = start_followers(ctx, backend.url, run["id"])
+            followers = start_clients(ctx, backend.url, run["id"], lines)
             done = wait_run(backend, run["id"], interval=0.2)
             elapsed = time.perf_counter() - start
             outputs = [f.communicate(timeout=600)[0] for f in followers]
@@ -102,9 +139,10 @@ def measure(ctx: Context, lines: int) -> dict[str, float]:
         for out in outputs:
             got = json.loads(out)
             if got.get("error") or got["lines"] < lines:
-                raise RuntimeError(f"a follower got {got['lines']}/{lines} lines: {got}")
+                raise RuntimeError(f"a follower or downloader got {got}, of {lines} lines")
         peaks = {k: v / 1024 for k, v in watcher.peaks_kb.items()}
-        return {**peaks, **idle, "lines_per_s": lines / elapsed}
+        downloads = [n for out in outputs for n in json.loads(out).get("downloads", [])]
+        return {**peaks, **idle, "lines_per_s": lines / elapsed, "downloads": downloads}
     finally:
         for f in followers:
             if f.poll() is None:
@@ -116,7 +154,10 @@ def measure(ctx: Context, lines: int) -> dict[str, float]:
 
 def run(ctx: Context) -> list[Row]:
     big, small = ctx.sizes.lines, ctx.sizes.memory_small
-    log(f"memory: {small:,} then {big:,} lines, backend run with {FOLLOWERS} SSE followers")
+    log(
+        f"memory: {small:,} then {big:,} lines, backend run with {FOLLOWERS} SSE followers "
+        f"and {DOWNLOADS} plain downloaders"
+    )
     at_small = measure(ctx, small)
     at_big = measure(ctx, big)
     rows = []
@@ -134,6 +175,7 @@ def run(ctx: Context) -> list[Row]:
                 ok=peak < LIMIT_MB and peak <= FLAT_FACTOR * base,
                 details={
                     "baseline": f"the same at {small:,} lines",
+                    "plain_downloads_lines": at_big["downloads"],
                     **({"idle_rss_mb": round(idle, 1)} if idle else {}),
                 },
             )
@@ -141,7 +183,7 @@ def run(ctx: Context) -> list[Row]:
     rows.append(
         Row(
             "4",
-            f"backend run, {FOLLOWERS} SSE followers",
+            f"backend run, {FOLLOWERS} SSE followers, {DOWNLOADS} downloads",
             "lines/s",
             at_big["lines_per_s"],
             ctx.shared.get("relay_rate"),
@@ -152,4 +194,7 @@ def run(ctx: Context) -> list[Row]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(follow(sys.argv[1], int(sys.argv[2]))))
+    if sys.argv[3:4] == ["download"]:
+        print(json.dumps(download(sys.argv[1], int(sys.argv[2]), int(sys.argv[4]))))
+    else:
+        print(json.dumps(follow(sys.argv[1], int(sys.argv[2]))))

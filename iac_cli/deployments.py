@@ -1,8 +1,9 @@
 """`iac deployments`: create a deployment from a directory, upload new configuration
-versions, list and show them."""
+versions, list and show them, delete (kept until purged), restore and purge them."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import click
 from iac_cli.archive import PackedConfig, pack_directory
 from iac_cli.client import Api, seg
 from iac_cli.context import State, json_option, labels_option, pass_state, to_labels
-from iac_cli.errors import CliError
-from iac_cli.output import run_duration, show_labels, show_time
+from iac_cli.errors import EXIT_USAGE, CliError, UsageError
+from iac_cli.output import run_duration, run_waited, show_labels, show_time
 
 dir_option = click.option(
     "--dir",
@@ -120,16 +121,30 @@ def upload_command(state: State, name: str, directory: Path, as_json: bool) -> N
 
 
 @deployments.command("list")
+@click.option("--deleted", is_flag=True, help="List deleted deployments (restorable until purged).")
 @json_option
 @pass_state
-def list_deployments(state: State, as_json: bool) -> None:
-    """List deployments."""
-    rows = state.api.get("/deployments")
+def list_deployments(state: State, deleted: bool, as_json: bool) -> None:
+    """List deployments (with --deleted: the deleted ones, and when each is purged)."""
+    rows = state.api.get("/deployments", deleted="true" if deleted else None)
     if as_json:
         state.output.json(rows)
         return
     if not rows:
-        state.output.note("no deployments: iac deployments create NAME --dir DIR")
+        state.output.note(
+            "no deleted deployments"
+            if deleted
+            else "no deployments: iac deployments create NAME --dir DIR"
+        )
+        return
+    if deleted:
+        state.output.table(
+            ["NAME", "TOOL", "DELETED", "PURGED AFTER"],
+            [
+                [d["name"], d["tool"], show_time(d["deleted_at"]), show_time(d["purge_after"])]
+                for d in rows
+            ],
+        )
         return
     state.output.table(
         ["NAME", "TOOL", "RUNNER LABELS", "PRIORITY", "CREATED"],
@@ -171,6 +186,7 @@ def show(state: State, name: str, as_json: bool) -> None:
             ("runner labels", show_labels(deployment["required_labels"])),
             ("default priority", str(deployment["default_priority"])),
             ("created", show_time(deployment["created_at"])),
+            ("managed resources", str(deployment.get("managed_resources", "-"))),
             (
                 "configuration",
                 f"version {latest['version']} of {len(versions)}, {latest['size']} bytes, "
@@ -192,7 +208,7 @@ def show(state: State, name: str, as_json: bool) -> None:
     if runs:
         state.output.result("")
         state.output.table(
-            ["RUN", "OPERATION", "STATUS", "CREATED", "DURATION"],
+            ["RUN", "OPERATION", "STATUS", "CREATED", "RUNNING", "WAITED"],
             [
                 [
                     str(r["id"]),
@@ -200,16 +216,100 @@ def show(state: State, name: str, as_json: bool) -> None:
                     r["status"],
                     show_time(r["created_at"]),
                     run_duration(r),
+                    run_waited(r),
                 ]
                 for r in runs
             ],
         )
 
 
+def confirm(name: str, explanation: str, action: str) -> None:
+    """Ask the person at the terminal to type the deployment's name; anything else stops."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"stdin is not a terminal, so nobody can confirm: pass --force to {action} "
+            f"deployment {name} without confirmation"
+        )
+    click.echo(explanation, err=True)
+    typed = click.prompt(f"Type {name} to {action} it", default="", show_default=False, err=True)
+    if typed.strip() != name:
+        raise CliError(f"confirmation did not match: deployment {name} was not {action}d")
+
+
 @deployments.command("delete")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="No confirmation, and delete even if its latest state still manages resources.",
+)
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Remove an already deleted deployment for good, with its state versions and runs.",
+)
+@json_option
 @pass_state
-def delete(state: State, name: str) -> None:
-    """Delete a deployment (it must have no active run)."""
-    state.api.request("DELETE", f"/deployments/{seg(name)}")
-    state.output.result(f"deleted deployment {name}")
+def delete(state: State, name: str, force: bool, purge: bool, as_json: bool) -> None:
+    """Delete a deployment. It is kept, hidden, with its state versions, runs, logs,
+    variables and configurations for the backend's retention period, and can be restored
+    until then (iac deployments restore NAME). Asks you to type NAME on a terminal; needs
+    --force when stdin is not a terminal or its latest state still manages resources.
+    With --purge, remove a deleted deployment for good."""
+    if purge:
+        if not force:
+            confirm(
+                name,
+                f"Purging removes the deleted deployment {name} for good, with its state "
+                "versions, runs, logs, variables and configuration versions. It cannot be "
+                "undone.",
+                "purge",
+            )
+        state.api.request("DELETE", f"/deployments/{seg(name)}", params={"purge": "true"})
+        if as_json:
+            state.output.json({"name": name, "purged": True})
+        else:
+            state.output.result(f"purged deployment {name}")
+        return
+    if not force:
+        deployment = state.api.get(f"/deployments/{seg(name)}")
+        count = int(deployment.get("managed_resources") or 0)
+        if count:
+            things = "resource" if count == 1 else "resources"
+            raise CliError(
+                f"deployment {name} still manages {count} {things} in its latest state; "
+                f"destroy them first (iac destroy {name}) or delete with --force",
+                EXIT_USAGE,
+            )
+        confirm(
+            name,
+            f"Deleting deployment {name} hides it with its state versions, runs, logs, "
+            "variables and configuration versions. The backend keeps them for its retention "
+            "period (IAC_DELETED_RETENTION_DAYS, 30 days by default), then purges them; until "
+            f"then `iac deployments restore {name}` brings it all back.",
+            "delete",
+        )
+    deleted = state.api.json(
+        "DELETE", f"/deployments/{seg(name)}", params={"force": str(force).lower()}
+    )
+    if as_json:
+        state.output.json(deleted)
+        return
+    state.output.result(
+        f"deleted deployment {name}: kept until {show_time(deleted.get('purge_after'))}, then "
+        f"purged; restore it with: iac deployments restore {name}"
+    )
+
+
+@deployments.command("restore")
+@click.argument("name")
+@json_option
+@pass_state
+def restore(state: State, name: str, as_json: bool) -> None:
+    """Bring back a deleted deployment with its state versions, runs, logs, variables and
+    configurations."""
+    restored = state.api.json("POST", f"/deployments/{seg(name)}/restore")
+    if as_json:
+        state.output.json(restored)
+        return
+    state.output.result(f"restored deployment {name}")

@@ -111,11 +111,21 @@ def show_duration(seconds: float) -> str:
 
 
 def run_duration(run: dict[str, Any]) -> str:
+    """The run's running time: executing on runners, not waiting in the queue or for
+    approval (from the backend's running_seconds; an older backend: start to end)."""
+    if run.get("running_seconds") is not None:
+        return show_duration(float(run["running_seconds"])) if run.get("started_at") else "-"
     start = parse_time(run.get("started_at"))
     if start is None:
         return "-"
     end = parse_time(run.get("ended_at")) or datetime.now(UTC)
     return show_duration((end - start).total_seconds())
+
+
+def run_waited(run: dict[str, Any]) -> str:
+    """The run's waiting time: queued and awaiting approval."""
+    waited = run.get("waiting_seconds")
+    return "-" if waited is None else show_duration(float(waited))
 
 
 def show_labels(labels: dict[str, str] | None) -> str:

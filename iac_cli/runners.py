@@ -32,6 +32,24 @@ def tools_of(runner: dict[str, Any]) -> str:
     return ",".join(f"{t.get('name')} {t.get('version', '')}".strip() for t in tools) or "-"
 
 
+def effective_labels(runner: dict[str, Any], *, sources: bool) -> str:
+    """The labels routing matches on (registered merged with reported); with `sources`,
+    where each came from, e.g. provider=aws (reported, registered: gcp)."""
+    labels = runner.get("effective_labels")
+    if labels is None:  # a backend before effective labels: the registered ones
+        return show_labels(runner.get("labels"))
+    parts = []
+    for label in labels:
+        text = f"{label['key']}={label['value']}"
+        if sources:
+            origin = label["source"]
+            if label.get("registered_value") is not None:
+                origin += f", registered: {label['registered_value']}"
+            text += f" ({origin})"
+        parts.append(text)
+    return ", ".join(parts) if sources else ",".join(parts) or "-"
+
+
 def load_of(runner: dict[str, Any]) -> str:
     info = runner.get("info") or {}
     if "max_concurrent" not in info:
@@ -43,7 +61,8 @@ def load_of(runner: dict[str, Any]) -> str:
 @json_option
 @pass_state
 def list_runners(state: State, as_json: bool) -> None:
-    """List registered runners with their health and load."""
+    """List registered runners with their health, load and labels (the ones routing uses:
+    registered merged with those the runner reports)."""
     rows = state.api.get("/runners")
     if as_json:
         state.output.json(rows)
@@ -58,7 +77,7 @@ def list_runners(state: State, as_json: bool) -> None:
                 r["name"],
                 r["address"],
                 r["status"],
-                show_labels(r["labels"]),
+                effective_labels(r, sources=False),
                 load_of(r),
                 tools_of(r),
                 show_time(r.get("last_seen")),
@@ -73,7 +92,7 @@ def list_runners(state: State, as_json: bool) -> None:
 @json_option
 @pass_state
 def show_runner(state: State, name: str, as_json: bool) -> None:
-    """Show one runner, with its last GetInfo answer."""
+    """Show one runner, with its last GetInfo answer and where each label came from."""
     runner = state.api.get(f"/runners/{seg(name)}")
     if as_json:
         state.output.json(runner)
@@ -83,7 +102,8 @@ def show_runner(state: State, name: str, as_json: bool) -> None:
             ("name", runner["name"]),
             ("address", runner["address"]),
             ("status", runner["status"]),
-            ("labels", show_labels(runner["labels"])),
+            ("labels", effective_labels(runner, sources=True) or "-"),
+            ("registered labels", show_labels(runner["labels"])),
             ("load", load_of(runner)),
             ("tools", tools_of(runner)),
             ("token", "yes" if runner["has_token"] else "no"),

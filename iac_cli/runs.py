@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import httpx
 
 from iac_cli.context import F, State, json_option, pass_state
 from iac_cli.logstream import End, Lines, LogStream, Status
-from iac_cli.output import run_duration, show_time
+from iac_cli.output import run_duration, run_waited, show_time
 from iac_cli.watch import Followed, approval_hint, follow_run, outcome_line
 
 INTERRUPTED = 130
@@ -207,7 +208,8 @@ def runs() -> None:
 def list_runs(
     state: State, deployment: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first: RUNNING is the time runners executed it, WAITED the time it
+    was queued or awaiting approval."""
     rows = state.api.get("/runs", deployment=deployment, status=status, limit=limit)
     if as_json:
         state.output.json(rows)
@@ -216,7 +218,17 @@ def list_runs(
         state.output.note("no runs")
         return
     state.output.table(
-        ["ID", "DEPLOYMENT", "OPERATION", "STATUS", "PRIORITY", "RUNNER", "CREATED", "DURATION"],
+        [
+            "ID",
+            "DEPLOYMENT",
+            "OPERATION",
+            "STATUS",
+            "PRIORITY",
+            "RUNNER",
+            "CREATED",
+            "RUNNING",
+            "WAITED",
+        ],
         [
             [
                 str(r["id"]),
@@ -227,6 +239,7 @@ def list_runs(
                 r.get("runner_id") or "-",
                 show_time(r["created_at"]),
                 run_duration(r),
+                run_waited(r),
             ]
             for r in rows
         ],
@@ -260,7 +273,8 @@ def show_run(state: State, run_id: int, as_json: bool) -> None:
             ("created", show_time(run["created_at"])),
             ("started", show_time(run.get("started_at"))),
             ("ended", show_time(run.get("ended_at"))),
-            ("duration", run_duration(run)),
+            ("running", run_duration(run)),
+            ("waiting", f"{run_waited(run)} (queued and awaiting approval)"),
             ("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"])),
             ("error", run.get("error_msg") or "-"),
             ("log lines", str(run["last_seq"])),
@@ -325,8 +339,8 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
     """Print the log of run RUN; with --follow, stream it live to the end (exit code: the
     run's outcome). --json --follow prints one JSON event per line."""
     if not follow:
-        response = state.api.request("GET", f"/runs/{run_id}/logs")
         if as_json:
+            response = state.api.request("GET", f"/runs/{run_id}/logs")
             state.output.json(
                 {
                     "run_id": run_id,
@@ -334,8 +348,19 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
                     "lines": state.output.clean(response.text).splitlines(),
                 }
             )
-        else:
-            state.output.log(response.text, sys.stdout)
+            return 0
+        # Streamed to stdout as it arrives: a log of millions of lines is never held here.
+        try:
+            with state.api.stream(f"/runs/{run_id}/logs") as response:
+                pending = ""  # a piece may end inside a line (and a colour code)
+                for text in response.iter_text():
+                    whole, _, pending = (pending + text).rpartition("\n")
+                    if whole:
+                        state.output.log(whole + "\n", sys.stdout)
+                if pending:
+                    state.output.log(pending, sys.stdout)
+        except httpx.TransportError as exc:
+            raise state.api.unreachable(exc) from None
         return 0
     if not as_json:
         return follow_and_report(state, run_id, as_json=False, stop_at_approval=False)

@@ -159,6 +159,9 @@ def outcome_line(run: dict[str, Any]) -> tuple[str, str]:
         detail = ""
         if op == "plan" or run.get("has_changes") is False:
             detail = ", plan has changes" if run.get("has_changes") else ", no changes"
+        waited = run.get("waiting_seconds")
+        if waited:
+            took += f" running, {show_duration(float(waited))} waiting"
         return f"run {run_id} succeeded ({op}{detail}, {took})", "green"
     reason = f": {run['error_msg']}" if run.get("error_msg") else ""
     code = f" (exit code {run['exit_code']})" if run.get("exit_code") is not None else ""

@@ -2,8 +2,10 @@
 
 Starts a backend and one runner server (label provider=local) on loopback, registers the
 runner, creates the example deployment from examples/hello, runs a plan and an apply
-while streaming their logs, then keeps both services up until Ctrl-C, which cancels
-active runs (so no state lock is left), then stops the backend and the runner.
+while streaming their logs, then keeps both services up until Ctrl-C, which cancels the
+runs executing on the runner (running or applying: so no state lock is left), then stops
+the backend and the runner. Queued runs and plans awaiting approval are kept: the next
+`make run` takes them up again.
 
 Settings (environment variables, defaults printed on start):
   IAC_RUN_PORT          backend port                  8000
@@ -35,6 +37,9 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL = {"succeeded", "failed", "canceled", "timed_out"}
+# Runs a runner is executing: Ctrl-C cancels these (terraform stops, the lock is released).
+# Queued runs and plans awaiting approval hold nothing on the runner and are kept.
+EXECUTING = ("running", "applying")
 
 
 def say(text: str) -> None:
@@ -259,21 +264,34 @@ The platform is running:
   runner         127.0.0.1:{self.runner_port} (local-1, provider=local)
   logs           {self.data / "logs"}/
   try            grpcurl -plaintext 127.0.0.1:{self.runner_port} iacrunner.v1.Runner/GetInfo
-Press Ctrl-C to stop (active runs are canceled first, so no state lock is left).""",
+Press Ctrl-C to stop (runs executing are canceled first, so no state lock is left;
+queued runs and plans awaiting approval are kept).""",
             flush=True,
         )
 
+    def executing(self) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = []
+        for status in EXECUTING:
+            runs += self.api.get("/runs", params={"status": status, "limit": 1000}).json()
+        return runs
+
     def stop(self) -> None:
-        say("\nstopping: canceling active runs...")
+        say("\nstopping: canceling the runs executing on the runner...")
         try:
-            for run in self.api.get("/runs", params={"limit": 1000}).json():
-                if run["status"] not in TERMINAL:
-                    self.api.post(f"/runs/{run['id']}/cancel")
+            for run in self.executing():
+                self.api.post(f"/runs/{run['id']}/cancel")
+                say(f"  run {run['id']} ({run['status']}) canceled")
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and any(
-                r["status"] in ("running", "applying") for r in self.api.get("/runs").json()
-            ):
+            while time.monotonic() < deadline and self.executing():
                 time.sleep(0.2)
+            kept = [
+                r
+                for r in self.api.get("/runs", params={"limit": 1000}).json()
+                if r["status"] in ("queued", "awaiting_approval")
+            ]
+            if kept:
+                listed = ", ".join(f"{r['id']} ({r['status']})" for r in kept)
+                say(f"  kept for the next `make run`: {listed}")
         except (httpx.HTTPError, ValueError):
             pass
         for name, proc in reversed(self.procs):

@@ -80,7 +80,7 @@ async def candidates(session: AsyncSession, *, limit: int, new_only: bool) -> li
             head,
         )
         .join(DEPLOYMENTS, D.id == R.deployment_id)
-        .where(R.claimed_by.is_(None), R.status.in_(WAITING))
+        .where(R.claimed_by.is_(None), R.status.in_(WAITING), D.deleted_at.is_(None))
         .order_by(R.priority.desc(), R.id)
         .limit(limit)
     )

@@ -7,7 +7,6 @@ Runner tokens and TLS client keys are secrets: encrypted at rest and only decryp
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.crypto import Cipher
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import ACTIVE_STATUSES, Run, Runner, RunnerStatus, utcnow
-from backend.store.validation import check_labels, check_name
+from backend.store.validation import check_labels, check_name, parse_json
 
 _HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 MAX_PEM_CHARS = 64 * 1024
@@ -219,11 +218,10 @@ def read_runners_file(path: Path, environ: Mapping[str, str] | None = None) -> l
     """
     environ = os.environ if environ is None else environ
     try:
-        doc = json.loads(path.read_text())
+        data = path.read_bytes()
     except OSError as exc:
         raise Invalid(f"runners file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise Invalid(f"runners file {path} is not valid JSON: {exc}") from None
+    doc = parse_json(data, f"runners file {path}")
     if isinstance(doc, dict):
         doc = doc.get("runners")
     if not isinstance(doc, list):

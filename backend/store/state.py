@@ -24,6 +24,7 @@ from backend.crypto import Cipher
 from backend.errors import Conflict, Invalid, NotFound, StateLocked
 from backend.models import Deployment, Run, StateLock, StateVersion
 from backend.store.runs import add_event
+from backend.store.validation import check_text, parse_json
 
 MAX_LOCK_ID_CHARS = 255
 # The md5 of the empty marker version a DELETE leaves (no real state is empty).
@@ -40,10 +41,11 @@ def _holder(lock: StateLock) -> dict[str, Any]:
 
 def parse_lock_info(body: bytes) -> dict[str, Any]:
     """Terraform's lock info JSON ({"ID": ..., "Operation": ..., "Who": ...})."""
+    # Stored as it is (a JSON column, the id as text): the backend's own JSON rules apply.
     try:
-        info = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Invalid("lock info must be a JSON object with an 'ID'") from None
+        info = parse_json(body, "lock info")
+    except Invalid as exc:
+        raise Invalid(f"{exc} (lock info must be a JSON object with an 'ID')") from None
     if not isinstance(info, dict):
         raise Invalid("lock info must be a JSON object with an 'ID'")
     lock_id = info.get("ID")
@@ -143,6 +145,7 @@ def parse_state(data: bytes, content_md5: str | None) -> tuple[int, str, str]:
         raise Invalid("state needs a non-negative integer 'serial'")
     if not isinstance(lineage, str) or not lineage or len(lineage) > 64:
         raise Invalid("state needs a 'lineage' string of 1 to 64 characters")
+    check_text(lineage, "the state's 'lineage'")
     return serial, lineage, digest.hexdigest()
 
 
@@ -171,10 +174,15 @@ async def write_state(
     cipher: Cipher | None = None,
 ) -> StateVersion:
     """Store a new state version, honouring the lock (StateLocked / Conflict); encrypted
-    with `cipher` when it has a key (`unseal` reads it back)."""
+    with `cipher` when it has a key (`unseal` reads it back). A write identical to the
+    latest version (serial, lineage and md5: terraform writes the same state again, e.g.
+    when a canceled apply persists what it has) is not a new version: the latest is
+    returned and nothing is stored."""
     serial, lineage, md5 = parsed or parse_state(data, content_md5)
     await _check_writer(session, deployment, lock_id)
     latest = await current_state(session, deployment.id)
+    if latest is not None and (latest.serial, latest.lineage, latest.md5) == (serial, lineage, md5):
+        return latest
     if latest is not None and latest.lineage == lineage and serial < latest.serial:
         raise Conflict(
             f"state serial {serial} is older than the stored serial {latest.serial}: "

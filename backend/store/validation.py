@@ -1,8 +1,12 @@
-"""Shared input rules: names, labels and similar strings used across resources."""
+"""Shared input rules: names, labels and similar strings used across resources, and what
+JSON the backend accepts (finite numbers, text every database can store)."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from typing import Any
 
 from backend.errors import Invalid
 
@@ -47,3 +51,90 @@ def check_labels(labels: object, what: str = "labels") -> dict[str, str]:
             )
         out[key] = value
     return out
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored as text (PostgreSQL refuses NUL in text, and nothing can
+    encode a lone surrogate as UTF-8), or None when it can."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored as text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        return (
+            f"contains a lone surrogate (\\u{ord(bad):04x}), which is not a character: "
+            "send UTF-8 text (a surrogate must be one half of a pair)"
+        )
+    return None
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` when it can be stored as text, else Invalid naming ``what``."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise Invalid(f"{what} {problem}")
+    return text
+
+
+class _NonFinite:
+    """A number JSON has no value for (NaN, Infinity, -Infinity, or one too large for a
+    float), kept by ``parse_json`` as written so the refusal can quote it."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _float(literal: str) -> float | _NonFinite:
+    value = float(literal)
+    return value if math.isfinite(value) else _NonFinite(literal)
+
+
+def _where(path: list[str | int], what: str) -> str:
+    if not path:
+        return what
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return f"{what} field {shown!r}"
+
+
+def _refusal(value: Any) -> str | None:
+    if isinstance(value, _NonFinite):
+        return f"{value.literal} is not a number JSON allows: send a finite number"
+    if isinstance(value, str):
+        return text_problem(value)
+    return None
+
+
+def parse_json(data: bytes | str, what: str = "request body") -> Any:
+    """JSON as the backend accepts it: finite numbers only (Python's parser takes NaN and
+    Infinity, which no JSON encoder writes back) and strings, keys included, that can be
+    stored as text. Invalid names the field and says what is wrong."""
+    try:
+        doc = json.loads(data, parse_constant=_NonFinite, parse_float=_float)
+    except UnicodeDecodeError:
+        raise Invalid(f"{what} is not UTF-8 text: send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Invalid(f"{what} is nested too deeply to read") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise Invalid(f"{what} holds a number with more digits than any field takes") from None
+    # Iteratively: a deeply nested document must not exhaust the stack here either.
+    stack: list[tuple[list[str | int], Any]] = [([], doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                problem = text_problem(key)
+                if problem is not None:
+                    raise Invalid(f"{_where(path, what)}: a key {problem}")
+                stack.append(([*path, key], item))
+        elif isinstance(value, list):
+            stack.extend(([*path, i], item) for i, item in enumerate(value))
+        else:
+            problem = _refusal(value)
+            if problem is not None:
+                raise Invalid(f"{_where(path, what)}: {problem}")
+    return doc

@@ -1,4 +1,5 @@
-"""The web UI's pages: runs overview, run page (live log), runners, login.
+"""The web UI's pages: runs overview, run page (live log), runners, login, and the API
+docs (Swagger UI served from the swagger-ui-bundle-v2 package's files: no CDN).
 
 Each page is a server-rendered shell with no data in it, so it is served without a token;
 its script calls the API with ``Authorization: Bearer`` and sends the user to ``/login``
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 if TYPE_CHECKING:
     from fastapi.templating import Jinja2Templates
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 TEMPLATES_DIR = HERE / "templates"
+# Swagger UI's distribution files, as the swagger-ui-bundle-v2 package installs them.
+SWAGGER_UI_DIR = Path(str(swagger_ui_path))
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -64,6 +68,7 @@ def templates() -> Jinja2Templates:
 
     loaded = Jinja2Templates(directory=TEMPLATES_DIR)
     loaded.env.globals["static_version"] = _static_version()
+    loaded.env.globals["swagger_ui_version"] = SWAGGER_UI_DIR.name.rsplit("-", 1)[-1]
     return loaded
 
 
@@ -89,6 +94,11 @@ async def runners_page(request: Request) -> HTMLResponse:
     return _page(request, "runners.html", page="runners")
 
 
+@router.get("/docs", response_class=HTMLResponse)
+async def docs_page(request: Request) -> HTMLResponse:
+    return _page(request, "docs.html", page="docs")
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, reason: str | None = None) -> HTMLResponse:
     return _page(request, "login.html", page="login", message=LOGIN_REASONS.get(reason or ""))
@@ -98,3 +108,4 @@ def install(app: FastAPI) -> None:
     """Serve the pages and their static files from ``app``."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="docs-assets")

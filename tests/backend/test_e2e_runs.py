@@ -154,6 +154,11 @@ def test_cancel_during_a_long_apply_releases_the_lock(backend: Backend, force: b
         assert "SIGKILL" in run["error_msg"]
     else:
         assert "SIGINT" in run["error_msg"]
+    # Terraform persists the state it has when interrupted, the same state again at its
+    # end: one version of it, not two identical ones.
+    versions = backend.call("GET", "/deployments/long/state", 200)["versions"]
+    stored = [(v["serial"], v["lineage"], v["md5"]) for v in versions]
+    assert len(stored) == len(set(stored)), versions
     # The deployment takes the next run.
     again = backend.start("long", "plan")
     assert backend.wait(again["id"], "succeeded", "failed")["status"] == "succeeded"

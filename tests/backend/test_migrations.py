@@ -131,3 +131,86 @@ async def test_upgrade_keeps_every_row_and_ids_are_never_reused(fresh_db_url: st
             assert new > top, (new, top)
     finally:
         await engine.dispose()
+
+
+async def _downgrade(url: str, revision: str) -> None:
+    engine = create_engine(url)
+
+    def downgrade(connection: Connection) -> None:
+        from alembic import command
+
+        command.downgrade(alembic_config(connection), revision)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+    finally:
+        await engine.dispose()
+
+
+async def _count(url: str, table: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+CHILDREN = ("config_versions", "variables", "runs", "run_events", "log_chunks", "state_versions")
+
+
+async def _populate(url: str, *names: str) -> None:
+    """One deployment per name with a row in every table that refers to it (raw SQL: the
+    models may be ahead of the schema being tested)."""
+    engine = create_engine(url)
+    now = "2026-01-01 00:00:00+00:00"
+    try:
+        async with engine.begin() as conn:
+            for i, name in enumerate(names, start=1):
+                statements = [
+                    "INSERT INTO deployments (id, name, tool, required_labels, default_priority,"
+                    f" created_at) VALUES ({i}, '{name}', 'terraform', '{{}}', 0, '{now}')",
+                    "INSERT INTO config_versions (id, deployment_id, version, archive, sha256,"
+                    f" size, created_at) VALUES ({i}, {i}, 1, :blob, 'x', 1, '{now}')",
+                    "INSERT INTO variables (deployment_id, key, value, category, sensitive)"
+                    f" VALUES ({i}, 'k', 'v', 'terraform', false)",
+                    "INSERT INTO runs (id, deployment_id, config_version_id, operation, status,"
+                    " priority, auto_approve, created_at, error_msg, wait_reason, last_seq,"
+                    f" dispatch_count) VALUES ({i}, {i}, {i}, 'plan', 'succeeded', 0, false,"
+                    f" '{now}', '', '', 1, 1)",
+                    f"INSERT INTO run_events (run_id, at, kind, message) VALUES ({i}, '{now}',"
+                    " 'queued', '')",
+                    "INSERT INTO log_chunks (run_id, first_seq, last_seq, data) VALUES"
+                    f" ({i}, 1, 1, 'line')",
+                    "INSERT INTO state_versions (deployment_id, serial, lineage, data, md5,"
+                    f" created_at) VALUES ({i}, 1, 'l', :blob, 'm', '{now}')",
+                ]
+                for statement in statements:
+                    await conn.execute(text(statement), {"blob": b"x"})
+    finally:
+        await engine.dispose()
+
+
+async def test_0005_keeps_every_row_up_and_down(fresh_db_url: str) -> None:
+    """Adding and dropping deployments.deleted_at loses no row of a live deployment (on
+    SQLite a table rebuilt with foreign keys on would cascade its DROP to every child)."""
+    await migrate(fresh_db_url, "0004")
+    await _populate(fresh_db_url, "web", "api")
+    await migrate(fresh_db_url)
+    for table in ("deployments", *CHILDREN):
+        assert await _count(fresh_db_url, table) == 2, table
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE deployments SET deleted_at = CURRENT_TIMESTAMP WHERE name = 'api'")
+            )
+    finally:
+        await engine.dispose()
+    await _downgrade(fresh_db_url, "0004")
+    # The deleted one is purged (it would come back as live), the live one keeps everything.
+    for table in ("deployments", *CHILDREN):
+        assert await _count(fresh_db_url, table) == 1, table
+    await migrate(fresh_db_url)
+    assert (await _inspect(fresh_db_url))[0] == []

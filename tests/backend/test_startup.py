@@ -17,8 +17,12 @@ from backend.crypto import SecretsUnreadable
 from backend.db import Database
 from backend.models import ApiToken
 from backend.store import tokens
+from tests.backend.archives import tar_gz
 from tests.backend.conftest import API_TOKEN, make_settings
-from tests.conftest import IAC_BACKEND
+from tests.conftest import IAC_BACKEND, wait_for
+from tests.procs import free_port, start_runner
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 pytestmark = pytest.mark.anyio
 
@@ -181,3 +185,89 @@ def test_generate_encryption_key_script(tmp_path: Path) -> None:
     assert replaced != first and replaced.count("ENCRYPTION_KEY=") == 1
     Fernet(replaced.split("ENCRYPTION_KEY=")[1].strip().encode())
     assert sys.executable  # the script needs no Python package of the project
+
+
+def _serve(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path, str]:
+    """`iac-backend serve ARGS` exactly as the README starts it: only IAC_API_TOKEN and
+    ENCRYPTION_KEY set (no IAC_PUBLIC_URL), its data in ./.data of its working directory.
+    The process, its output file, and its URL once /healthz answers."""
+    port = free_port()
+    out = tmp_path / f"{name}.out"
+    env = _cli_env(IAC_API_TOKEN=API_TOKEN, ENCRYPTION_KEY=Fernet.generate_key().decode())
+    workdir = tmp_path / name
+    workdir.mkdir()
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(
+            [IAC_BACKEND, "serve", "--port", str(port), *args],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, out.read_text()
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=60)
+    return proc, out, url
+
+
+def test_serve_as_the_readme_shows_follows_its_port_and_runs(
+    tmp_path: Path, tool_env: dict[str, str]
+) -> None:
+    """`iac-backend serve --port P` printed public_url = http://127.0.0.1:8000, so terraform
+    on the runner was sent to a port nobody listened on. Now the public URL follows the
+    port, and a real run (the offline example, a real runner server) succeeds."""
+    runner = start_runner(tmp_path, tool_env, "--label", "provider=local", name="local-1")
+    proc, out, url = _serve(tmp_path, "readme")
+    try:
+        assert f"public_url = {url}\n" in out.read_text()
+        assert "cannot reach" not in out.read_text()  # loopback by choice: no warning
+        api = httpx.Client(
+            base_url=url + "/api/v1", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30
+        )
+        with api:
+            body = {"name": "local-1", "address": runner.address, "labels": {"provider": "local"}}
+            assert api.post("/runners", json=body).status_code == 201
+            wait_for(lambda: api.get("/runners/local-1").json()["status"] == "healthy", 30)
+            created = api.post("/deployments", json={"name": "hello"})
+            assert created.status_code == 201, created.text
+            archive = tar_gz({"main.tf": (EXAMPLES / "hello" / "main.tf").read_text()})
+            uploaded = api.post(
+                "/deployments/hello/config",
+                content=archive,
+                headers={"Content-Type": "application/gzip"},
+            )
+            assert uploaded.status_code == 201, uploaded.text
+            run = api.post(
+                "/runs", json={"deployment": "hello", "operation": "apply", "auto_approve": True}
+            ).json()
+            done = wait_for(
+                lambda: (
+                    (r := api.get(f"/runs/{run['id']}").json())["status"]
+                    in ("succeeded", "failed", "canceled", "timed_out")
+                    and r
+                ),
+                timeout=120,
+            )
+            assert isinstance(done, dict) and done["status"] == "succeeded", done
+            assert api.get("/deployments/hello").json()["managed_resources"] == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        runner.stop()
+
+
+def test_serve_on_every_interface_without_a_public_url_warns(tmp_path: Path) -> None:
+    proc, out, _ = _serve(tmp_path, "wildcard", "--host", "0.0.0.0")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    text = out.read_text()
+    assert "public_url = http://127.0.0.1:" in text
+    assert "listening on 0.0.0.0 without IAC_PUBLIC_URL" in text
+    assert "runners on other hosts cannot reach" in text

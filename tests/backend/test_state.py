@@ -134,6 +134,37 @@ async def test_write_read_and_versions(client: httpx.AsyncClient, tf: Terraform)
     assert (await client.get("/api/v1/deployments/web/state/versions/999")).status_code == 404
 
 
+async def test_a_write_identical_to_the_latest_version_stores_nothing(
+    client: httpx.AsyncClient, tf: Terraform
+) -> None:
+    """A canceled apply wrote its state twice: one version, not two identical ones."""
+
+    async def versions() -> list[tuple[int, str]]:
+        shown = (await client.get("/api/v1/deployments/web/state")).json()
+        return [(v["serial"], v["md5"]) for v in shown["versions"]]
+
+    async def history() -> list[str]:
+        run = (await client.get(f"/api/v1/runs/{tf.run_id}")).json()
+        return [e["kind"] for e in run["events"] if e["kind"] == "state_written"]
+
+    first = doc(3)
+    for _ in range(3):
+        assert (await tf.post(first)).status == 200
+    stored = await versions()
+    assert len(stored) == 1 and stored[0][0] == 3
+    assert await history() == ["state_written"]
+    # The same serial with other content, and another lineage, are new versions.
+    assert (await tf.post(doc(3, extra=1))).status == 200
+    assert (await tf.post(doc(3, "lin-2"))).status == 200
+    assert len(await versions()) == 3
+    assert (await tf.get()).body == doc(3, "lin-2")
+    # After a DELETE (the marker version), the same state again is a new version.
+    assert (await tf.call("DELETE")).status == 200
+    assert (await tf.post(doc(3, "lin-2"))).status == 200
+    assert len(await versions()) == 5
+    assert (await tf.get()).body == doc(3, "lin-2")
+
+
 @pytest.mark.parametrize(
     ("body", "md5", "status", "message"),
     [

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tests.backend.platform import TOKEN
 from tests.cli.conftest import IAC, Platform, assert_one_line_error, json_of
-from tests.conftest import OFFLINE_CONFIG
+from tests.conftest import OFFLINE_CONFIG, wait_for
+from tests.procs import start_runner
 
 SECRET = "s3cr3t-VALUE-never-shown-7f3a"
 
@@ -157,6 +158,12 @@ def test_plan_approve_apply_destroy(platform: Platform, tmp_path: Path) -> None:
     assert [r["id"] for r in runs] == [run_id] and runs[0]["status"] == "succeeded"
     shown = platform.iac("runs", "show", str(run_id)).ok().stdout
     assert re.search(r"status\s+succeeded", shown) and "approved" in shown
+    # The approval wait is waiting time, not running time.
+    assert re.search(r"running\s+\d+\.\ds\n", shown), shown
+    assert re.search(r"waiting\s+\d+\.\ds \(queued and awaiting approval\)", shown), shown
+    assert runs[0]["waiting_seconds"] > 0 and runs[0]["running_seconds"] > 0
+    table = platform.iac("runs", "list", "--deployment", "web").ok().stdout
+    assert re.search(r"RUNNING\s+WAITED", table) and re.search(r"\d+\.\ds\s+\d+\.\ds", table)
     log = json_of(platform.iac("logs", str(run_id), "--json"))
     assert log["last_seq"] == len(log["lines"]) > 0
     assert platform.iac("logs", str(run_id)).ok().stdout.splitlines() == log["lines"]
@@ -350,3 +357,197 @@ def test_queue_status_line_on_a_terminal(platform: Platform, tmp_path: Path) -> 
         os.close(main_fd)
     assert f"run {run['id']} canceled" in rest
     assert "Traceback" not in screen + rest
+
+
+def on_terminal(platform: Platform, *args: str, answer: str | None, expect: str) -> tuple[int, str]:
+    """Run `iac ARGS` with a terminal as stdin, stdout and stderr; when the screen shows
+    `expect`, type `answer` (if any); the exit code and everything the terminal showed."""
+    main_fd, terminal = pty.openpty()
+    env = platform.env(COLUMNS=None, TERM="xterm-256color")
+    proc = subprocess.Popen([IAC, *args], env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    try:
+        screen = read_pty_until(main_fd, expect)
+        if answer is not None:
+            os.write(main_fd, answer.encode() + b"\n")
+        code = proc.wait(60)
+        screen += read_pty_until(main_fd, "(?!)", timeout=10)  # (?!) never matches: to the end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main_fd)
+    return code, screen
+
+
+def test_delete_is_confirmed_kept_restored_and_purged(platform: Platform, tmp_path: Path) -> None:
+    infra = config_dir(tmp_path, "keep", OFFLINE_CONFIG)
+    platform.iac("deployments", "create", "keep", "--dir", str(infra)).ok()
+    applied = platform.iac("apply", "keep", "--auto-approve").ok()
+    assert "Resources: 1 added" in applied.stdout
+    run_ids = [
+        r["id"] for r in json_of(platform.iac("runs", "list", "--deployment", "keep", "--json"))
+    ]
+    assert json_of(platform.iac("deployments", "show", "keep", "--json"))["managed_resources"] == 1
+
+    # Live resources need --force, with or without a terminal.
+    assert_one_line_error(
+        platform.iac("deployments", "delete", "keep", input=""),
+        2,
+        "deployment keep still manages 1 resource in its latest state",
+        "iac destroy keep",
+        "--force",
+    )
+    code, screen = on_terminal(
+        platform, "deployments", "delete", "keep", answer=None, expect="resource"
+    )
+    assert code == 2 and "still manages 1 resource" in screen, screen
+    assert "keep" in [d["name"] for d in json_of(platform.iac("deployments", "list", "--json"))]
+
+    deleted = platform.iac("deployments", "delete", "keep", "--force").ok()
+    assert deleted.stdout.startswith("deleted deployment keep: kept until ")
+    assert "restore it with: iac deployments restore keep" in deleted.stdout
+    assert "keep" not in platform.iac("deployments", "list").ok().stdout
+    assert re.search(
+        r"keep\s+terraform\s+\S+ \S+\s+\S+ \S+",
+        platform.iac("deployments", "list", "--deleted").ok().stdout,
+    )
+    assert json_of(platform.iac("runs", "list", "--deployment", "keep", "--json")) == []
+    assert_one_line_error(
+        platform.iac("deployments", "show", "keep"),
+        2,
+        "was deleted",
+        "iac deployments restore keep",
+        "HTTP 404",
+    )
+    assert_one_line_error(platform.iac("plan", "keep"), 2, "HTTP 404")
+    assert_one_line_error(
+        platform.iac("logs", str(run_ids[0])), 2, "deleted deployment 'keep'", "HTTP 404"
+    )
+    assert_one_line_error(
+        platform.iac("deployments", "create", "keep", "--dir", str(infra)),
+        2,
+        "a deleted deployment named 'keep' exists",
+        "HTTP 409",
+    )
+    assert_one_line_error(platform.iac("deployments", "restore", "nope"), 2, "HTTP 404")
+
+    assert (
+        platform.iac("deployments", "restore", "keep").ok().stdout == "restored deployment keep\n"
+    )
+    back = json_of(platform.iac("runs", "list", "--deployment", "keep", "--json"))
+    assert [r["id"] for r in back] == run_ids
+    assert json_of(platform.iac("deployments", "show", "keep", "--json"))["managed_resources"] == 1
+    assert_one_line_error(
+        platform.iac("deployments", "delete", "keep", "--purge", "--force"),
+        2,
+        "not deleted",
+        "HTTP 409",
+    )
+    destroyed = platform.iac("destroy", "keep", "--auto-approve").ok()
+    assert "1 destroyed" in destroyed.stdout
+
+    # Nothing managed any more: without a terminal nobody can confirm, so --force it is; on
+    # one, typing the name deletes, anything else does not.
+    assert_one_line_error(
+        platform.iac("deployments", "delete", "keep", input=""),
+        2,
+        "stdin is not a terminal",
+        "--force",
+    )
+    code, screen = on_terminal(
+        platform, "deployments", "delete", "keep", answer="kep", expect="Type keep"
+    )
+    assert code == 1, screen
+    assert "iac deployments restore keep" in screen  # it said what would happen
+    assert "confirmation did not match: deployment keep was not deleted" in screen
+    code, screen = on_terminal(
+        platform, "deployments", "delete", "keep", answer="keep", expect="Type keep"
+    )
+    assert code == 0, screen
+    assert "deleted deployment keep: kept until" in screen
+    # Purging: two explicit steps, confirmed the same way.
+    code, screen = on_terminal(
+        platform, "deployments", "delete", "keep", "--purge", answer="keep", expect="Type keep"
+    )
+    assert code == 0, screen
+    assert "cannot be undone" in screen and "purged deployment keep" in screen
+    assert "keep" not in platform.iac("deployments", "list", "--deleted").ok().stdout
+    assert_one_line_error(platform.iac("runs", "show", str(run_ids[0])), 2, "HTTP 404")
+
+
+def test_runners_show_the_labels_routing_uses_and_where_each_came_from(
+    platform: Platform, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A runner server started with --label provider=aws --label zone=a, registered with
+    provider=gcp and team=x: routing matches provider=aws (what it reports wins), team=x
+    and zone=a, and that is what `iac runners list/show` shows, with each label's source."""
+    server = start_runner(
+        tmp_path, tool_env, "--label", "provider=aws", "--label", "zone=a", name="mixed"
+    )
+    try:
+        platform.iac(
+            "runners",
+            "add",
+            "mixed",
+            server.address,
+            "--label",
+            "provider=gcp",
+            "--label",
+            "team=x",
+        ).ok()
+        platform.backend.wait_runners_healthy("mixed")
+        shown = json_of(platform.iac("runners", "show", "mixed", "--json"))
+        assert shown["labels"] == {"provider": "gcp", "team": "x"}
+        assert shown["effective_labels"] == [
+            {"key": "provider", "value": "aws", "source": "reported", "registered_value": "gcp"},
+            {"key": "team", "value": "x", "source": "registered", "registered_value": None},
+            {"key": "zone", "value": "a", "source": "reported", "registered_value": None},
+        ]
+        text = platform.iac("runners", "show", "mixed").ok().stdout
+        assert re.search(
+            r"labels\s+provider=aws \(reported, registered: gcp\), team=x \(registered\), "
+            r"zone=a \(reported\)",
+            text,
+        ), text
+        assert re.search(r"registered labels\s+provider=gcp,team=x", text), text
+        listed = platform.iac("runners", "list").ok().stdout
+        assert re.search(r"mixed\s+127\.0\.0\.1:\d+\s+healthy\s+provider=aws,team=x,zone=a", listed)
+        aws = json_of(platform.iac("runners", "show", "aws-1", "--json"))["effective_labels"]
+        assert aws == [
+            {"key": "provider", "value": "aws", "source": "both", "registered_value": None}
+        ]
+
+        # Routing uses the same labels: zone=a + team=x runs there, provider=gcp + team=x waits.
+        infra = config_dir(tmp_path, "routed", OFFLINE_CONFIG)
+        platform.iac(
+            "deployments",
+            "create",
+            "routed",
+            "--dir",
+            str(infra),
+            "--label",
+            "zone=a",
+            "--label",
+            "team=x",
+        ).ok()
+        planned = json_of(platform.iac("plan", "routed", "--json"))
+        assert planned["status"] == "succeeded" and planned["runner_id"] == "mixed"
+        platform.iac(
+            "deployments",
+            "create",
+            "nowhere",
+            "--dir",
+            str(infra),
+            "--label",
+            "provider=gcp",
+            "--label",
+            "team=x",
+        ).ok()
+        queued = json_of(platform.iac("plan", "nowhere", "--no-follow", "--json"))
+        reason = wait_for(lambda: platform.backend.run(queued["id"])["wait_reason"], timeout=30)
+        assert reason == "no registered runner has the labels provider=gcp, team=x", reason
+        platform.iac("runs", "cancel", str(queued["id"])).ok()
+    finally:
+        platform.iac("runners", "remove", "mixed")
+        server.stop()

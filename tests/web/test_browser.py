@@ -5,6 +5,7 @@ restarts, approve, cancel, the runners page, and a refused token."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,17 @@ def test_approve_a_plan_from_the_page(platform: Platform, page: Page) -> None:
     expect(page.locator("#events li[data-kind='approved']")).to_have_count(1)
     expect(approve).to_be_hidden()
     expect(page.locator("#cancel")).to_be_hidden()
-    assert platform.backend.run(run["id"])["status"] == "succeeded"
+    done = platform.backend.run(run["id"])
+    assert done["status"] == "succeeded"
+    # The approval wait is waiting time, not running time; together they are the run's life.
+    times = {e["kind"]: datetime.fromisoformat(e["at"]) for e in done["events"]}
+    approval_wait = (times["approved"] - times["planned"]).total_seconds()
+    assert done["waiting_seconds"] >= approval_wait > 0, done
+    life = datetime.fromisoformat(done["ended_at"]) - datetime.fromisoformat(done["created_at"])
+    total = done["running_seconds"] + done["waiting_seconds"]
+    assert abs(total - life.total_seconds()) < 0.5, (done, life)
+    expect(page.locator("dd[data-fact='running']")).to_have_text(re.compile(r"^\d+\.\d s$"))
+    expect(page.locator("dd[data-fact='waiting']")).to_contain_text("queued and awaiting approval")
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["graceful", "force"])
@@ -407,3 +418,25 @@ def test_the_overview_lists_every_run(platform: Platform, page: Page) -> None:
     screenshot(page, "runs-overview")
     platform.backend.call("POST", f"/runs/{waiting['id']}/cancel", 200)
     expect(row.locator(".status")).to_have_text("canceled")
+
+
+def test_the_api_docs_render_offline_under_the_csp(platform: Platform, page: Page) -> None:
+    """/docs is Swagger UI from the backend's own files: it renders every operation with no
+    request leaving the backend's origin and no Content-Security-Policy refusal."""
+    console: list[str] = []
+    elsewhere: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on(
+        "request",
+        lambda req: (
+            None if req.url.startswith((platform.url, "data:")) else elsewhere.append(req.url)
+        ),
+    )
+    page.goto(platform.url + "/docs")
+    expect(page.locator(".opblock-summary-path", has_text="/api/v1/runs").first).to_be_visible()
+    assert page.locator(".opblock").count() >= 20
+    expect(page.locator(".info .title")).to_contain_text("iac-runner backend")
+    screenshot(page, "api-docs")
+    assert elsewhere == [], elsewhere
+    refused = [line for line in console if "Content Security Policy" in line or "Refused" in line]
+    assert refused == [], refused

@@ -1,17 +1,23 @@
-"""Deployment endpoints: create, list, show, delete, and configuration archive uploads."""
+"""Deployment endpoints: create, list, show, delete (kept until purged), restore, purge, and
+configuration archive uploads."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 from starlette.datastructures import UploadFile
 
-from backend.api.deps import DeploymentDep, IdPath, SessionDep, SettingsDep
+from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, SettingsDep
+from backend.api.routing import CheckedRoute
 from backend.archive import Limits
+from backend.config import Settings
 from backend.errors import Invalid, TooLarge
+from backend.models import Deployment
 from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut
 from backend.store import configs, deployments
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
+router = APIRouter(prefix="/deployments", tags=["deployments"], route_class=CheckedRoute)
 
 # Room for multipart boundaries and part headers on top of the archive itself.
 MULTIPART_SLACK = 64 * 1024
@@ -65,6 +71,13 @@ async def read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
+def deployment_out(row: Deployment, settings: Settings) -> DeploymentOut:
+    out = DeploymentOut.model_validate(row)
+    if row.deleted_at is not None:
+        out.purge_after = deployments.purge_after(row.deleted_at, settings.deleted_retention_days)
+    return out
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_deployment(body: DeploymentCreate, session: SessionDep) -> DeploymentOut:
     row = await deployments.create_deployment(session, **body.model_dump())
@@ -72,18 +85,65 @@ async def create_deployment(body: DeploymentCreate, session: SessionDep) -> Depl
 
 
 @router.get("")
-async def list_deployments(session: SessionDep) -> list[DeploymentOut]:
-    return [DeploymentOut.model_validate(d) for d in await deployments.list_deployments(session)]
+async def list_deployments(
+    session: SessionDep,
+    settings: SettingsDep,
+    deleted: Annotated[
+        bool, Query(description="List the deleted deployments (not yet purged) instead.")
+    ] = False,
+) -> list[DeploymentOut]:
+    rows = await deployments.list_deployments(session, deleted=deleted)
+    return [deployment_out(d, settings) for d in rows]
 
 
 @router.get("/{name}")
-async def get_deployment(deployment: DeploymentDep) -> DeploymentOut:
-    return DeploymentOut.model_validate(deployment)
+async def get_deployment(
+    deployment: DeploymentDep, session: SessionDep, cipher: CipherDep
+) -> DeploymentOut:
+    out = DeploymentOut.model_validate(deployment)
+    out.managed_resources = await deployments.managed_resources(session, cipher, deployment.id)
+    return out
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_deployment(name: str, session: SessionDep) -> None:
-    await deployments.delete_deployment(session, name)
+@router.delete(
+    "/{name}",
+    responses={
+        200: {
+            "model": DeploymentOut,
+            "description": "Deleted: kept until `purge_after`, restorable until then.",
+        },
+        204: {"description": "Purged (with purge=true)."},
+    },
+)
+async def delete_deployment(
+    name: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    cipher: CipherDep,
+    force: Annotated[
+        bool, Query(description="Delete although its latest state still manages resources.")
+    ] = False,
+    purge: Annotated[
+        bool,
+        Query(description="Remove an already deleted deployment and all it owns for good."),
+    ] = False,
+) -> Response:
+    """Delete the deployment: it is kept, hidden, with its state versions, runs, logs,
+    variables and configurations for IAC_DELETED_RETENTION_DAYS, restorable until then.
+    Refused while a run is active, its state is locked, or (without force=true) its latest
+    state manages resources. With purge=true, remove a deleted deployment for good."""
+    if purge:
+        await deployments.purge_deployment(session, name)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    row = await deployments.delete_deployment(session, cipher, name, force=force)
+    body = deployment_out(row, settings).model_dump_json()
+    return Response(body, media_type="application/json")
+
+
+@router.post("/{name}/restore")
+async def restore_deployment(name: str, session: SessionDep) -> DeploymentOut:
+    """Bring back a deleted deployment with everything it owned."""
+    return DeploymentOut.model_validate(await deployments.restore_deployment(session, name))
 
 
 @router.post("/{name}/config", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_DOC)

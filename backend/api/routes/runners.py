@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, status
 
 from backend.api.deps import CipherDep, SessionDep
+from backend.api.routing import CheckedRoute
 from backend.models import Runner
-from backend.schemas import RunnerCreate, RunnerOut
+from backend.pool import view_of
+from backend.schemas import EffectiveLabel, RunnerCreate, RunnerOut
 from backend.store import runners
 
-router = APIRouter(prefix="/runners", tags=["runners"])
+router = APIRouter(prefix="/runners", tags=["runners"], route_class=CheckedRoute)
+
+
+def effective_labels(row: Runner) -> list[EffectiveLabel]:
+    """The labels the pool routes on (``view_of``: registered merged with reported), each
+    with its source."""
+    registered = row.labels or {}
+    reported = (row.info or {}).get("labels") or {}
+    out = []
+    for key, value in sorted(view_of(row).labels.items()):
+        if key in registered and key in reported:
+            same = registered[key] == reported[key]
+            out.append(
+                EffectiveLabel(
+                    key=key,
+                    value=value,
+                    source="both" if same else "reported",
+                    registered_value=None if same else registered[key],
+                )
+            )
+        else:
+            origin: Literal["reported", "registered"] = (
+                "reported" if key in reported else "registered"
+            )
+            out.append(EffectiveLabel(key=key, value=value, source=origin))
+    return out
 
 
 def runner_out(row: Runner) -> RunnerOut:
@@ -17,6 +46,7 @@ def runner_out(row: Runner) -> RunnerOut:
         name=row.id,
         address=row.address,
         labels=row.labels,
+        effective_labels=effective_labels(row),
         status=row.status,
         info=row.info,
         has_token=row.token_encrypted is not None,

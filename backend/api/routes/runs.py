@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
-from backend.api.deps import IdPath, SessionDep
+from backend.api.deps import DatabaseDep, IdPath, SessionDep
+from backend.api.routing import CheckedRoute
+from backend.db import Database
 from backend.engine import Engine
 from backend.errors import Invalid
 from backend.logs.follow import KeepAlive, StatusChange, follow
@@ -21,11 +24,16 @@ from backend.store import logs as log_store
 from backend.store import runs as run_store
 from backend.store.validation import MAX_ID
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=CheckedRoute)
 
 
-def run_out(run: Run, deployment: str, config_version: int) -> RunOut:
+def run_out(
+    run: Run, deployment: str, config_version: int, times: runlist.RunTimes | None = None
+) -> RunOut:
+    times = times or runlist.RunTimes()
     return RunOut(
+        running_seconds=times.running,
+        waiting_seconds=times.waiting,
         id=run.id,
         deployment=deployment,
         operation=run.operation,
@@ -47,6 +55,12 @@ def run_out(run: Run, deployment: str, config_version: int) -> RunOut:
     )
 
 
+async def one_run_out(session: AsyncSession, run_id: int) -> RunOut:
+    row = await runlist.run_row(session, run_id)
+    times = await runlist.times_of(session, [row[0]])
+    return run_out(*row, times[run_id])
+
+
 def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
@@ -54,7 +68,10 @@ def engine_of(request: Request) -> Engine:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_run(body: RunCreate, session: SessionDep, request: Request) -> RunOut:
-    deployment = await deployments.get_deployment(session, body.deployment)
+    # FOR SHARE (PostgreSQL): a delete of the deployment waits for this run to be queued
+    # (and then refuses: the run is active), or this request sees the deployment deleted.
+    # Runs of a deleted deployment are never queued, so never dispatched.
+    deployment = await deployments.get_deployment(session, body.deployment, for_share=True)
     run = await run_store.create_run(
         session,
         deployment,
@@ -63,10 +80,10 @@ async def create_run(body: RunCreate, session: SessionDep, request: Request) -> 
         auto_approve=body.auto_approve,
         config_version=body.config_version,
     )
-    row = await runlist.run_row(session, run.id)  # in the same transaction
+    out = await one_run_out(session, run.id)  # in the same transaction
     await session.commit()
     engine_of(request).wake()
-    return run_out(*row)
+    return out
 
 
 @router.get("")
@@ -76,36 +93,40 @@ async def list_runs(
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunOut]:
-    return [
-        run_out(*row)
-        for row in await runlist.list_runs(
-            session, deployment=deployment, status=status, limit=limit
-        )
-    ]
+    rows = await runlist.list_runs(session, deployment=deployment, status=status, limit=limit)
+    times = await runlist.times_of(session, [row[0] for row in rows])
+    return [run_out(*row, times[row[0].id]) for row in rows]
 
 
 @router.get("/{run_id}")
 async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
-    out = run_out(*(await runlist.run_row(session, run_id)))
-    out.events = [
-        RunEventOut.model_validate(e) for e in await run_store.list_events(session, run_id)
-    ]
+    run, deployment, version = await runlist.run_row(session, run_id)
+    events = await run_store.list_events(session, run_id)
+    times = runlist.run_times(
+        run.created_at, ((e.at, e.kind) for e in events), runlist.counted_until(run)
+    )
+    out = run_out(run, deployment, version, times)
+    out.events = [RunEventOut.model_validate(e) for e in events]
     return out
 
 
 @router.post("/{run_id}/approve")
 async def approve_run(run_id: IdPath, session: SessionDep, request: Request) -> RunOut:
+    await runlist.check_visible(session, run_id)
+    await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).approve(run_id)
-    return run_out(*(await runlist.run_row(session, run_id)))
+    return await one_run_out(session, run_id)
 
 
 @router.post("/{run_id}/cancel")
 async def cancel_run(
     run_id: IdPath, session: SessionDep, request: Request, force: bool = False
 ) -> RunOut:
+    await runlist.check_visible(session, run_id)
+    await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).cancel(run_id, force=force)
     session.expire_all()
-    return run_out(*(await runlist.run_row(session, run_id)))
+    return await one_run_out(session, run_id)
 
 
 def _resume_from(last_event_id: str | None, after: int) -> int:
@@ -118,24 +139,58 @@ def _resume_from(last_event_id: str | None, after: int) -> int:
     return int(last_event_id)
 
 
-@router.get("/{run_id}/logs", response_model=None)
+# Chunks read per transaction of a plain download: a chunk holds up to ~2000 lines or
+# 256 KiB (the engine's flush size), so a page is a few MiB at most, whatever the log's size.
+LOG_PAGE_ROWS = 8
+
+
+def plain_log(database: Database, run_id: int, after: int, upto: int) -> AsyncIterator[str]:
+    """Lines `after`+1 .. `upto` as text, a page of chunks at a time, each page read in a
+    short transaction of its own (on SQLite the one connection is never held while the
+    client reads), each chunk sent as it is read: memory stays flat however long the log."""
+
+    async def pages() -> AsyncIterator[str]:
+        position = after
+        while position < upto:
+            async with database.session() as session:
+                chunks = await log_store.chunk_page(session, run_id, position, upto, LOG_PAGE_ROWS)
+            if not chunks:
+                return
+            for chunk in chunks:
+                text, position = log_store.page_text(chunk, position, upto)
+                if text:
+                    yield text
+
+    return pages()
+
+
+@router.get(
+    "/{run_id}/logs",
+    response_model=None,
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+)
 async def run_logs(
     run_id: IdPath,
-    session: SessionDep,
+    database: DatabaseDep,
     request: Request,
     follow_: Annotated[bool, Query(alias="follow", description="Server-Sent Events, live")] = False,
     after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this seq")] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> PlainTextResponse | StreamingResponse:
-    """The stored log as text; with `follow=true` an SSE stream: one `id: <last seq>` event
-    per batch (data: {"seq": first seq, "lines": [...]}), `status` events when the run's
-    status changes, and an `end` event. Reconnect with `Last-Event-ID` to resume."""
-    await run_store.get_run(session, run_id)  # 404 for an unknown run
+) -> StreamingResponse:
+    """The stored log as text, streamed from the store (`X-Last-Seq`: the last line in it,
+    the last stored when the request came); with `follow=true` an SSE stream: one
+    `id: <last seq>` event per batch (data: {"seq": first seq, "lines": [...]}), `status`
+    events when the run's status changes, and an `end` event. Reconnect with
+    `Last-Event-ID` to resume."""
+    async with database.session() as session:
+        last = await log_store.last_stored_seq(session, run_id)  # 404 for an unknown run
     if not follow_:
-        text, last = await log_store.log_text(session, run_id, after)
-        return PlainTextResponse(text, headers={"X-Last-Seq": str(last)})
+        return StreamingResponse(
+            plain_log(database, run_id, after, last),
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Last-Seq": str(max(last, after))},
+        )
     start = _resume_from(last_event_id, after)
-    await session.close()
     engine = engine_of(request)
 
     async def events() -> AsyncIterator[str]:

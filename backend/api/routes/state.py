@@ -13,11 +13,12 @@ from backend.api.deps import (
     IdPath,
     SessionDep,
 )
+from backend.api.routing import CheckedRoute
 from backend.models import Run
 from backend.schemas import StateLockOut, StateOut, StateVersionOut
 from backend.store import state
 
-api_router = APIRouter(prefix="/deployments/{name}/state", tags=["state"])
+api_router = APIRouter(prefix="/deployments/{name}/state", tags=["state"], route_class=CheckedRoute)
 
 
 @api_router.get("")

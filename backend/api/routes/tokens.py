@@ -11,12 +11,13 @@ from datetime import timedelta
 from fastapi import APIRouter, status
 
 from backend.api.deps import IdPath, SessionDep, TokenDep
+from backend.api.routing import CheckedRoute
 from backend.errors import Conflict
 from backend.models import utcnow
 from backend.schemas import TokenCreate, TokenCreated, TokenOut
 from backend.store import tokens
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = APIRouter(prefix="/tokens", tags=["tokens"], route_class=CheckedRoute)
 
 
 @router.get("")

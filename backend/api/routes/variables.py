@@ -7,11 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 
 from backend.api.deps import CipherDep, DeploymentDep, SessionDep
+from backend.api.routing import CheckedRoute
 from backend.models import Variable
 from backend.schemas import VariableOut, VariableSet
 from backend.store import variables
 
-router = APIRouter(prefix="/deployments/{name}/variables", tags=["variables"])
+router = APIRouter(
+    prefix="/deployments/{name}/variables", tags=["variables"], route_class=CheckedRoute
+)
 
 
 def variable_out(row: Variable) -> VariableOut:

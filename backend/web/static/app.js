@@ -145,18 +145,12 @@
     return iso ? el("time", { datetime: iso, title: iso }, fmtTime(iso)) : "";
   }
 
-  function fmtSeconds(seconds) {
+  function fmtSeconds(value) {
+    const seconds = Number(value) || 0;
     if (seconds < 60) return `${seconds.toFixed(1)} s`;
     const s = Math.floor(seconds);
     if (s < 3600) return `${Math.floor(s / 60)} m ${pad(s % 60)} s`;
     return `${Math.floor(s / 3600)} h ${pad(Math.floor((s % 3600) / 60))} m`;
-  }
-
-  /** From start to end, or to now while the run goes on; "" before it started. */
-  function fmtDuration(startIso, endIso) {
-    if (!startIso) return "";
-    const end = endIso ? new Date(endIso) : new Date();
-    return fmtSeconds(Math.max(0, (end - new Date(startIso)) / 1000));
   }
 
   function statusBadge(status, id) {
@@ -341,7 +335,7 @@
     el,
     fmtTime,
     timeCell,
-    fmtDuration,
+    fmtSeconds,
     statusBadge,
     escapeHtml,
     AnsiRenderer,

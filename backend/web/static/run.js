@@ -7,7 +7,7 @@
 "use strict";
 
 (function () {
-  const { el, api, apiFetch, flash, statusBadge, timeCell, fmtDuration, TERMINAL } = IAC;
+  const { el, api, apiFetch, flash, statusBadge, timeCell, fmtSeconds, TERMINAL } = IAC;
   const EXECUTING = new Set(["running", "applying"]);
 
   let runId = 0;
@@ -34,10 +34,11 @@
         ...fact("Queued", timeCell(run.created_at)),
         ...fact("Started", timeCell(run.started_at) || "—"),
         ...fact("Ended", timeCell(run.ended_at) || "—"),
-        ...fact("Duration", fmtDuration(run.started_at, run.ended_at) || "—"),
+        ...fact("Running", run.started_at ? fmtSeconds(run.running_seconds) : "—"),
+        ...fact("Waiting", `${fmtSeconds(run.waiting_seconds)} (queued and awaiting approval)`),
         ...fact("Changes", changes || "—"),
         ...fact("Exit code", run.exit_code === null ? "—" : String(run.exit_code)),
-        ...(run.status === "queued" && run.wait_reason ? fact("Waiting", run.wait_reason) : []),
+        ...(run.status === "queued" && run.wait_reason ? fact("Wait reason", run.wait_reason) : []),
         ...(run.cancel_requested ? fact("Cancel", `${run.cancel_requested} cancel requested`) : []),
       );
     const error = document.getElementById("run-error");

@@ -6,8 +6,8 @@
 
   function row(runner) {
     const info = runner.info || {};
-    // The labels the pool matches on: the registered ones and those the runner reports.
-    const labels = { ...(runner.labels || {}), ...(info.labels || {}) };
+    // The labels the pool matches on (registered merged with reported), with their source.
+    const labels = runner.effective_labels || [];
     const active = Number(info.active || 0);
     const max = Number(info.max_concurrent || 0);
     const load = max
@@ -20,7 +20,23 @@
       { dataset: { runner: runner.name, status: runner.status } },
       el("td", {}, runner.name),
       el("td", {}, el("code", {}, runner.address), runner.tls ? el("span", { class: "tag" }, "tls") : ""),
-      el("td", { class: "labels" }, Object.entries(labels).map(([k, v]) => el("span", { class: "tag label" }, `${k}=${v}`))),
+      el(
+        "td",
+        { class: "labels" },
+        labels.map((l) =>
+          el(
+            "span",
+            {
+              class: `tag label source-${l.source}`,
+              dataset: { source: l.source },
+              title: l.registered_value == null
+                ? `${l.source}`
+                : `reported; registered as ${l.key}=${l.registered_value}`,
+            },
+            `${l.key}=${l.value}`,
+          ),
+        ),
+      ),
       el("td", { class: "health" }, statusBadge(runner.status)),
       el("td", { class: "load" }, load),
       el("td", { class: "draining" }, draining ? "yes" : "no"),

@@ -2,7 +2,7 @@
 "use strict";
 
 (function () {
-  const { el, api, poll, statusBadge, timeCell, fmtDuration, fmtTime } = IAC;
+  const { el, api, poll, statusBadge, timeCell, fmtSeconds, fmtTime } = IAC;
 
   function row(run) {
     const link = el("a", { href: `/runs/${run.id}` }, `#${run.id}`);
@@ -22,7 +22,8 @@
       el("td", {}, timeCell(run.created_at)),
       el("td", {}, timeCell(run.started_at)),
       el("td", {}, timeCell(run.ended_at)),
-      el("td", { class: "num" }, fmtDuration(run.started_at, run.ended_at)),
+      el("td", { class: "num running" }, run.started_at ? fmtSeconds(run.running_seconds) : ""),
+      el("td", { class: "num waiting" }, fmtSeconds(run.waiting_seconds)),
     );
   }
 
@@ -32,7 +33,7 @@
     const rows = runs.map(row);
     if (rows.length === 0) {
       rows.push(
-        el("tr", { class: "placeholder" }, el("td", { colspan: 10 }, "No runs yet. Start one with `iac plan <deployment>` or POST /api/v1/runs.")),
+        el("tr", { class: "placeholder" }, el("td", { colspan: 11 }, "No runs yet. Start one with `iac plan <deployment>` or POST /api/v1/runs.")),
       );
     }
     body.replaceChildren(...rows);
