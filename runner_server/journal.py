@@ -43,8 +43,13 @@ class Journal:
     def _path(self, run_id: str) -> Path:
         return self.directory / f"{run_id}.json"
 
-    def add(self, record: Record) -> None:
+    def open(self) -> None:
+        """Make the journal's directory (at start: it then takes no room a run could see
+        change)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def add(self, record: Record) -> None:
+        self.open()
         path = self._path(record.run_id)
         temp = path.with_suffix(".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

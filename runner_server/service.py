@@ -234,6 +234,7 @@ class RunnerService:
         except BaseException as exc:
             self.runs.pop(run.run_id, None)
             self.state.close_run(run.run_id)
+            self.journal.remove(run.run_id)
             self._release_slot()
             if isinstance(exc, workspace.WorkspaceError):
                 raise RunnerError("invalid", str(exc)) from None
@@ -397,6 +398,7 @@ class RunnerService:
         """Runs a previous server was executing when it died: their unsaved state goes to
         their backend (in the background, when it connects), their work dirs are removed
         as they asked."""
+        self.journal.open()
         for record in self.journal.leftovers():
             if record.run_id in self.runs:
                 continue
