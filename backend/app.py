@@ -139,8 +139,6 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         purger = asyncio.create_task(purge_loop(database, settings), name="purge-deleted")
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
-        if (warning := settings.public_url_warning()) is not None:
-            log.warning(warning)
         try:
             yield
         finally:

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import (
     AliasChoices,
     Field,
-    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -69,9 +68,6 @@ def derived_public_url(host: str, port: int) -> str:
 class Settings(BaseSettings):
     """iac-backend settings; env var names are given in each field's description."""
 
-    # Whether public_url was derived from host and port (not set): see public_url_warning.
-    _public_url_derived: bool = PrivateAttr(default=False)
-
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
@@ -112,10 +108,10 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="",
         description=(
-            "IAC_PUBLIC_URL: the backend's URL as runners reach it; the state endpoint "
-            "address handed to terraform is built from it. Default: http://HOST:PORT of "
-            "IAC_HOST/IAC_PORT (--host/--port), with 127.0.0.1 for 0.0.0.0 and [::1] for "
-            "::, which runners on other hosts cannot reach: set it when they are elsewhere."
+            "IAC_PUBLIC_URL: the backend's URL as people reach it, for the links it prints "
+            "(runners never use it: terraform's state travels over their gRPC connection). "
+            "Default: http://HOST:PORT of IAC_HOST/IAC_PORT (--host/--port), with 127.0.0.1 "
+            "for 0.0.0.0 and [::1] for ::."
         ),
     )
     max_config_bytes: int = Field(
@@ -226,18 +222,7 @@ class Settings(BaseSettings):
     def _default_public_url(self) -> Settings:
         if not self.public_url:
             self.public_url = derived_public_url(self.host, self.port)
-            self._public_url_derived = True
         return self
-
-    def public_url_warning(self) -> str | None:
-        """Why the derived public URL will not do for runners on other hosts, or None."""
-        if not self._public_url_derived or self.host not in WILDCARD_HOSTS:
-            return None
-        return (
-            f"listening on {self.host} without IAC_PUBLIC_URL: runs hand terraform the state "
-            f"endpoint at {self.public_url}, a loopback address that runners on other hosts "
-            "cannot reach; set IAC_PUBLIC_URL to this backend's address as they see it"
-        )
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -394,8 +394,6 @@ def test_runners_file_names_the_runner_services_with_their_labels_and_tokens(
         token_var = f"RUNNER_{provider_of(service).upper()}_TOKEN"
         assert spec.token == f"value-of-{token_var}"
         assert token_var in backend_example
-    public_url = compose_env("backend")["IAC_PUBLIC_URL"]
-    assert public_url == f"http://backend:{compose_env('backend')['IAC_PORT']}"
 
 
 def test_init_env_writes_env_files_that_agree_and_never_overwrites(tmp_path: Path) -> None:
