@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 PYTEST_JOBS ?= 2
 BENCH_ARGS ?=
 
-.PHONY: install proto proto-check lint format test bench run soak clean
+.PHONY: install proto proto-check lint format test test-all bench run soak clean
 
 install: $(STAMP)
 
@@ -39,7 +39,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The quick profile (what .ci/run runs): everything but the tests marked slow.
 test: lint
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) -m "not slow" $(PYTEST_ARGS)
+
+# Every test, the slow ones too.
+test-all: lint
 	$(BIN)/python -m pytest -n $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 # The performance figures of issue 6, each against a baseline measured in the same run:
@@ -52,7 +57,7 @@ bench: $(STAMP)
 # PostgreSQL, thousands of fuzzed inputs per entry point, three database restarts, the
 # link that comes back. `make test` runs the same tests at their quick size.
 soak: $(STAMP)
-	IAC_SOAK=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+	IAC_SOAK=1 $(BIN)/python -m pytest -n $(PYTEST_JOBS) -m "soak or slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -398,7 +398,6 @@ class RunnerService:
         """Runs a previous server was executing when it died: their unsaved state goes to
         their backend (in the background, when it connects), their work dirs are removed
         as they asked."""
-        self.journal.open()
         for record in self.journal.leftovers():
             if record.run_id in self.runs:
                 continue

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import secrets
+import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -93,8 +94,7 @@ class StateRelay:
     # -- the loopback endpoint ----------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._http.daemon_threads = True
+        self._http = _Server(("127.0.0.1", 0), _handler_for(self))
         threading.Thread(
             target=self._http.serve_forever, name="state-endpoint", daemon=True
         ).start()
@@ -229,6 +229,16 @@ class StateRelay:
                         future.set_result(reply.response)
         finally:
             channel.close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            return  # terraform went away (killed, or done with a kept-alive connection)
+        log.warning(json.dumps({"event": "state_endpoint_error", "error": repr(error)}))
 
 
 def _handler_for(relay: StateRelay) -> type[BaseHTTPRequestHandler]:

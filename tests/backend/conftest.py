@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -109,10 +110,23 @@ async def _truncate_all(url: str) -> None:
         await conn.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database migrated once per session; each test gets a copy (migrating a new
+    file takes half a second, for hundreds of tests)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "iac.db"
+    asyncio.run(migrate(f"sqlite:///{path}"))
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db' / 'iac.db'}"
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "db" / "iac.db"
+        target.parent.mkdir(mode=0o700)
+        shutil.copyfile(template, target)
+        return f"sqlite:///{target}"
     url: str = request.getfixturevalue("pg_session_url")
     asyncio.run(_truncate_all(url))
     return url

@@ -9,6 +9,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from backend.db import migrate
 from tests.backend.conftest import PgServer
 from tests.backend.platform import start_backend
@@ -19,6 +21,7 @@ from tests.reliability.harness import lines_config, tagged
 FAST_CONFIG = 'resource "terraform_data" "x" {}\n'
 
 
+@pytest.mark.slow  # test_three_backends_keep_each_deployments_queue_order checks it too
 def test_two_backends_never_dispatch_a_run_twice(
     pg_server: PgServer, tool_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -185,6 +188,7 @@ async def _chunk_ranges(url: str, run_id: int) -> list[tuple[int, int]]:
         await db.dispose()
 
 
+@pytest.mark.soak
 def test_three_backends_keep_each_deployments_queue_order(
     pg_server: PgServer, tool_env: dict[str, str], tmp_path: Path
 ) -> None:

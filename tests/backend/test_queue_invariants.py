@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -357,6 +358,7 @@ SETTINGS = settings(
 )
 
 
+@pytest.mark.soak
 def test_queue_invariants_with_three_backends_on_postgresql(pg_server: PgServer) -> None:
     url = pg_server.create_database()
     asyncio.run(migrate(url))
@@ -364,6 +366,7 @@ def test_queue_invariants_with_three_backends_on_postgresql(pg_server: PgServer)
     run_state_machine_as_test(machine, settings=SETTINGS)
 
 
+@pytest.mark.soak
 def test_queue_invariants_with_one_backend_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / secrets.token_hex(4) / 'iac.db'}"
     asyncio.run(migrate(url))

@@ -53,8 +53,10 @@ def platform(rel_env: dict[str, str], module_tmp: Path) -> Iterator[tuple[Backen
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The soak profile's sizes outgrow the suite's 300 s per-test timeout."""
-    if SOAK:
-        for item in items:
-            if "tests/reliability/" in str(item.path):
+    """Every reliability test belongs to `make soak`, whose sizes outgrow the suite's 300 s
+    per-test timeout."""
+    for item in items:
+        if "tests/reliability/" in str(item.path):
+            item.add_marker(pytest.mark.soak)
+            if SOAK:
                 item.add_marker(pytest.mark.timeout(3600))

@@ -210,6 +210,7 @@ def test_a_lasting_cut_fails_the_run_after_the_lost_timeout_and_new_runs_go_else
     assert backend.wait(pinned["id"], *TERMINAL)["status"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_a_link_back_within_the_lost_timeout_reattaches_with_every_line_once(
     network: Network, rel_env: dict[str, str], tmp_path: Path
 ) -> None:
