@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO := protos/iacrunner/v1/runner.proto
 PYTEST_ARGS ?=
-# Test processes: the suite mostly waits on real servers and terraform, so 2 on 2 cores.
-PYTEST_JOBS ?= 2
+# Test processes: the suite waits on real servers and terraform a third of the time, so
+# 3 on 2 cores.
+PYTEST_JOBS ?= 3
 BENCH_ARGS ?=
 
 .PHONY: install proto proto-check lint format test test-all bench run soak clean

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Whatever the backend writes (the data dir, the SQLite database) is its user's alone.
+    os.umask(0o077)
     command = args.command or "serve"
     settings = load_settings(host=args.host, port=args.port)
     if command == "migrate":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
@@ -112,7 +113,23 @@ class InlineConnection(aiosqlite.Connection):
         return self._connect().__await__()  # no worker thread to start
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any, *, foreign_keys: bool = True) -> None:
+def keep_private(path: str) -> None:
+    """The database file (and its WAL and shared memory, which SQLite creates with the
+    database file's mode) readable by this user alone: it holds the state's lock holders,
+    the logs, the encrypted secrets."""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+
+
+def _sqlite_connect(
+    dbapi_connection: Any, _record: Any, *, foreign_keys: bool = True, path: str | None = None
+) -> None:
+    if path:
+        keep_private(path)  # before WAL mode makes the WAL and shm files
     # The driver's own transaction handling would BEGIN lazily (deferred); turn it off so
     # the "begin" hook below decides how transactions start.
     dbapi_connection.isolation_level = None
@@ -135,7 +152,7 @@ def create_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Asyn
     if is_sqlite(url):
         path = sqlite_file(url)
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         extra = kwargs.pop("connect_args", {})
 
         def connect() -> InlineConnection:
@@ -147,7 +164,9 @@ def create_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Asyn
             kwargs = single | kwargs
         engine = create_async_engine(url, async_creator=connect, **kwargs)
         event.listen(
-            engine.sync_engine, "connect", partial(_sqlite_connect, foreign_keys=foreign_keys)
+            engine.sync_engine,
+            "connect",
+            partial(_sqlite_connect, foreign_keys=foreign_keys, path=path),
         )
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine

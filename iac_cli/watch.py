@@ -163,9 +163,11 @@ def outcome_line(run: dict[str, Any]) -> tuple[str, str]:
         if waited:
             took += f" running, {show_duration(float(waited))} waiting"
         return f"run {run_id} succeeded ({op}{detail}, {took})", "green"
+    # The error message says how the tool ended (exit code or signal) where it ran at all.
     reason = f": {run['error_msg']}" if run.get("error_msg") else ""
-    code = f" (exit code {run['exit_code']})" if run.get("exit_code") is not None else ""
-    return f"run {run_id} {status}{reason}{code}", "red"
+    code = run.get("exit_code")
+    suffix = f" (exit code {code})" if code is not None and not reason else ""
+    return f"run {run_id} {status}{reason}{suffix}", "red"
 
 
 def approval_hint(run_id: int) -> str:

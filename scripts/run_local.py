@@ -57,12 +57,15 @@ def setting(name: str, default: str) -> str:
 
 
 def kept_secret(path: Path, make: Any) -> str:
-    """A secret generated once and kept (0600) in the data dir, so restarts reuse it."""
+    """A secret generated once and kept (0600, from its creation) in the data dir, so
+    restarts reuse it."""
     if path.exists():
+        path.chmod(0o600)
         return path.read_text().strip()
     value = str(make())
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
     return value
 
 
@@ -100,8 +103,10 @@ class Stack:
         self.port = int(setting("IAC_RUN_PORT", "8000"))
         self.runner_port = int(setting("IAC_RUN_RUNNER_PORT", "50051"))
         self.data = Path(setting("IAC_DATA_DIR", str(ROOT / ".data"))).resolve()
-        self.data.mkdir(parents=True, exist_ok=True)
-        (self.data / "logs").mkdir(exist_ok=True)
+        # The database, the logs, the generated API token and key: this user's alone.
+        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data.chmod(0o700)
+        (self.data / "logs").mkdir(exist_ok=True, mode=0o700)
         token = os.environ.get("IAC_API_TOKEN") or kept_secret(
             self.data / "api-token", lambda: secrets.token_urlsafe(24)
         )

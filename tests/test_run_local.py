@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -62,6 +63,10 @@ def test_run_local_streams_plan_and_apply_then_stops_cleanly(
         assert not pids_matching(f"127.0.0.1:{runner_port}")
         assert not pids_matching(f"--port {port}")
     assert (data / "iac.db").exists() and (data / "api-token").exists()
+    # The data dir and the secrets in it are this user's alone.
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("api-token", "encryption.key", "iac.db"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
 
 
 def test_ctrl_c_keeps_queued_runs_and_plans_awaiting_approval(

@@ -197,7 +197,7 @@ def test_three_backends_keep_each_deployments_queue_order(
     through all three: each run executes once, each deployment's runs start in the order
     they were queued, and no history shows a requeue. IAC_SOAK=1: the issue's size."""
     soak = os.environ.get("IAC_SOAK", "") not in ("", "0")
-    deployments, per = (60, 10) if soak else (8, 4)
+    deployments, per = (60, 10) if soak else (6, 3)
     url = pg_server.create_database()
     asyncio.run(migrate(url))
     runners = [

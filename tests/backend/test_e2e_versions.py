@@ -9,6 +9,8 @@ from tests.conftest import wait_for
 from tests.procs import make_fake_tool, start_runner
 
 FAST_CONFIG = 'resource "terraform_data" "x" {}\n'
+# timestamp() is known only when applied: every plan has a change, every run an apply.
+CHANGING_CONFIG = 'resource "terraform_data" "x" {\n  input = timestamp()\n}\n'
 
 
 def test_versions_and_accept_lists_route_runs(
@@ -47,7 +49,8 @@ def test_versions_and_accept_lists_route_runs(
         assert (legacy["runner_id"], legacy["tool_version"]) == ("old", "1.9.8")
 
         # No deployment constraint: the configuration's required_version rules out 1.9.8.
-        config = 'terraform {\n  required_version = ">= 1.10"\n}\n' + FAST_CONFIG
+        # (Its resource changes at every apply, so every run has an apply phase.)
+        config = 'terraform {\n  required_version = ">= 1.10"\n}\n' + CHANGING_CONFIG
         backend.deploy("modern", {"main.tf": config}, required_labels=labels)
         for _ in range(3):
             run = backend.wait(
@@ -56,6 +59,7 @@ def test_versions_and_accept_lists_route_runs(
             assert run["status"] == "succeeded", run
             assert run["tool_version"] != "1.9.8"
             phases = [e["message"] for e in run["events"] if e["kind"] == "dispatched"]
+            assert len(phases) == 2, phases
             plan_runner = phases[0].split(" on runner ")[1].split()[0]
             apply_runner = phases[-1].split(" on runner ")[1].split()[0]
             assert plan_runner in ("new", "planner")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -195,8 +196,8 @@ def _serve(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[byte
     out = tmp_path / f"{name}.out"
     env = _cli_env(IAC_API_TOKEN=API_TOKEN, ENCRYPTION_KEY=Fernet.generate_key().decode())
     workdir = tmp_path / name
-    workdir.mkdir()
-    with open(out, "wb") as log:
+    workdir.mkdir(exist_ok=True)
+    with open(out, "ab") as log:
         proc = subprocess.Popen(
             [IAC_BACKEND, "serve", "--port", str(port), *args],
             cwd=workdir,
@@ -260,3 +261,27 @@ def test_serve_as_the_readme_shows_follows_its_port_and_runs(
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         runner.stop()
+
+
+def test_the_data_dir_and_database_are_the_users_alone(tmp_path: Path) -> None:
+    """Started as the README shows it, the backend makes its data dir 0700 and its SQLite
+    database (with its WAL and shared memory) 0600; a database left 0644 by an older
+    version is made 0600 at start."""
+    proc, _, url = _serve(tmp_path, "private")
+    try:
+        with httpx.Client(base_url=url + "/api/v1", timeout=30) as api:
+            api.headers["Authorization"] = f"Bearer {API_TOKEN}"
+            assert api.post("/deployments", json={"name": "p"}).status_code == 201
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    data = tmp_path / "private" / ".data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = [p for p in data.iterdir() if p.name.startswith("iac.db")]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), files
+    database = data / "iac.db"
+    database.chmod(0o644)
+    proc, _, _ = _serve(tmp_path, "private")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600

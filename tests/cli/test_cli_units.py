@@ -194,3 +194,34 @@ def test_usage_errors_without_a_backend(capsys: pytest.CaptureFixture[str]) -> N
     assert "given twice" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("iac, version ")
+
+
+@pytest.mark.parametrize(
+    ("error_msg", "exit_code", "expected"),
+    [
+        (
+            "apply: canceled: terraform stopped after SIGINT (exit code 1)",
+            1,
+            "run 7 canceled: apply: canceled: terraform stopped after SIGINT (exit code 1)",
+        ),
+        (
+            "plan: terraform plan exited with code 1: Error: Invalid reference",
+            1,
+            "run 7 canceled: plan: terraform plan exited with code 1: Error: Invalid reference",
+        ),
+        ("", 3, "run 7 canceled (exit code 3)"),
+        (
+            "lost contact with runner r1 for more than 15 s",
+            None,
+            "run 7 canceled: lost contact with runner r1 for more than 15 s",
+        ),
+    ],
+)
+def test_the_outcome_line_says_the_exit_code_once(
+    error_msg: str, exit_code: int | None, expected: str
+) -> None:
+    from iac_cli.watch import outcome_line
+
+    run = {"id": 7, "status": "canceled", "operation": "apply", "error_msg": error_msg}
+    run["exit_code"] = exit_code  # type: ignore[assignment]
+    assert outcome_line(run)[0] == expected
