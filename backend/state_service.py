@@ -78,8 +78,11 @@ class StateService:
         backend_id: str,
         max_state_bytes: int,
         runner_run_id_owner: Callable[[str], int | None],
+        *,
+        patience: float = DATABASE_PATIENCE,
     ) -> None:
         self.db = db
+        self.patience = patience
         self.cipher = cipher
         self.backend_id = backend_id
         self.max_state_bytes = max_state_bytes
@@ -88,7 +91,7 @@ class StateService:
 
     async def handle(self, runner: str, call: pb.StateCall) -> pb.StateResponse:
         """The answer to one call; a lost database is waited for, then 503."""
-        deadline = time.monotonic() + DATABASE_PATIENCE
+        deadline = time.monotonic() + self.patience
         delay = 0.5
         while True:
             try:
@@ -98,7 +101,10 @@ class StateService:
                     log.exception("state call %s %s failed", call.method, call.run_id)
                     return answer(500, {"detail": "internal error of the backend"})
                 if time.monotonic() > deadline:
-                    return answer(503, {"detail": "the backend's database is unavailable"})
+                    return answer(
+                        503,
+                        {"detail": "the backend's database is unavailable: terraform retries"},
+                    )
                 log.warning("state call waits for the database: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -310,3 +310,24 @@ async def test_recovered_state_is_a_version_and_never_rolls_back(
     assert (await other.post(doc(5))).status == 200
     stale = await service.handle("r1", recover(doc(6)))
     assert stale.status == 409 and "written by another run" in detail(stale)
+
+
+async def test_while_the_database_is_away_a_state_call_waits_then_gets_503(
+    service: StateService,
+) -> None:
+    """A lost database is waited for (the runner holds terraform's request), then answered
+    503, which terraform retries; never a 500."""
+    away = Database("postgresql://postgres@127.0.0.1:9/iac")
+    try:
+        patient = StateService(
+            away, service.cipher, "test-backend", 1 << 20, service.owner_of, patience=1.0
+        )
+        started = asyncio.get_running_loop().time()
+        reply = await patient.handle(
+            "r1", pb.StateCall(run_id="btest-r1-apply-1-apply", method="GET")
+        )
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        await away.dispose()
+    assert reply.status == 503 and b"database is unavailable" in reply.body
+    assert 1.0 <= took < 30, took
