@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
@@ -269,6 +270,35 @@ def _upgrade(connection: Connection, revision: str) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
     command.upgrade(alembic_config(connection), revision)
+
+
+def head_revision() -> str:
+    """The newest migration's revision, read from the files (without importing Alembic):
+    the one no other revises."""
+    found: dict[str, str | None] = {}
+    for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"):
+        text = path.read_text()
+        revision = re.search(r'^revision: str = "([^"]+)"', text, re.M)
+        down = re.search(r'^down_revision: str \| None = (?:"([^"]+)"|None)', text, re.M)
+        if revision is not None and down is not None:
+            found[revision.group(1)] = down.group(1)
+    heads = set(found) - {d for d in found.values() if d}
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
+
+
+async def is_current(url: str) -> bool:
+    """Whether the database is at the newest migration already (False when unsure)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        return version == head_revision()
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
 
 
 def _check_foreign_keys(connection: Connection) -> None:

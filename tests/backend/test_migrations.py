@@ -214,3 +214,10 @@ async def test_0005_keeps_every_row_up_and_down(fresh_db_url: str) -> None:
         assert await _count(fresh_db_url, table) == 1, table
     await migrate(fresh_db_url)
     assert (await _inspect(fresh_db_url))[0] == []
+
+
+def test_the_head_read_from_the_files_is_alembics() -> None:
+    """`iac-backend serve` skips its migration child when the database is at this head."""
+    from backend.db import head_revision
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
