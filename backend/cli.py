@@ -156,37 +156,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     return serve(settings)
 
 
-# glibc malloc settings for the server, each skipped when its MALLOC_* variable is set. By
-# default every thread that allocates (gRPC's, the worker threads') may get an arena of its
-# own, and the mmap threshold rises after each large free, so the log's large strings
-# (chunks, SSE batches) end up in arenas that keep their freed pages: the peak RSS of a
-# 250,000-line run with 3 followers was ~15-20 MB higher (figure 4, bench/memory.py) than
-# with these (measured when SQLite still ran in aiosqlite's threads).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MALLOC_SETTINGS = (
-    (M_ARENA_MAX, 2, "MALLOC_ARENA_MAX"),
-    (M_MMAP_THRESHOLD, 128 * 1024, "MALLOC_MMAP_THRESHOLD_"),
-    (M_TRIM_THRESHOLD, 256 * 1024, "MALLOC_TRIM_THRESHOLD_"),
-)
-
-
-def tune_malloc() -> None:
-    """Apply MALLOC_SETTINGS with glibc's mallopt; must run before any thread starts."""
-    try:
-        os.confstr("CS_GNU_LIBC_VERSION")  # glibc only
-    except (ValueError, OSError):
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    for param, value, variable in MALLOC_SETTINGS:
-        if variable not in os.environ:
-            mallopt(param, value)
+# glibc's malloc as the backend wants it, set in its environment by whoever starts it (the
+# image, `make run`, `make bench`): see Dockerfile.combined for why.
+MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "MALLOC_TRIM_THRESHOLD_": "262144",
+}
 
 
 def main() -> None:
-    tune_malloc()
     sys.exit(run())

@@ -34,6 +34,8 @@ from typing import Any
 import httpx
 from cryptography.fernet import Fernet
 
+from backend.cli import MALLOC_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL = {"succeeded", "failed", "canceled", "timed_out"}
@@ -153,6 +155,7 @@ class Stack:
             self.env,
         )
         backend_env = {
+            **MALLOC_ENV,
             **self.env,
             "IAC_DATA_DIR": str(self.data),
             "IAC_PUBLIC_URL": self.url,

@@ -44,6 +44,7 @@ import yaml
 from pydantic import AliasChoices
 
 from backend import cli as backend_cli
+from backend.cli import MALLOC_ENV
 from backend.config import Settings
 from backend.crypto import parse_key
 from backend.store.runners import read_runners_file
@@ -321,8 +322,13 @@ def test_image_env_vars_are_ones_the_project_or_its_tools_read() -> None:
     env = image_env()
     assert env
     allowed = settings_env_names() | runner_env_names() | TOOL_ENV | HEALTHCHECK_ENV
-    allowed |= {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+    allowed |= {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"} | set(MALLOC_ENV)
     assert set(env) <= allowed, sorted(set(env) - allowed)
+
+
+def test_the_image_tunes_malloc_as_make_run_and_the_bench_do() -> None:
+    env = image_env()
+    assert {name: env.get(name) for name in MALLOC_ENV} == MALLOC_ENV
 
 
 def test_provider_credentials_reach_terraform_and_the_runner_token_does_not(

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from backend.cli import MALLOC_ENV
 from tests.backend.archives import tar_gz
 from tests.procs import BIN, free_port, stop_process
 
@@ -119,6 +120,7 @@ def start_backend(
     port = port or free_port()
     url = f"http://{host}:{port}"
     backend_env = {
+        **MALLOC_ENV,
         **env,
         "DATABASE_URL": db_url,
         "IAC_DATA_DIR": str(tmp / f"{name}-data"),
