@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from backend.config import Settings
 from backend.crypto import SecretsUnreadable
-from backend.db import is_current, migrate
+from backend.db import SqliteInUse, hold_sqlite, is_current, migrate
 from backend.errors import Invalid
 
 EXIT_CONFIG = 2
@@ -93,6 +93,10 @@ def print_config(settings: Settings) -> None:
 
 def serve(settings: Settings) -> int:
     print_config(settings)
+    try:
+        hold_sqlite(settings.database_url)  # held until this process ends
+    except SqliteInUse as exc:
+        fail(str(exc))
     # At the newest schema already (every start but the first after an upgrade): no child.
     if not asyncio.run(is_current(settings.database_url)):
         migrate_in_child(settings.database_url)

@@ -74,6 +74,33 @@ def sqlite_file(url: str) -> str | None:
     return database if database and database != ":memory:" else None
 
 
+class SqliteInUse(Exception):
+    """Another backend process serves this SQLite database."""
+
+
+def hold_sqlite(url: str) -> int | None:
+    """Take `<database>.lock` for this process's lifetime (the descriptor returned, never
+    closed): one backend process per SQLite database. A second one would stall this one's
+    event loop, up to the busy timeout per statement, each time it held the write lock.
+    SqliteInUse when another process holds it; None for PostgreSQL."""
+    import fcntl
+
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SqliteInUse(
+            f"another iac-backend serves {path}: SQLite serves one backend process; run "
+            "several on PostgreSQL (see docs/scaling.md)"
+        ) from None
+    return fd
+
+
 class _Inline:
     """Stands in for aiosqlite's queue to its worker thread: runs each call at once."""
 
@@ -100,10 +127,16 @@ class InlineConnection(aiosqlite.Connection):
     are small and its SQLite transactions are serialised anyway (``BEGIN IMMEDIATE``), so
     it runs them on the event loop through a single pooled connection: a session waits
     for the connection asynchronously, never inside SQLite's busy handler, which would
-    block the loop. (Another *process* holding the write lock still makes the loop wait,
-    up to the busy timeout per statement: one backend process per SQLite database.) The
-    WAL checkpoints, the only fsyncs with synchronous=NORMAL, run in a worker thread
+    block the loop. Another *process* holding the write lock would make the loop wait, up
+    to the busy timeout per statement: `iac-backend serve` refuses to start beside another
+    one on the same file (``hold_sqlite``), and other tools should read only. The WAL
+    checkpoints, the only fsyncs with synchronous=NORMAL, run in a worker thread
     (``_checkpoint_loop``); the database belongs on a local disk.
+
+    It replaces aiosqlite's queue to its worker (``_tx``), the same internal that
+    SQLAlchemy's own aiosqlite adapter reaches into (it sets the isolation level through
+    ``_tx`` and ``_conn``); aiosqlite is pinned, and tests/backend/test_db.py checks
+    these internals, so an upgrade that changes them fails there, not in production.
     """
 
     def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:

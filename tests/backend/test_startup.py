@@ -285,3 +285,34 @@ def test_the_data_dir_and_database_are_the_users_alone(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     proc.wait(30)
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+def test_a_second_backend_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """SQLite serves one backend process (a second one would hold the write lock under the
+    first's event loop): the second stops at once with the reason, the first serves on."""
+    first, _, url = _serve(tmp_path, "one")
+    try:
+        database = tmp_path / "one" / ".data" / "iac.db"
+        env = _cli_env(
+            IAC_API_TOKEN=API_TOKEN,
+            ENCRYPTION_KEY=Fernet.generate_key().decode(),
+            DATABASE_URL=f"sqlite:///{database}",
+        )
+        second = subprocess.run(
+            [IAC_BACKEND, "serve", "--port", str(free_port())],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        last = second.stderr.strip().splitlines()[-1]
+        assert last == (
+            f"iac-backend: another iac-backend serves {database}: SQLite serves one backend "
+            "process; run several on PostgreSQL (see docs/scaling.md)"
+        ), second.stderr
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(30)
