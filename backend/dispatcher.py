@@ -36,7 +36,7 @@ from backend.pool import RunnerPool, RunnerView, choose
 from backend.steps import tf_files
 from backend.store import queue
 from backend.store.queue import Candidate, Claim
-from backend.versions import Constraint, parse_constraint, required_version
+from backend.tool_versions import Constraint, parse_constraint, required_version
 
 log = logging.getLogger("iac.backend.dispatcher")
 

@@ -27,7 +27,7 @@ from backend.models import Runner, RunnerStatus, utcnow
 from backend.runner_client import RunnerClient, RunnerUnreachable
 from backend.store import runners as runner_store
 from backend.store.runners import RunnerConnection
-from backend.versions import Constraint, highest
+from backend.tool_versions import Constraint, highest
 
 log = logging.getLogger("iac.backend.pool")
 

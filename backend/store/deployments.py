@@ -23,7 +23,7 @@ from backend.crypto import Cipher
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import ACTIVE_STATUSES, Deployment, Run, StateLock, StateVersion, Tool, utcnow
 from backend.store.validation import check_labels, check_name
-from backend.versions import parse_constraint
+from backend.tool_versions import parse_constraint
 
 # A state this large is parsed in a worker thread, not on the event loop.
 PARSE_OFF_LOOP_BYTES = 256 * 1024
@@ -132,13 +132,6 @@ async def get_deleted_deployment(
         raise NotFound(f"deployment {name!r} does not exist")
     if row.deleted_at is None:
         raise Conflict(f"deployment {name!r} is not deleted")
-    return row
-
-
-async def get_deployment_by_id(session: AsyncSession, deployment_id: int) -> Deployment:
-    row = await session.get(Deployment, deployment_id)
-    if row is None:
-        raise NotFound(f"deployment {deployment_id} does not exist")
     return row
 
 

@@ -61,9 +61,6 @@ class Constraint:
         v = parse_version(version) if isinstance(version, str) else version
         return all(_term_allows(op, bound, v) for op, bound in self.terms)
 
-    def is_exact(self) -> bool:
-        return len(self.terms) == 1 and self.terms[0][0] == "="
-
 
 def _key(v: Version) -> tuple[tuple[int, int, int], bool, tuple[tuple[int, int | str], ...]]:
     return (v.release, v.is_release, v.pre)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.errors import Invalid
-from backend.versions import highest, parse_constraint, required_version
+from backend.tool_versions import highest, parse_constraint, required_version
 
 
 @pytest.mark.parametrize(
