@@ -40,7 +40,6 @@ from backend.steps import PLAN_FILE, PLAN_HAS_CHANGES, Step, build_workspace, ph
 from backend.store import executions, queue, run_transitions
 from backend.store.executions import Fenced, Job, StepStart
 from backend.store.queue import Claim
-from backend.store.runs import add_event
 from protos.iacrunner.v1 import runner_pb2 as pb
 
 log = logging.getLogger("iac.backend.executor")
@@ -323,29 +322,11 @@ class Executor:
         }
         if result.tool_version:
             values["tool_version"] = result.tool_version
-        epoch = execution.epoch
 
         async def done(session: AsyncSession) -> None:
-            if run.operation == "plan" or not changes:
-                note = "plan has changes" if changes else "no changes"
-                await run_transitions.end(
-                    session, run.id, RunStatus.SUCCEEDED, exit_code=0, in_epoch=epoch, note=note,
-                    **values,
-                )  # fmt: skip
-            elif plan is None:
-                await run_transitions.end(
-                    session, run.id, RunStatus.FAILED, "the plan file was not returned",
-                    in_epoch=epoch, **values,
-                )  # fmt: skip
-            else:
-                to = RunStatus.APPLYING if run.auto_approve else RunStatus.AWAITING_APPROVAL
-                moved = await run_transitions.move(
-                    session, run.id, to, among=[RunStatus.RUNNING], in_epoch=epoch,
-                    claimed_by=None, runner_run_id=None, **values,
-                )  # fmt: skip
-                if moved:
-                    note = "auto-approved" if run.auto_approve else "awaiting approval"
-                    await add_event(session, run.id, "planned", note)
+            await executions.finish_plan(
+                session, run, execution.epoch, has_plan=plan is not None, **values
+            )
 
         await writer.flush(then=done)  # the last lines, in the same transaction
 
