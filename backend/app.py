@@ -86,6 +86,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         timeouts={op: settings.timeout_for(op) for op in ("plan", "apply", "destroy")},
         runner_lost_timeout=settings.runner_lost_timeout,
         orphan_after=settings.orphan_after,
+        plan_ttl=settings.plan_ttl,
     )
 
 

@@ -147,6 +147,15 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="IAC_DESTROY_TIMEOUT: seconds a destroy may run."
     )
 
+    plan_ttl: float = Field(
+        default=86400,
+        gt=0,
+        description=(
+            "IAC_PLAN_TTL: seconds a plan may wait for its approval; an older one is refused "
+            "(re-plan)."
+        ),
+    )
+
     backend_id: str = Field(
         default="",
         description=(

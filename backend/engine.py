@@ -4,7 +4,7 @@ A run moves through phases, each dispatched to a runner picked at that moment:
 
     queued -> running (plan phase: init + plan -out=tfplan on one runner, tfplan collected)
            -> succeeded                       (operation plan, or nothing to change)
-           -> awaiting_approval -> applying   (apply/destroy; auto_approve skips the wait)
+           -> awaiting_approval -> applying   (apply/destroy; an approval policy may skip the wait)
     applying (apply phase: init + apply tfplan on any fitting runner) -> succeeded
     any executing phase -> failed | canceled | timed_out
 
@@ -53,6 +53,7 @@ class EngineOptions:
     orphan_after: float = 30.0  # a run whose executor's heartbeat is older is adopted
     runner_lost_timeout: float = 15.0  # how long to retry reaching a runner mid-run
     dispatch_interval: float = 1.0
+    plan_ttl: float = 86400.0  # an older plan is not applied
 
 
 class Engine:
@@ -177,15 +178,24 @@ class Engine:
             self.wake()
 
     # -- what the API asks ---------------------------------------------------------------
-    async def approve(self, run_id: int) -> None:
+    async def approve(self, run_id: int, actor: str, comment: str = "") -> None:
         async with self.db.session() as session:
-            await run_transitions.approve(session, run_id)
+            await run_transitions.approve(
+                session, run_id, actor=actor, comment=comment, plan_ttl=self.options.plan_ttl
+            )
         self.wake()
 
-    async def cancel(self, run_id: int, *, force: bool) -> None:
+    async def discard(self, run_id: int, actor: str, comment: str = "") -> None:
+        async with self.db.session() as session:
+            await run_transitions.discard(session, run_id, actor=actor, comment=comment)
+        self.wake()
+
+    async def cancel(self, run_id: int, *, force: bool, actor: str, comment: str = "") -> None:
         mode = CancelMode.FORCE if force else CancelMode.GRACEFUL
         async with self.db.session() as session:
-            deliver = await run_transitions.cancel(session, run_id, mode)
+            deliver = await run_transitions.cancel(
+                session, run_id, mode, actor=actor, comment=comment
+            )
         if not deliver:
             self.wake()
             return

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +28,7 @@ from backend.db import Database, database_lost
 from backend.logs.hub import LogHub
 from backend.logs.writer import LogWriter
 from backend.models import RunStatus
+from backend.plans import PlanUnreadable, read_plan
 from backend.pool import Lease
 from backend.runner_client import (
     RunGone,
@@ -36,7 +39,14 @@ from backend.runner_client import (
     RunnerUnreachable,
 )
 from backend.runner_ids import Phase, StepId
-from backend.steps import PLAN_FILE, PLAN_HAS_CHANGES, Step, build_workspace, phase_steps
+from backend.steps import (
+    PLAN_FILE,
+    PLAN_HAS_CHANGES,
+    PLAN_JSON,
+    Step,
+    build_workspace,
+    phase_steps,
+)
 from backend.store import executions, queue, run_transitions
 from backend.store.executions import Fenced, Job, StepStart
 from backend.store.queue import Claim
@@ -161,6 +171,7 @@ class Executor:
             attach = (run.runner_run_id, run.step_seq_offset)
         work_dir = StepId(self.prefix(), run.id, phase, attempt, "").work_dir
         plan_result: pb.Result | None = None
+        artifacts: dict[str, bytes] = {}
         for index in range(start, len(steps)):
             step = steps[index]
             if attach is not None and index == start:
@@ -201,7 +212,10 @@ class Executor:
                     tool_version=run.tool_version or "",
                     packed_output=True,
                     state_channel=self.backend_id,
+                    stdout_file=step.stdout_file,
                 )
+                if step.name == "apply" and run.plan_sha256:
+                    request.verify_sha256[PLAN_FILE] = run.plan_sha256
                 result = await self._follow(
                     execution, writer, runner_run_id, offset, request, first=index == 0
                 )
@@ -209,11 +223,14 @@ class Executor:
                 raise self._failure(execution, step, result)
             if step.name == "plan":
                 plan_result = result
+            elif step.name == "show":
+                artifacts = {a.path: a.content for a in result.artifacts}
         # The runner is done with this run: its slot may take the next one already.
         execution.lease.release()
         if phase == Phase.PLAN:
-            assert plan_result is not None
-            await self._plan_done(execution, job, plan_result, writer)
+            if plan_result is None:  # re-attached to the show step: the plan had changes
+                plan_result = pb.Result(exit_code=PLAN_HAS_CHANGES, success=False)
+            await self._plan_done(execution, job, plan_result, artifacts, writer)
         else:
             await self._finish(execution, RunStatus.SUCCEEDED, "", 0, writer)
 
@@ -310,18 +327,36 @@ class Executor:
             await asyncio.sleep(RETRY_PAUSE)
 
     async def _plan_done(
-        self, execution: Execution, job: Job, result: pb.Result, writer: LogWriter
+        self,
+        execution: Execution,
+        job: Job,
+        result: pb.Result,
+        artifacts: dict[str, bytes],
+        writer: LogWriter,
     ) -> None:
-        """The plan phase succeeded: the run ends, or waits for approval or its apply."""
+        """The plan phase succeeded: the run ends, or waits for approval or its apply. The
+        plan's JSON is read into its review (redacted) and stored sealed with its counts."""
         run = job.run
-        plan = next((a.content for a in result.artifacts if a.path == PLAN_FILE), None)
+        plan = artifacts.get(PLAN_FILE)
         changes = result.exit_code == PLAN_HAS_CHANGES
         values: dict[str, Any] = {
             "has_changes": changes,
             "plan_file": self.cipher.seal(plan) if plan is not None else None,
+            "plan_sha256": hashlib.sha256(plan).hexdigest() if plan is not None else None,
         }
         if result.tool_version:
             values["tool_version"] = result.tool_version
+        document = artifacts.get(PLAN_JSON)
+        if document is not None:
+            try:
+                review = await asyncio.to_thread(read_plan, document, job.env.secrets())
+            except PlanUnreadable as exc:
+                writer.note(f"the plan's summary is not available: {exc}")
+            else:
+                counts = review.counts.out()
+                values["changes"] = counts
+                values["plan_summary"] = self.cipher.seal(json.dumps(review.out()).encode())
+                writer.note(review.counts.line())
 
         async def done(session: AsyncSession) -> None:
             await executions.finish_plan(

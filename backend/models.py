@@ -65,10 +65,17 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     TIMED_OUT = "timed_out"
+    DISCARDED = "discarded"  # a plan awaiting approval that a person decided not to apply
 
 
 TERMINAL_STATUSES = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TIMED_OUT}
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.CANCELED,
+        RunStatus.TIMED_OUT,
+        RunStatus.DISCARDED,
+    }
 )
 # A run in any other status still holds its deployment (queued, executing or waiting for
 # approval), so the deployment cannot be deleted under it.
@@ -81,6 +88,14 @@ class Operation(StrEnum):
     PLAN = "plan"
     APPLY = "apply"
     DESTROY = "destroy"
+
+
+class ApprovePolicy(StrEnum):
+    """When an apply or destroy goes on from its plan without a person's approval."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    NO_DESTROY = "no-destroy"  # only when the plan deletes and replaces nothing
 
 
 class Tool(StrEnum):
@@ -160,6 +175,14 @@ class Deployment(Base):
     # Set when deleted: the deployment and everything it owns are kept (hidden) until the
     # retention period ends and a purge removes them, or it is restored.
     deleted_at: Mapped[datetime | None]
+    # The approval policy of runs that set none, and whether the approver of a run must be
+    # another token than the one that created it.
+    auto_approve: Mapped[str] = mapped_column(
+        String(16), default=ApprovePolicy.NEVER.value, server_default=ApprovePolicy.NEVER.value
+    )
+    require_other_approver: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 class ConfigVersion(Base):
@@ -220,7 +243,10 @@ class Run(Base):
     operation: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(32), default=RunStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(default=0)
-    auto_approve: Mapped[bool] = mapped_column(Boolean, default=False)
+    approve_policy: Mapped[str] = mapped_column(
+        String(16), default=ApprovePolicy.NEVER.value, server_default=ApprovePolicy.NEVER.value
+    )
+    created_by: Mapped[str | None] = mapped_column(String(128))  # the API token's name
     plan_file: Mapped[bytes | None]
     # Not a foreign key: a run's history keeps naming its runner after the runner is removed.
     runner_id: Mapped[str | None] = mapped_column(String(64))
@@ -246,6 +272,15 @@ class Run(Base):
     step_seq_offset: Mapped[int] = mapped_column(default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None]
     has_changes: Mapped[bool | None] = mapped_column(Boolean)
+    # The plan as a reviewer reads it (backend.plans, redacted, then sealed), its counts,
+    # the saved plan's SHA-256 (the apply checks it on the runner), when the plan ended and
+    # the deployment's newest state version then (an approval after the state moved on is
+    # refused).
+    changes: Mapped[dict[str, Any] | None] = mapped_column(JSON())
+    plan_summary: Mapped[bytes | None]
+    plan_sha256: Mapped[str | None] = mapped_column(String(64))
+    planned_at: Mapped[datetime | None]
+    plan_state_version: Mapped[int | None]
 
 
 class BackendSetting(Base):
@@ -267,6 +302,9 @@ class RunEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
+    # Who: an API token's name, or "system" (the platform itself).
+    actor: Mapped[str] = mapped_column(String(128), default="system", server_default="system")
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class LogChunk(Base):

@@ -13,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.store.validation import MAX_ID
 
+ApprovePolicyName = Literal["never", "always", "no-destroy"]
+POLICIES = (
+    "never: a person approves; always: no approval; no-destroy: no approval when the plan "
+    "deletes and replaces nothing."
+)
+
 
 class RunnerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -68,6 +74,26 @@ class DeploymentCreate(BaseModel):
     version_constraint: str | None = Field(
         default=None, description="Tool version constraint, e.g. '>= 1.5'."
     )
+    auto_approve: ApprovePolicyName = Field(
+        default="never", description="The approval policy of runs that set none. " + POLICIES
+    )
+    require_other_approver: bool = Field(
+        default=False, description="An approver must be another token than the run's creator."
+    )
+
+
+class DeploymentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_priority: int | None = Field(
+        default=None, description="Priority of runs that set none."
+    )
+    auto_approve: ApprovePolicyName | None = Field(
+        default=None, description="The approval policy of runs that set none. " + POLICIES
+    )
+    require_other_approver: bool | None = Field(
+        default=None, description="An approver must be another token than the run's creator."
+    )
 
 
 class ConfigVersionOut(BaseModel):
@@ -87,6 +113,8 @@ class DeploymentOut(BaseModel):
     required_labels: dict[str, str]
     default_priority: int
     version_constraint: str | None
+    auto_approve: str
+    require_other_approver: bool
     created_at: datetime
     deleted_at: datetime | None = Field(
         default=None, description="When it was deleted (deleted deployments only)."
@@ -161,7 +189,13 @@ class RunCreate(BaseModel):
     priority: int | None = Field(
         default=None, description="Higher runs first; default: the deployment's default priority."
     )
-    auto_approve: bool = Field(default=False, description="Apply without waiting for approval.")
+    auto_approve: ApprovePolicyName | bool | None = Field(
+        default=None,
+        description="When the apply goes on without approval; default: the deployment's. "
+        + POLICIES
+        + " true and false are always and never.",
+    )
+    comment: str = Field(default="", max_length=2000, description="Kept in the run's history.")
     config_version: int | None = Field(
         default=None,
         ge=1,
@@ -176,6 +210,8 @@ class RunEventOut(BaseModel):
     at: datetime
     kind: str
     message: str
+    actor: str = Field(description="Who: an API token's name, or 'system'.")
+    comment: str
 
 
 class RunOut(BaseModel):
@@ -184,7 +220,8 @@ class RunOut(BaseModel):
     operation: str
     status: str
     priority: int
-    auto_approve: bool
+    auto_approve: str = Field(description="The run's approval policy: never, always, no-destroy.")
+    created_by: str | None = Field(description="The API token that created it.")
     config_version: int
     runner_id: str | None
     tool_version: str | None
@@ -195,6 +232,14 @@ class RunOut(BaseModel):
     error_msg: str
     wait_reason: str = Field(description="Why a queued run has not started yet.")
     has_changes: bool | None
+    changes: dict[str, int] | None = Field(
+        default=None,
+        description="The plan's counts: add, change, destroy, replace, read, import, move.",
+    )
+    plan_sha256: str | None = Field(
+        default=None, description="SHA-256 of the saved plan; the apply checks it on the runner."
+    )
+    planned_at: datetime | None = None
     last_seq: int = Field(description="Seq of the last stored log line.")
     cancel_requested: str | None
     running_seconds: float = Field(
@@ -210,6 +255,59 @@ class RunOut(BaseModel):
     events: list[RunEventOut] | None = Field(
         default=None, description="The run's history (on GET /runs/{id})."
     )
+
+
+class PlanCounts(BaseModel):
+    add: int
+    change: int
+    destroy: int
+    replace: int
+    read: int
+    import_: int = Field(alias="import")
+    move: int
+
+
+class ResourceChangeOut(BaseModel):
+    address: str
+    module: str | None
+    type: str
+    name: str
+    action: str = Field(description="create, update, delete, replace or read.")
+    reason: str | None = Field(description="terraform's action_reason, e.g. replace_by_triggers.")
+    changed: list[str] = Field(description="Attribute paths whose value changes.")
+    forces_replacement: list[str] = Field(description="Attribute paths that force replacement.")
+    before: Any = Field(description="Redacted: '(sensitive value)' where anything is secret.")
+    after: Any = Field(description="Redacted; '(known after apply)' where not yet known.")
+    imported: bool
+    moved_from: str | None
+
+
+class OutputChangeOut(BaseModel):
+    name: str
+    action: str
+    before: Any
+    after: Any
+    sensitive: bool
+
+
+class PlanOut(BaseModel):
+    counts: PlanCounts
+    resource_changes: list[ResourceChangeOut] = Field(
+        description="Replacements, then deletions, updates, creations, reads."
+    )
+    output_changes: list[OutputChangeOut]
+    resource_drift: list[ResourceChangeOut] = Field(
+        description="Changes made outside terraform, found while refreshing."
+    )
+    errored: bool
+
+
+class Decision(BaseModel):
+    """The body of approve, discard and cancel (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(default="", max_length=2000, description="Kept in the run's history.")
 
 
 class TokenCreate(BaseModel):

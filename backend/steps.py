@@ -1,8 +1,11 @@
 """The phases of a run and what each sends to its runner: the terraform commands in order,
 and the workspace archive (the configuration, the state-backend override, the saved plan).
 
-    plan phase:  init, plan -out=tfplan -detailed-exitcode [-destroy]  (tfplan collected)
-    apply phase: init, apply tfplan                                     (tfplan shipped)
+    plan phase:  init, plan -out=tfplan -detailed-exitcode [-destroy],
+                 show -json tfplan  (stdout to tfplan.json; tfplan and tfplan.json collected)
+    apply phase: init, apply tfplan  (tfplan shipped, its SHA-256 checked by the runner)
+
+The plan's JSON is read into a review (backend.plans) by the backend, never logged.
 
 Both phases' terraform keeps its state in the backend: the override configures Terraform's
 `http` backend, which the runner points at its loopback state endpoint (ServeState).
@@ -21,6 +24,7 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
 OVERRIDE_NAME = "zz_iac_backend_override.tf"
 PLAN_FILE = "tfplan"
+PLAN_JSON = "tfplan.json"
 # `plan -detailed-exitcode`: 0 no changes, 2 changes, anything else an error.
 PLAN_HAS_CHANGES = 2
 
@@ -32,6 +36,7 @@ class Step:
     args: tuple[str, ...] = ()
     collect: tuple[str, ...] = ()
     cleanup: bool = False
+    stdout_file: str = ""
 
     def succeeded(self, result: pb.Result) -> bool:
         return result.success or (self.name == "plan" and result.exit_code == PLAN_HAS_CHANGES)
@@ -43,7 +48,8 @@ def phase_steps(operation: str, phase: Phase) -> list[Step]:
         args = ["-out=" + PLAN_FILE, "-detailed-exitcode"]
         if operation == "destroy":
             args.append("-destroy")
-        return [init, Step("plan", "plan", tuple(args), (PLAN_FILE,), cleanup=True)]
+        show = Step("show", "show", ("-json", PLAN_FILE), (PLAN_FILE, PLAN_JSON), True, PLAN_JSON)
+        return [init, Step("plan", "plan", tuple(args)), show]
     return [init, Step("apply", "apply", (PLAN_FILE,), cleanup=True)]
 
 

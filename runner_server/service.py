@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -39,6 +40,7 @@ from runner_stdio.tools import ToolError, check_command, get_spec
 
 log = logging.getLogger("iac_runner_server")
 
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _CHANNEL_OK = _RUN_ID_OK | frozenset(":/")
 
@@ -148,6 +150,7 @@ class RunnerService:
         args, env_vars = list(req.args), dict(req.env_vars)
         body: dict[str, Any] = {
             "tool": req.tool,
+            "work_dir": req.work_dir or f"run-{run_id}",  # resolved below
             "command": req.command,
             "args": args,
             "env_vars": env_vars,
@@ -155,6 +158,8 @@ class RunnerService:
             "sensitive_env": list(req.sensitive_env),
             "mask_values": list(req.mask_values),
         }
+        if req.stdout_file:
+            body["stdout_file"] = req.stdout_file
         try:
             parse_request(json.dumps(body).encode(), max_timeout=max_timeout())
             spec = get_spec(req.tool)
@@ -183,9 +188,12 @@ class RunnerService:
             body["tool_version"] = tool.version
         else:
             tool = next((t for t in tools if t.is_default), tools[0])
-        for rel in req.collect:
+        for rel in [*req.collect, *req.verify_sha256]:
             if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
-                raise RunnerError("invalid", f"collect path {rel!r} must be relative to work_dir")
+                raise RunnerError("invalid", f"path {rel!r} must be relative to work_dir")
+        for rel, digest in req.verify_sha256.items():
+            if not _SHA256.fullmatch(digest):
+                raise RunnerError("invalid", f"verify_sha256[{rel!r}] must be 64 hex digits")
         if self.journal.owns(work_dir):
             raise RunnerError("invalid", f"work_dir {req.work_dir!r} is the runner's own journal")
         if req.state_channel:
@@ -236,6 +244,8 @@ class RunnerService:
             self.state.close_run(run.run_id)
             self.journal.remove(run.run_id)
             self._release_slot()
+            if isinstance(exc, workspace.Mismatch):
+                raise RunnerError("precondition", str(exc)) from None
             if isinstance(exc, workspace.WorkspaceError):
                 raise RunnerError("invalid", str(exc)) from None
             if isinstance(exc, OSError):
@@ -322,6 +332,15 @@ class RunnerService:
                 if not existed:
                     workspace.remove(self.config.workspace_root, prepared.work_dir)
                 raise
+        for rel, expected in request.verify_sha256.items():
+            found = workspace.sha256_of(prepared.work_dir, rel)
+            if found != expected.lower():
+                if request.cleanup:
+                    workspace.remove(self.config.workspace_root, prepared.work_dir)
+                raise workspace.Mismatch(
+                    f"{rel} is not the file this run was given: its SHA-256 is "
+                    f"{found or '(missing)'}, expected {expected.lower()}"
+                )
 
     def _release_slot(self) -> None:
         self.active -= 1

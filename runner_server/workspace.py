@@ -7,6 +7,7 @@ bit kept). A saved plan and a state hold secrets; the tool itself runs with umas
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -18,6 +19,10 @@ from runner_stdio.protocol import RequestError
 
 class WorkspaceError(Exception):
     """A workspace archive or collect path was refused; the message says why."""
+
+
+class Mismatch(Exception):
+    """A file of work_dir is not the one the request names by its digest."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,20 @@ def collect(work_dir: str, paths: list[str], limits: Limits) -> tuple[list[tuple
             found.append((rel, f.read()))
         total += size
     return found, ("collect: " + "; ".join(problems)) if problems else ""
+
+
+def sha256_of(work_dir: str, rel: str) -> str:
+    """The SHA-256 (hex) of a regular file inside work_dir, "" when there is none (missing,
+    outside work_dir, or not a regular file)."""
+    real = os.path.realpath(work_dir)
+    path = os.path.realpath(os.path.join(real, rel))
+    if not path.startswith(real + os.sep) or not os.path.isfile(path):
+        return ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove(root: str, work_dir: str) -> None:

@@ -178,13 +178,22 @@ class Execution:
 
             tmp = tempfile.TemporaryDirectory(prefix="iac-runner-")
             cwd = tmp.name
+        stdout: int = subprocess.PIPE
         try:
+            if self.request.stdout_file:
+                # The tool's stdout as a file in work_dir (`show -json`'s document), not as
+                # output lines: never followed through a link, private to the runner user.
+                stdout = os.open(
+                    os.path.join(cwd, self.request.stdout_file),
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
             proc = subprocess.Popen(  # argv list, no shell
                 [self.binary, self.request.command, *self.request.args],
                 cwd=cwd,
                 env=tool_environment(self.spec, self.request.env_vars),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdout=stdout,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
@@ -204,6 +213,8 @@ class Execution:
                 os.close(guard_fd)
                 os.waitpid(guard_pid, 0)
         finally:
+            if stdout != subprocess.PIPE:
+                os.close(stdout)
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -216,9 +227,11 @@ class Execution:
         return outcome
 
     def _pump(self, proc: subprocess.Popen[bytes], wake_r: int) -> int:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stderr is not None
         sel = selectors.DefaultSelector()
-        pipes = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+        pipes = {proc.stderr.fileno(): "stderr"}
+        if proc.stdout is not None:
+            pipes[proc.stdout.fileno()] = "stdout"
         for fd in pipes:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
@@ -273,7 +286,8 @@ class Execution:
             sel.close()
             for stream in STREAMS:
                 sink_lines(stream, self.splitter.flush(stream))
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
             proc.stderr.close()
         return proc.wait() if returncode is None else returncode
 

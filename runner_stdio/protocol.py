@@ -2,7 +2,7 @@
 
 Request (one JSON object on stdin):
     {"tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env",
-     "tool_version", "mask_values"}
+     "tool_version", "mask_values", "stdout_file"}
 Response (one JSON object on stdout), exactly these fields:
     {"success", "output", "exit_code", "error_msg", "started_at", "ended_at"}
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 TYPE_CHECKING = False  # typing itself costs ~4 ms of start-up
@@ -27,6 +28,8 @@ EXIT_INTERNAL = 3  # iac-runner itself failed
 
 # Variables that would let a request inject code into the tool process.
 FORBIDDEN_ENV = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"})
+# stdout_file: one plain file name inside work_dir.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Arguments that would move the tool out of work_dir.
 _FORBIDDEN_ARGS = ("chdir",)
 
@@ -40,6 +43,7 @@ FIELDS = (
     "sensitive_env",
     "tool_version",
     "mask_values",
+    "stdout_file",
 )
 MAX_ARGS = 1000
 MAX_ENV_VARS = 1000
@@ -76,6 +80,7 @@ class Request:
         "env_vars",
         "mask_values",
         "sensitive_env",
+        "stdout_file",
         "timeout",
         "tool",
         "tool_version",
@@ -93,6 +98,7 @@ class Request:
         sensitive_env: list[str] | None = None,
         tool_version: str = "",
         mask_values: list[str] | None = None,
+        stdout_file: str = "",
     ) -> None:
         self.tool = tool
         self.command = command
@@ -103,6 +109,7 @@ class Request:
         self.sensitive_env = sensitive_env or []
         self.tool_version = tool_version
         self.mask_values = mask_values or []
+        self.stdout_file = stdout_file
 
     def secrets(self) -> list[str]:
         """The values to mask in every line of output: the sensitive env_vars' and
@@ -235,6 +242,16 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
             raise RequestError(f"mask_values[{i}] must be a string, got {type(value).__name__}")
         _no_nul(value, f"mask_values[{i}]")
 
+    stdout_file = _string(obj, "stdout_file", required=False) or ""
+    if stdout_file:
+        if not _FILE_NAME.fullmatch(stdout_file):
+            raise RequestError(
+                f"field 'stdout_file' {stdout_file!r} must be a file name in work_dir "
+                "(letters, digits, '.', '_', '-'; not starting with '.')"
+            )
+        if work_dir is None:
+            raise RequestError("field 'stdout_file' needs a work_dir to write it in")
+
     return Request(
         tool=tool,
         command=command,
@@ -245,6 +262,7 @@ def parse_request(raw: bytes, *, max_timeout: float) -> Request:
         sensitive_env=list(sensitive),
         tool_version=tool_version,
         mask_values=list(mask_values),
+        stdout_file=stdout_file,
     )
 
 

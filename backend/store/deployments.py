@@ -21,7 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import Cipher
 from backend.errors import Conflict, Invalid, NotFound
-from backend.models import ACTIVE_STATUSES, Deployment, Run, StateLock, StateVersion, Tool, utcnow
+from backend.models import (
+    ACTIVE_STATUSES,
+    ApprovePolicy,
+    Deployment,
+    Run,
+    StateLock,
+    StateVersion,
+    Tool,
+    utcnow,
+)
 from backend.store.validation import check_labels, check_name
 from backend.tool_versions import parse_constraint
 
@@ -58,6 +67,8 @@ async def create_deployment(
     required_labels: dict[str, str] | None = None,
     default_priority: int = 0,
     version_constraint: str | None = None,
+    auto_approve: str = ApprovePolicy.NEVER.value,
+    require_other_approver: bool = False,
 ) -> Deployment:
     check_name(name, "deployment")
     if tool not in {t.value for t in Tool}:
@@ -68,6 +79,8 @@ async def create_deployment(
         required_labels=check_labels(required_labels, "required_labels"),
         default_priority=check_priority(default_priority),
         version_constraint=check_version_constraint(version_constraint),
+        auto_approve=check_policy(auto_approve),
+        require_other_approver=require_other_approver,
     )
     existing = await session.scalar(select(Deployment).where(Deployment.name == name))
     if existing is not None:
@@ -84,6 +97,31 @@ async def create_deployment(
         # Another request created it between our check and our insert.
         raise Conflict(f"deployment {name!r} already exists") from None
     return row
+
+
+def check_policy(policy: str) -> str:
+    if policy not in {p.value for p in ApprovePolicy}:
+        raise Invalid(f"auto_approve {policy!r} is invalid: use 'never', 'always' or 'no-destroy'")
+    return policy
+
+
+async def update_deployment(
+    session: AsyncSession,
+    deployment: Deployment,
+    *,
+    default_priority: int | None = None,
+    auto_approve: str | None = None,
+    require_other_approver: bool | None = None,
+) -> Deployment:
+    """Change the settings given (None: unchanged)."""
+    if default_priority is not None:
+        deployment.default_priority = check_priority(default_priority)
+    if auto_approve is not None:
+        deployment.auto_approve = check_policy(auto_approve)
+    if require_other_approver is not None:
+        deployment.require_other_approver = require_other_approver
+    await session.flush()
+    return deployment
 
 
 def deleted_exists(row: Deployment) -> str:

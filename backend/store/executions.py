@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import Cipher
 from backend.models import ConfigVersion, Deployment, LogChunk, Run, RunStatus, utcnow
-from backend.store import run_transitions
+from backend.store import approval, run_transitions
 from backend.store import variables as variable_store
 from backend.store.runs import add_event, get_run
 from backend.store.variables import RunEnvironment
@@ -108,27 +108,40 @@ async def finish_plan(
     session: AsyncSession, run: Run, epoch: int, *, has_plan: bool, **values: Any
 ) -> None:
     """The plan phase succeeded: the run ends (a plan run, or nothing to change), or waits
-    for approval, or goes on to its apply phase (auto-approved)."""
+    for approval, or goes on to its apply phase (its approval policy allows it and the plan
+    is not stale). Records when the plan ended and the state version it was made from."""
+    values["planned_at"] = utcnow()
+    values["plan_state_version"] = await approval.newest_state_version(session, run.deployment_id)
     if run.operation == "plan" or not values["has_changes"]:
         note = "plan has changes" if values["has_changes"] else "no changes"
         await run_transitions.end(
             session, run.id, RunStatus.SUCCEEDED, exit_code=0, in_epoch=epoch, note=note,
             **values,
         )  # fmt: skip
-    elif not has_plan:
+        return
+    if not has_plan:
         await run_transitions.end(
             session, run.id, RunStatus.FAILED, "the plan file was not returned", in_epoch=epoch,
             **values,
         )  # fmt: skip
-    else:
-        to = RunStatus.APPLYING if run.auto_approve else RunStatus.AWAITING_APPROVAL
-        moved = await run_transitions.move(
-            session, run.id, to, among=[RunStatus.RUNNING], in_epoch=epoch, claimed_by=None,
-            runner_run_id=None, **values,
-        )  # fmt: skip
-        if moved:
-            note = "auto-approved" if run.auto_approve else "awaiting approval"
-            await add_event(session, run.id, "planned", note)
+        return
+    auto, why = approval.policy_holds(run.approve_policy, values.get("changes"))
+    if auto:
+        run.planned_at, run.plan_state_version = values["planned_at"], values["plan_state_version"]
+        stale = await approval.stale_reason(session, run, None)
+        if stale:
+            auto, why = False, stale
+    to = RunStatus.APPLYING if auto else RunStatus.AWAITING_APPROVAL
+    moved = await run_transitions.move(
+        session, run.id, to, among=[RunStatus.RUNNING], in_epoch=epoch, claimed_by=None,
+        runner_run_id=None, **values,
+    )  # fmt: skip
+    if moved:
+        if auto:
+            note = f"auto-approved ({run.approve_policy})"
+        else:
+            note = f"awaiting approval (not auto-applied: {why})" if why else "awaiting approval"
+        await add_event(session, run.id, "planned", note)
 
 
 async def cancel_mode(session: AsyncSession, run_id: int) -> str | None:

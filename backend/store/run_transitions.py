@@ -5,6 +5,7 @@
        └──unclaim─────┘ └───────────── auto-approved ──────────────────┘
     running, applying ─end─▶ succeeded | failed | canceled | timed_out
     queued, awaiting_approval, applying (between phases) ─cancel─▶ canceled
+    awaiting_approval ─discard─▶ discarded
 
 "unclaim": the runner refused the run's first step (full): the claim is undone and the
 run keeps its place. A change is one conditional UPDATE (`WHERE status IN (...)`, and the
@@ -23,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
 from backend.errors import Conflict
-from backend.models import CancelMode, Run, RunStatus, StateLock, utcnow
+from backend.models import CancelMode, Deployment, Run, RunStatus, StateLock, utcnow
+from backend.store import approval
 from backend.store import state as state_store
-from backend.store.runs import add_event, get_run
+from backend.store.runs import SYSTEM, add_event, get_run
 
 S = RunStatus
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
@@ -33,14 +35,15 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.RUNNING: frozenset(
         {S.QUEUED, S.AWAITING_APPROVAL, S.APPLYING, S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT}
     ),
-    S.AWAITING_APPROVAL: frozenset({S.APPLYING, S.CANCELED}),
+    S.AWAITING_APPROVAL: frozenset({S.APPLYING, S.CANCELED, S.DISCARDED}),
     S.APPLYING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELED: frozenset(),
     S.TIMED_OUT: frozenset(),
+    S.DISCARDED: frozenset(),
 }
-ENDINGS = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT})
+ENDINGS = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED, S.TIMED_OUT, S.DISCARDED})
 
 RUNS = cast(Table, Run.__table__)
 R = RUNS.c
@@ -85,6 +88,8 @@ async def end(
     exit_code: int | None = None,
     in_epoch: int | None = None,
     note: str = "",
+    actor: str = SYSTEM,
+    comment: str = "",
     **values: Any,
 ) -> bool:
     """End the run (from any status that may end so; with `in_epoch`, only while claimed in
@@ -109,25 +114,54 @@ async def end(
         await state_store.release_lock(
             session, held, f"run {run_id} ended ({status.value}) holding it", run_id
         )
-    await add_event(session, run_id, status.value, message or note)
+    await add_event(session, run_id, status.value, message or note, actor=actor, comment=comment)
     metrics.RUNS_FINISHED.labels(status.value).inc()
     return True
 
 
-async def approve(session: AsyncSession, run_id: int) -> None:
-    """A plan awaiting approval goes on to its apply phase (dispatched like a new run)."""
-    moved = await move(
-        session, run_id, RunStatus.APPLYING, among=[RunStatus.AWAITING_APPROVAL], claimed_by=None
-    )
-    if not moved:
-        run = await get_run(session, run_id)
+async def approve(
+    session: AsyncSession, run_id: int, *, actor: str, comment: str = "", plan_ttl: float
+) -> None:
+    """A plan awaiting approval goes on to its apply phase (dispatched like a new run),
+    unless it is stale (the state or configuration moved on, or it is older than
+    `plan_ttl` seconds) or the deployment wants another approver than the run's creator."""
+    run = await get_run(session, run_id, for_update=True)
+    if run.status != RunStatus.AWAITING_APPROVAL:
         raise Conflict(
             f"run {run_id} is {run.status}; only a run awaiting approval can be approved"
         )
-    await add_event(session, run_id, "approved", "")
+    deployment = await session.get_one(Deployment, run.deployment_id)
+    if deployment.require_other_approver and run.created_by == actor:
+        raise Conflict(
+            f"run {run_id} was created by {actor!r}; deployment {deployment.name!r} requires "
+            "another approver (require_other_approver)"
+        )
+    stale = await approval.stale_reason(session, run, plan_ttl)
+    if stale:
+        raise Conflict(f"run {run_id} cannot be approved: {stale}")
+    moved = await move(
+        session, run_id, RunStatus.APPLYING, among=[RunStatus.AWAITING_APPROVAL], claimed_by=None
+    )
+    if not moved:  # pragma: no cover - the row is locked above (on PostgreSQL)
+        raise Conflict(f"run {run_id} is no longer awaiting approval")
+    await add_event(session, run_id, "approved", "", actor=actor, comment=comment)
 
 
-async def cancel(session: AsyncSession, run_id: int, mode: CancelMode) -> bool:
+async def discard(session: AsyncSession, run_id: int, *, actor: str, comment: str = "") -> None:
+    """A plan awaiting approval ends without being applied; the deployment's queue moves on."""
+    ended = await end(
+        session, run_id, RunStatus.DISCARDED, note="plan discarded", actor=actor, comment=comment
+    )
+    if not ended:
+        run = await get_run(session, run_id)
+        raise Conflict(
+            f"run {run_id} is {run.status}; only a run awaiting approval can be discarded"
+        )
+
+
+async def cancel(
+    session: AsyncSession, run_id: int, mode: CancelMode, *, actor: str = SYSTEM, comment: str = ""
+) -> bool:
     """Cancel the run: at once when nothing executes it (queued, awaiting approval, between
     phases); else the request is recorded for the backend executing it, and True says the
     runner must be told."""
@@ -135,8 +169,11 @@ async def cancel(session: AsyncSession, run_id: int, mode: CancelMode) -> bool:
     if run.status in ENDINGS:
         raise Conflict(f"run {run_id} has already ended ({run.status})")
     if run.claimed_by is None:
-        await end(session, run_id, RunStatus.CANCELED, f"canceled while {run.status}")
+        await end(
+            session, run_id, RunStatus.CANCELED, f"canceled while {run.status}", actor=actor,
+            comment=comment,
+        )  # fmt: skip
         return False
     run.cancel_requested = mode.value
-    await add_event(session, run_id, "cancel_requested", mode.value)
+    await add_event(session, run_id, "cancel_requested", mode.value, actor=actor, comment=comment)
     return True

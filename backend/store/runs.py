@@ -13,6 +13,8 @@ from backend.models import Deployment, Operation, Run, RunEvent, RunStatus
 from backend.store.configs import get_config_version
 from backend.store.deployments import check_priority
 
+SYSTEM = "system"  # the actor of what the platform does by itself
+
 
 async def create_run(
     session: AsyncSession,
@@ -20,10 +22,13 @@ async def create_run(
     operation: str,
     *,
     priority: int | None = None,
-    auto_approve: bool = False,
+    approve_policy: str | None = None,
     config_version: int | None = None,
+    actor: str = SYSTEM,
+    comment: str = "",
 ) -> Run:
-    """Queue a run on the deployment's latest (or the given) config version."""
+    """Queue a run on the deployment's latest (or the given) config version; its approval
+    policy is the deployment's unless given."""
     if operation not in {o.value for o in Operation}:
         raise Invalid(f"operation {operation!r} is invalid: use 'plan', 'apply' or 'destroy'")
     config = await get_config_version(session, deployment, config_version)
@@ -33,11 +38,19 @@ async def create_run(
         operation=operation,
         status=RunStatus.QUEUED.value,
         priority=check_priority(deployment.default_priority if priority is None else priority),
-        auto_approve=auto_approve,
+        approve_policy=approve_policy or deployment.auto_approve,
+        created_by=actor,
     )
     session.add(run)
     await session.flush()
-    await add_event(session, run.id, "queued", f"{operation} queued (config v{config.version})")
+    await add_event(
+        session,
+        run.id,
+        "queued",
+        f"{operation} queued (config v{config.version})",
+        actor=actor,
+        comment=comment,
+    )
     return run
 
 
@@ -51,9 +64,18 @@ async def get_run(session: AsyncSession, run_id: int, *, for_update: bool = Fals
     return run
 
 
-async def add_event(session: AsyncSession, run_id: int, kind: str, message: str = "") -> RunEvent:
-    """Append an entry to the run's history."""
-    event = RunEvent(run_id=run_id, kind=kind, message=message)
+async def add_event(
+    session: AsyncSession,
+    run_id: int,
+    kind: str,
+    message: str = "",
+    *,
+    actor: str = SYSTEM,
+    comment: str = "",
+) -> RunEvent:
+    """Append an entry to the run's history: what, who (an API token's name, or "system"),
+    and the person's comment."""
+    event = RunEvent(run_id=run_id, kind=kind, message=message, actor=actor, comment=comment)
     session.add(event)
     await session.flush()
     return event

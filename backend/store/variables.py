@@ -37,6 +37,10 @@ class RunEnvironment:
     # Values sensitive variables held before: masked too (state and plans still hold them).
     mask_values: list[str] = field(default_factory=list)
 
+    def secrets(self) -> list[str]:
+        """Every value to keep out of what is shown: current and past sensitive values."""
+        return [self.env_vars[name] for name in self.sensitive_env] + self.mask_values
+
 
 def check_category(category: str) -> str:
     if category not in {c.value for c in VariableCategory}:

@@ -57,7 +57,13 @@ def test_plan_approve_apply_destroy(backend: Backend) -> None:
     run = backend.wait(run["id"], "awaiting_approval")
     assert run["runner_id"] == "aws-1"
     assert run["has_changes"] is True
+    assert run["changes"] == {
+        "add": 1, "change": 0, "destroy": 0, "replace": 0, "read": 0, "import": 0, "move": 0
+    }  # fmt: skip
+    assert len(run["plan_sha256"]) == 64
     assert "1 to add" in backend.log_text(run["id"])
+    # The plan's JSON is never in the log: it holds every value in the clear.
+    assert '"format_version"' not in backend.log_text(run["id"])
     backend.call("POST", f"/runs/{run['id']}/approve", 200)
     run = backend.wait(run["id"], "succeeded", "failed")
     assert run["status"] == "succeeded", run
@@ -69,6 +75,8 @@ def test_plan_approve_apply_destroy(backend: Backend) -> None:
     assert headers == [
         "==> plan phase: terraform init (runner aws-1)",
         "==> plan phase: terraform plan -out=tfplan -detailed-exitcode (runner aws-1)",
+        "==> plan phase: terraform show -json tfplan (runner aws-1)",
+        "==> Plan: 1 to add, 0 to change, 0 to destroy; 0 to replace",
         "==> apply phase: terraform init (runner aws-1)",
         "==> apply phase: terraform apply tfplan (runner aws-1)",
     ], headers
@@ -85,7 +93,7 @@ def test_plan_approve_apply_destroy(backend: Backend) -> None:
 
     destroy = backend.start("web", "destroy", auto_approve=True)
     destroy = backend.wait(destroy["id"], "succeeded", "failed")
-    assert destroy["status"] == "succeeded", destroy
+    assert destroy["status"] == "succeeded", json.dumps(destroy)
     assert "Apply complete! Resources: 0 added, 0 changed, 1 destroyed." in backend.log_text(
         destroy["id"]
     )

@@ -127,7 +127,9 @@ async def test_upgrade_keeps_every_row_and_ids_are_never_reused(fresh_db_url: st
             await conn.execute(text(f"DELETE FROM runs WHERE id = {top}"))
             left = (await conn.execute(text("SELECT count(*) FROM log_chunks"))).scalar()
             assert left == 0, "the run's log went with it"
-            new = await _insert(conn, run_sql, d=d, c=c)
+            new = await _insert(
+                conn, run_sql.replace(" auto_approve,", "").replace(" false,", ""), d=d, c=c
+            )
             assert new > top, (new, top)
     finally:
         await engine.dispose()
@@ -212,6 +214,44 @@ async def test_0005_keeps_every_row_up_and_down(fresh_db_url: str) -> None:
     # The deleted one is purged (it would come back as live), the live one keeps everything.
     for table in ("deployments", *CHILDREN):
         assert await _count(fresh_db_url, table) == 1, table
+    await migrate(fresh_db_url)
+    assert (await _inspect(fresh_db_url))[0] == []
+
+
+async def _column(url: str, sql: str) -> list[object]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(text(sql))).scalars().all())
+    finally:
+        await engine.dispose()
+
+
+async def test_0006_turns_auto_approve_into_a_policy_and_back(fresh_db_url: str) -> None:
+    """runs.auto_approve (true/false) becomes approve_policy (always/never) and comes back
+    on downgrade; no row of any table is lost either way; history entries are by 'system'."""
+    await migrate(fresh_db_url, "0005")
+    await _populate(fresh_db_url, "web", "api")
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE runs SET auto_approve = true WHERE id = 2"))
+    finally:
+        await engine.dispose()
+    await migrate(fresh_db_url)
+    for table in ("deployments", *CHILDREN):
+        assert await _count(fresh_db_url, table) == 2, table
+    policies = await _column(fresh_db_url, "SELECT approve_policy FROM runs ORDER BY id")
+    assert policies == ["never", "always"]
+    actors = await _column(fresh_db_url, "SELECT actor FROM run_events")
+    assert actors == ["system", "system"]
+    defaults = await _column(fresh_db_url, "SELECT auto_approve FROM deployments")
+    assert defaults == ["never", "never"]
+    await _downgrade(fresh_db_url, "0005")
+    for table in ("deployments", *CHILDREN):
+        assert await _count(fresh_db_url, table) == 2, table
+    flags = await _column(fresh_db_url, "SELECT auto_approve FROM runs ORDER BY id")
+    assert [bool(f) for f in flags] == [False, True]
     await migrate(fresh_db_url)
     assert (await _inspect(fresh_db_url))[0] == []
 

@@ -296,7 +296,7 @@ async def _finish(db: Database, claim: Claim, outcome: str) -> None:
 
 async def _approve(db: Database, run_id: int) -> None:
     async with db.session() as s:
-        await run_transitions.approve(s, run_id)
+        await run_transitions.approve(s, run_id, actor="test", plan_ttl=86400)
 
 
 async def _cancel(db: Database, run_id: int) -> None:

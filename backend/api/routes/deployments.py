@@ -1,5 +1,5 @@
-"""Deployment endpoints: create, list, show, delete (kept until purged), restore, purge, and
-configuration archive uploads."""
+"""Deployment endpoints: create, list, show, change settings, delete (kept until purged),
+restore, purge, and configuration archive uploads."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from backend.archive import Limits
 from backend.config import Settings
 from backend.errors import Invalid, TooLarge
 from backend.models import Deployment
-from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut
+from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut, DeploymentUpdate
 from backend.store import configs, deployments
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], route_class=CheckedRoute)
@@ -103,6 +103,14 @@ async def get_deployment(
     out = DeploymentOut.model_validate(deployment)
     out.managed_resources = await deployments.managed_resources(session, cipher, deployment.id)
     return out
+
+
+@router.patch("/{name}")
+async def update_deployment(
+    body: DeploymentUpdate, deployment: DeploymentDep, session: SessionDep
+) -> DeploymentOut:
+    row = await deployments.update_deployment(session, deployment, **body.model_dump())
+    return DeploymentOut.model_validate(row)
 
 
 @router.delete(

@@ -1,4 +1,5 @@
-"""Run endpoints: start, list, show, approve, cancel, and the log (text or live SSE)."""
+"""Run endpoints: start, list, show, its plan, approve, discard, cancel, and the log (text
+or live SSE)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
-from backend.api.deps import DatabaseDep, IdPath, SessionDep
+from backend.api.deps import CipherDep, DatabaseDep, IdPath, SessionDep, TokenDep
 from backend.api.routing import CheckedRoute
 from backend.db import Database
 from backend.engine import Engine
-from backend.errors import Invalid
+from backend.errors import Invalid, NotFound
 from backend.logs.follow import KeepAlive, StatusChange, follow
-from backend.models import Run, RunStatus
-from backend.schemas import RunCreate, RunEventOut, RunOut
+from backend.models import ApprovePolicy, Run, RunStatus
+from backend.schemas import Decision, PlanOut, RunCreate, RunEventOut, RunOut
 from backend.store import deployments, runlist
 from backend.store import logs as log_store
 from backend.store import runs as run_store
@@ -39,7 +40,8 @@ def run_out(
         operation=run.operation,
         status=run.status,
         priority=run.priority,
-        auto_approve=run.auto_approve,
+        auto_approve=run.approve_policy,
+        created_by=run.created_by,
         config_version=config_version,
         runner_id=run.runner_id,
         tool_version=run.tool_version,
@@ -50,6 +52,9 @@ def run_out(
         error_msg=run.error_msg,
         wait_reason=run.wait_reason,
         has_changes=run.has_changes,
+        changes=run.changes,
+        plan_sha256=run.plan_sha256,
+        planned_at=run.planned_at,
         last_seq=run.last_seq,
         cancel_requested=run.cancel_requested,
     )
@@ -67,7 +72,9 @@ def engine_of(request: Request) -> Engine:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_run(body: RunCreate, session: SessionDep, request: Request) -> RunOut:
+async def create_run(
+    body: RunCreate, session: SessionDep, request: Request, token: TokenDep
+) -> RunOut:
     # FOR SHARE (PostgreSQL): a delete of the deployment waits for this run to be queued
     # (and then refuses: the run is active), or this request sees the deployment deleted.
     # Runs of a deleted deployment are never queued, so never dispatched.
@@ -77,8 +84,10 @@ async def create_run(body: RunCreate, session: SessionDep, request: Request) -> 
         deployment,
         body.operation,
         priority=body.priority,
-        auto_approve=body.auto_approve,
+        approve_policy=policy_of(body.auto_approve),
         config_version=body.config_version,
+        actor=token.name,
+        comment=body.comment,
     )
     out = await one_run_out(session, run.id)  # in the same transaction
     await session.commit()
@@ -111,22 +120,72 @@ async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
 
 
 @router.post("/{run_id}/approve")
-async def approve_run(run_id: IdPath, session: SessionDep, request: Request) -> RunOut:
+async def approve_run(
+    run_id: IdPath,
+    session: SessionDep,
+    request: Request,
+    token: TokenDep,
+    body: Decision | None = None,
+) -> RunOut:
+    """Apply the plan, unless it is stale (409 says why and how to re-plan)."""
     await runlist.check_visible(session, run_id)
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
-    await engine_of(request).approve(run_id)
+    await engine_of(request).approve(run_id, token.name, body.comment if body else "")
+    return await one_run_out(session, run_id)
+
+
+@router.post("/{run_id}/discard")
+async def discard_run(
+    run_id: IdPath,
+    session: SessionDep,
+    request: Request,
+    token: TokenDep,
+    body: Decision | None = None,
+) -> RunOut:
+    """End a plan awaiting approval without applying it; the deployment's queue moves on."""
+    await runlist.check_visible(session, run_id)
+    await session.commit()
+    await engine_of(request).discard(run_id, token.name, body.comment if body else "")
     return await one_run_out(session, run_id)
 
 
 @router.post("/{run_id}/cancel")
 async def cancel_run(
-    run_id: IdPath, session: SessionDep, request: Request, force: bool = False
+    run_id: IdPath,
+    session: SessionDep,
+    request: Request,
+    token: TokenDep,
+    force: bool = False,
+    body: Decision | None = None,
 ) -> RunOut:
     await runlist.check_visible(session, run_id)
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
-    await engine_of(request).cancel(run_id, force=force)
+    await engine_of(request).cancel(
+        run_id, force=force, actor=token.name, comment=body.comment if body else ""
+    )
     session.expire_all()
     return await one_run_out(session, run_id)
+
+
+@router.get("/{run_id}/plan")
+async def run_plan(run_id: IdPath, session: SessionDep, cipher: CipherDep) -> PlanOut:
+    """The plan as a reviewer reads it: counts, resource changes (replacements and
+    deletions first) with their changed attributes, output changes, drift. Every value
+    terraform marks sensitive, or that holds a sensitive variable's value, is redacted."""
+    await runlist.check_visible(session, run_id)
+    run = await run_store.get_run(session, run_id)
+    if run.plan_summary is None:
+        raise NotFound(
+            f"run {run_id} has no plan summary"
+            + ("" if run.planned_at else f" (it is {run.status}: its plan has not ended)")
+        )
+    return PlanOut.model_validate_json(cipher.unseal(run.plan_summary))
+
+
+def policy_of(value: str | bool | None) -> str | None:
+    if isinstance(value, bool):
+        return ApprovePolicy.ALWAYS.value if value else ApprovePolicy.NEVER.value
+    return value
 
 
 def _resume_from(last_event_id: str | None, after: int) -> int:

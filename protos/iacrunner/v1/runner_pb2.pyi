@@ -15,8 +15,15 @@ CANCEL: OnDisconnect
 CONTINUE: OnDisconnect
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output", "mask_values", "state_channel")
+    __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output", "mask_values", "state_channel", "stdout_file", "verify_sha256")
     class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class VerifySha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +46,8 @@ class ExecuteRequest(_message.Message):
     PACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MASK_VALUES_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FILE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_SHA256_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     tool: str
     work_dir: str
@@ -55,7 +64,9 @@ class ExecuteRequest(_message.Message):
     packed_output: bool
     mask_values: _containers.RepeatedScalarFieldContainer[str]
     state_channel: str
-    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ..., mask_values: _Optional[_Iterable[str]] = ..., state_channel: _Optional[str] = ...) -> None: ...
+    stdout_file: str
+    verify_sha256: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., tool: _Optional[str] = ..., work_dir: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[float] = ..., sensitive_env: _Optional[_Iterable[str]] = ..., workspace: _Optional[bytes] = ..., collect: _Optional[_Iterable[str]] = ..., cleanup: _Optional[bool] = ..., on_disconnect: _Optional[_Union[OnDisconnect, str]] = ..., tool_version: _Optional[str] = ..., packed_output: _Optional[bool] = ..., mask_values: _Optional[_Iterable[str]] = ..., state_channel: _Optional[str] = ..., stdout_file: _Optional[str] = ..., verify_sha256: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
     __slots__ = ("started", "output", "result")

@@ -1,0 +1,76 @@
+"""Whether a plan may be applied: the stale-plan guard and the approval policies.
+
+A plan is applied only as it was reviewed: not after the deployment's state moved on (a
+newer state version than the one the plan was made from), not after a newer configuration
+was uploaded, and not once it is older than the plan TTL. Each refusal says which and how
+to re-plan. An apply or destroy goes on without a person only when its policy says so:
+`always`, or `no-destroy` when the plan deletes and replaces nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import ApprovePolicy, ConfigVersion, Deployment, Run, StateVersion, utcnow
+
+
+async def newest_state_version(session: AsyncSession, deployment_id: int) -> int | None:
+    """The id of the deployment's newest state version (a deletion counts), None if none."""
+    newest: int | None = await session.scalar(
+        select(func.max(StateVersion.id)).where(StateVersion.deployment_id == deployment_id)
+    )
+    return newest
+
+
+async def stale_reason(session: AsyncSession, run: Run, ttl_seconds: float | None) -> str:
+    """Why the run's plan may no longer be applied ("" when it may); its age is not checked
+    without `ttl_seconds`."""
+    deployment = await session.get_one(Deployment, run.deployment_id)
+    again = f"re-plan with `iac {run.operation} {deployment.name}`"
+    newest = await newest_state_version(session, run.deployment_id)
+    if newest != run.plan_state_version:
+        return (
+            f"the state of {deployment.name!r} changed after this plan was made (state version "
+            f"{newest} is newer than the plan's {run.plan_state_version or 'empty state'}): {again}"
+        )
+    versions = await session.execute(
+        select(ConfigVersion.id, ConfigVersion.version)
+        .where(ConfigVersion.deployment_id == run.deployment_id)
+        .order_by(ConfigVersion.version.desc())
+        .limit(1)
+    )
+    latest = versions.first()
+    if latest is not None and latest.id != run.config_version_id:
+        planned = await session.scalar(
+            select(ConfigVersion.version).where(ConfigVersion.id == run.config_version_id)
+        )
+        return (
+            f"a newer configuration (v{latest.version}) was uploaded after this plan's "
+            f"(v{planned}): {again}"
+        )
+    if ttl_seconds is None or run.planned_at is None:
+        return ""
+    if utcnow() - run.planned_at > timedelta(seconds=ttl_seconds):
+        return (
+            f"the plan is older than the plan TTL ({ttl_seconds:g} s, IAC_PLAN_TTL; made "
+            f"{run.planned_at.isoformat(timespec='seconds')}): {again}"
+        )
+    return ""
+
+
+def policy_holds(policy: str, counts: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether `policy` applies a plan with these counts without a person, and why not."""
+    if policy == ApprovePolicy.ALWAYS:
+        return True, ""
+    if policy == ApprovePolicy.NO_DESTROY:
+        if counts is None:
+            return False, "no-destroy: the plan's changes could not be read"
+        destroy, replace = counts.get("destroy", 0), counts.get("replace", 0)
+        if destroy or replace:
+            return False, f"no-destroy: the plan destroys {destroy} and replaces {replace}"
+        return True, ""
+    return False, ""
