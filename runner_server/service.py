@@ -188,9 +188,15 @@ class RunnerService:
             body["tool_version"] = tool.version
         else:
             tool = next((t for t in tools if t.is_default), tools[0])
-        for rel in [*req.collect, *req.verify_sha256]:
-            if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
-                raise RunnerError("invalid", f"path {rel!r} must be relative to work_dir")
+        for name, paths in (
+            ("collect", list(req.collect)),
+            ("verify_sha256", [*req.verify_sha256]),
+        ):
+            for rel in paths:
+                if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
+                    raise RunnerError(
+                        "invalid", f"{name} path {rel!r} must be relative to work_dir"
+                    )
         for rel, digest in req.verify_sha256.items():
             if not _SHA256.fullmatch(digest):
                 raise RunnerError("invalid", f"verify_sha256[{rel!r}] must be 64 hex digits")

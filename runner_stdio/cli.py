@@ -49,6 +49,10 @@ environment: e.g. a variable's past values), that are replaced by *** in all out
 in error_msg, in every form terraform or tofu prints a string (quoted, JSON-escaped,
 escaped twice, line by line).
 
+stdout_file (optional, a file name) sends the tool's stdout, unmasked, to that file in
+work_dir (0600; never through a symlink) instead of the output: `show -json tfplan`,
+whose document holds every value in the clear and is redacted by the backend.
+
 tool_version (optional) picks a binary listed in IAC_RUNNER_TOOLS
 ("terraform@1.11.4=/opt/terraform/1.11.4/terraform,..."), or the default binary
 (IAC_RUNNER_TERRAFORM_BIN / IAC_RUNNER_TOFU_BIN or PATH) when its `version -json` is that

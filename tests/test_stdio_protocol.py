@@ -100,6 +100,34 @@ def test_work_dir_may_be_omitted(tool_env, tmp_path):
     assert not os.path.exists(cwd)
 
 
+def test_stdout_file_takes_the_tool_s_stdout_and_never_follows_a_link(tool_env, tmp_path):
+    """stdout_file: the tool's stdout, unmasked, in a 0600 file of work_dir instead of the
+    output (stderr still streams); a symlink in its place is refused, not written through."""
+    tool = fake_tool(
+        tmp_path, "import sys\nprint('{\"k\": \"s3cret\"}')\nprint('warn', file=sys.stderr)\n"
+    )
+    env = {**tool_env, "IAC_RUNNER_TERRAFORM_BIN": tool}
+    work = tmp_path / "work"
+    work.mkdir()
+    request = {
+        "tool": "terraform", "command": "show", "work_dir": str(work), "stdout_file": "out.json",
+        "env_vars": {"X": "s3cret"}, "sensitive_env": ["X"],
+    }  # fmt: skip
+    result = run_runner(request, env)
+    assert result.status == EXIT_OK, result.response
+    assert result.response["output"] == "warn\n"
+    assert json.loads((work / "out.json").read_text()) == {"k": "s3cret"}
+    assert (work / "out.json").stat().st_mode & 0o777 == 0o600
+    (work / "out.json").unlink()
+    target = tmp_path / "target"
+    target.write_text("untouched")
+    (work / "out.json").symlink_to(target)
+    refused = run_runner(request, env)
+    assert refused.status == EXIT_INTERNAL, refused.response
+    assert "could not run terraform" in refused.response["error_msg"]
+    assert target.read_text() == "untouched"
+
+
 def test_what_the_tool_sees(tool_env, tmp_path):
     """argv as given (no shell), cwd = work_dir, stdin /dev/null, automation variables,
     env_vars on top of the inherited environment, iac-runner's own IAC_* settings and
@@ -296,6 +324,10 @@ BAD_REQUESTS: list[Case] = [
     case("tool-not-string", _req(tool=["terraform"]), "field 'tool' must be a string, got list"),
     case("command-not-string", _req(command=1), "field 'command' must be a string, got int"),
     case("work-dir-not-string", _req(work_dir=5), "field 'work_dir' must be a string, got int"),
+    case("stdout-file-no-work-dir", _req(stdout_file="out.json"), "needs a work_dir"),
+    case("stdout-file-path", _req(stdout_file="../out.json", work_dir="{tmp}"), "'stdout_file'"),
+    case("stdout-file-dot", _req(stdout_file=".out", work_dir="{tmp}"), "'stdout_file'"),
+    case("stdout-file-not-string", _req(stdout_file=1), "field 'stdout_file' must be a string"),
     case("args-not-list", _req(args="-out=x"), "field 'args' must be a list of strings, got str"),
     case("args-empty-string", _req(args=""), "field 'args' must be a list of strings, got str"),
     case("args-item-not-string", _req(args=["-json", 3]), "args[1] must be a string, got int"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -96,9 +97,36 @@ def test_full_lifecycle_with_workspace_archive_and_artifacts(runner: RunnerProce
     assert [a.path for a in result.artifacts] == ["tfplan"]
     assert result.artifacts[0].content[:2] == b"PK"  # a plan file is a zip
     assert "'missing.txt' not found" in result.error_msg
-    apply = execute(
-        stub, tool="terraform", command="apply", work_dir="run-7", args=["tfplan"], cleanup=True
+    # The plan's JSON goes to a file, not to the output (it holds every value in the clear).
+    show = execute(
+        stub,
+        tool="terraform",
+        command="show",
+        work_dir="run-7",
+        args=["-json", "tfplan"],
+        env_vars={"TF_VAR_greeting": "from-grpc"},
+        sensitive_env=["TF_VAR_greeting"],
+        stdout_file="tfplan.json",
+        collect=["tfplan.json"],
     )
+    assert result_of(show).success, result_of(show).error_msg
+    assert not [line for line in lines_of(show) if line.stream == "stdout"]
+    document = json.loads(result_of(show).artifacts[0].content)
+    assert document["format_version"] and document["resource_changes"]
+    assert os.stat(runner.workspace_root / "run-7" / "tfplan.json").st_mode & 0o777 == 0o600
+    # The apply runs only on the plan that was approved: its digest is checked first.
+    digest = hashlib.sha256(result.artifacts[0].content).hexdigest()
+    with pytest.raises(grpc.RpcError) as refused:
+        execute(
+            stub, tool="terraform", command="apply", work_dir="run-7", args=["tfplan"],
+            verify_sha256={"tfplan": "0" * 64},
+        )  # fmt: skip
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"its SHA-256 is {digest}, expected {'0' * 64}" in refused.value.details()
+    apply = execute(
+        stub, tool="terraform", command="apply", work_dir="run-7", args=["tfplan"], cleanup=True,
+        verify_sha256={"tfplan": digest.upper()},
+    )  # fmt: skip
     assert result_of(apply).success
     assert "provisioned from-grpc" in "\n".join(line.text for line in lines_of(apply))
     assert not (runner.workspace_root / "run-7").exists(), "cleanup removes the work_dir"
@@ -127,6 +155,16 @@ def test_full_lifecycle_with_workspace_archive_and_artifacts(runner: RunnerProce
         ({"tool": "terraform", "command": "plan", "timeout": -1}, "'timeout'"),
         ({"tool": "terraform", "command": "plan", "sensitive_env": ["NOPE"]}, "not in env_vars"),
         ({"tool": "terraform", "command": "plan", "collect": ["../x"]}, "collect path"),
+        ({"tool": "terraform", "command": "show", "stdout_file": "../x"}, "'stdout_file'"),
+        ({"tool": "terraform", "command": "show", "stdout_file": ".hidden"}, "'stdout_file'"),
+        (
+            {"tool": "terraform", "command": "apply", "verify_sha256": {"../tfplan": "0" * 64}},
+            "verify_sha256 path",
+        ),
+        (
+            {"tool": "terraform", "command": "apply", "verify_sha256": {"tfplan": "zz"}},
+            "64 hex digits",
+        ),
         ({"tool": "terraform", "command": "plan", "run_id": "a/b"}, "run_id"),
         ({"tool": "terraform", "command": "plan", "workspace": b"not a tar"}, "not a tar"),
     ],
