@@ -128,6 +128,12 @@ def _redact(value: Any, sensitive: Any, unknown: Any, secrets: list[str]) -> Any
     return value
 
 
+def redact(value: Any, sensitive: Any, secrets: list[str]) -> Any:
+    """`value` with what terraform marks sensitive, and every string holding one of
+    `secrets`, replaced by SENSITIVE."""
+    return _redact(value, sensitive, None, sorted(set(filter(None, secrets)), key=len))
+
+
 def _marked(value: Any, sensitive: Any, found: set[str]) -> None:
     """Collect the strings of `value` that terraform's `sensitive` mask covers."""
     if sensitive is True:

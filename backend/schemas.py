@@ -175,6 +175,22 @@ class StateOut(BaseModel):
     versions: list[StateVersionOut]
 
 
+class OutputOut(BaseModel):
+    name: str
+    value: Any = Field(description="'(sensitive value)' for a sensitive output.")
+    type: Any
+    sensitive: bool
+
+
+class ResourceOut(BaseModel):
+    address: str
+    mode: str = Field(description="managed or data")
+    type: str
+    name: str
+    module: str | None
+    provider: str
+
+
 class Message(BaseModel):
     detail: str
 

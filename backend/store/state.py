@@ -23,7 +23,7 @@ from sqlalchemy.orm import defer
 from backend.crypto import Cipher
 from backend.errors import Conflict, Invalid, NotFound, StateLocked
 from backend.models import Deployment, Run, StateLock, StateVersion
-from backend.store.runs import add_event
+from backend.store.runs import SYSTEM, add_event
 from backend.store.validation import check_text, parse_json
 
 MAX_LOCK_ID_CHARS = 255
@@ -276,7 +276,13 @@ async def delete_state(
 
 
 async def release_lock(
-    session: AsyncSession, deployment_id: int, reason: str, run_id: int | None = None
+    session: AsyncSession,
+    deployment_id: int,
+    reason: str,
+    run_id: int | None = None,
+    *,
+    actor: str = SYSTEM,
+    comment: str = "",
 ) -> StateLock | None:
     """Force-release the deployment's state lock (after a forced kill or a lost runner) and
     record why in the history of ``run_id`` (default: the run that held the lock).
@@ -294,6 +300,8 @@ async def release_lock(
             target,
             "state_lock_released",
             f"lock {lock.lock_id} held by {holder} force-released: {reason}",
+            actor=actor,
+            comment=comment,
         )
     return lock
 

@@ -1,27 +1,37 @@
-"""A deployment's Terraform state for API users: its versions, its lock holder, a download.
+"""A deployment's Terraform state for API users: its versions, its lock holder (and a
+force-unlock), a download, its outputs and the resources it records.
 
 Terraform itself reaches the state through its runner (see `backend.state_service`).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import asyncio
+from typing import Annotated
 
-from backend.api.deps import (
-    CipherDep,
-    DeploymentDep,
-    IdPath,
-    SessionDep,
-)
+from fastapi import APIRouter, Query, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend import state_views
+from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, TokenDep
 from backend.api.routing import CheckedRoute
-from backend.models import Run
-from backend.schemas import StateLockOut, StateOut, StateVersionOut
-from backend.store import state
+from backend.crypto import Cipher
+from backend.errors import Conflict, Forbidden
+from backend.models import STATE_ACCESS_STATUSES, Deployment, Run
+from backend.schemas import (
+    Decision,
+    OutputOut,
+    ResourceOut,
+    StateLockOut,
+    StateOut,
+    StateVersionOut,
+)
+from backend.store import state, variables
 
-api_router = APIRouter(prefix="/deployments/{name}/state", tags=["state"], route_class=CheckedRoute)
+api_router = APIRouter(prefix="/deployments/{name}", tags=["state"], route_class=CheckedRoute)
 
 
-@api_router.get("")
+@api_router.get("/state")
 async def show_state(deployment: DeploymentDep, session: SessionDep) -> StateOut:
     lock = await state.get_lock(session, deployment.id)
     lock_out = None
@@ -42,7 +52,7 @@ async def show_state(deployment: DeploymentDep, session: SessionDep) -> StateOut
 
 
 @api_router.get(
-    "/versions/{version_id}",
+    "/state/versions/{version_id}",
     response_class=Response,
     responses={200: {"content": {"application/json": {}}}},
 )
@@ -51,3 +61,63 @@ async def download_state(
 ) -> Response:
     row = await state.get_state_version(session, deployment, version_id)
     return Response(cipher.unseal(row.data), media_type="application/json")
+
+
+async def _latest(session: AsyncSession, cipher: Cipher, deployment: Deployment) -> bytes:
+    row = await state.current_state(session, deployment.id)
+    return cipher.unseal(row.data) if row is not None else b""
+
+
+@api_router.get("/outputs")
+async def show_outputs(
+    deployment: DeploymentDep,
+    session: SessionDep,
+    cipher: CipherDep,
+    reveal: Annotated[
+        bool, Query(description="Show sensitive values: needs a role that may read them.")
+    ] = False,
+) -> list[OutputOut]:
+    """The outputs of the latest state; a sensitive one (or one holding a sensitive
+    variable's value) as '(sensitive value)'."""
+    if reveal:
+        raise Forbidden(
+            "sensitive outputs are never revealed through the API yet: no token has a role "
+            "that may read them (read the state version as an administrator instead)"
+        )
+    data = await _latest(session, cipher, deployment)
+    env = await variables.run_environment(session, cipher, deployment)
+    found = await asyncio.to_thread(state_views.outputs, data, env.secrets())
+    return [OutputOut.model_validate(o, from_attributes=True) for o in found]
+
+
+@api_router.get("/state/resources")
+async def list_resources(
+    deployment: DeploymentDep, session: SessionDep, cipher: CipherDep
+) -> list[ResourceOut]:
+    """The resource instances of the latest state (addresses, no attribute values)."""
+    data = await _latest(session, cipher, deployment)
+    found = await asyncio.to_thread(state_views.resources, data)
+    return [ResourceOut.model_validate(r, from_attributes=True) for r in found]
+
+
+@api_router.post("/state/unlock")
+async def force_unlock(
+    deployment: DeploymentDep, session: SessionDep, token: TokenDep, body: Decision | None = None
+) -> StateOut:
+    """Release a state lock whose holder is gone (its run ended, or no run holds it); a
+    lock of a run still executing is refused: cancel the run instead."""
+    lock = await state.get_lock(session, deployment.id)
+    if lock is None:
+        raise Conflict(f"the state of {deployment.name!r} is not locked")
+    if lock.run_id is not None:
+        holder = await session.get(Run, lock.run_id)
+        if holder is not None and holder.status in STATE_ACCESS_STATUSES:
+            raise Conflict(
+                f"the state of {deployment.name!r} is locked by run {lock.run_id}, which is "
+                f"{holder.status}: cancel it (`iac runs cancel {lock.run_id}`), which releases "
+                "the lock"
+            )
+    comment = body.comment if body else ""
+    reason = f"force-unlocked by {token.name}" + (f": {comment}" if comment else "")
+    await state.release_lock(session, deployment.id, reason, actor=token.name, comment=comment)
+    return await show_state(deployment, session)
