@@ -18,6 +18,7 @@ import click
 from iac_cli.context import State
 from iac_cli.deployments import deployments
 from iac_cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
+from iac_cli.review import outputs, state_group
 from iac_cli.runners import runners
 from iac_cli.runs import INTERRUPTED, apply, destroy, logs, plan, runs
 from iac_cli.tokens import tokens
@@ -62,6 +63,8 @@ app.add_command(apply)
 app.add_command(destroy)
 app.add_command(runs)
 app.add_command(logs)
+app.add_command(outputs)
+app.add_command(state_group)
 
 
 def error(message: str) -> None:

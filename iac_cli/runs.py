@@ -14,20 +14,28 @@ import httpx
 from iac_cli.context import F, State, json_option, pass_state
 from iac_cli.logstream import End, Lines, LogStream, Status
 from iac_cli.output import run_duration, run_waited, show_time
-from iac_cli.watch import Followed, approval_hint, follow_run, outcome_line
+from iac_cli.watch import (
+    Followed,
+    approval_hint,
+    follow_run,
+    outcome_line,
+    plan_line,
+    short_counts,
+)
 
 INTERRUPTED = 130
 RUN_STATUSES = (
     "queued",
     "running",
-    "planned",
     "awaiting_approval",
     "applying",
     "succeeded",
     "failed",
     "canceled",
     "timed_out",
+    "discarded",
 )
+POLICIES = ("never", "always", "no-destroy")
 
 
 def report(state: State, followed: Followed, as_json: bool) -> int:
@@ -36,7 +44,7 @@ def report(state: State, followed: Followed, as_json: bool) -> int:
     if as_json:
         state.output.json(run)
     if followed.stopped_for_approval:
-        state.output.note(approval_hint(run["id"]), "bold")
+        state.output.note(approval_hint(run), "bold")
     else:
         message, style = outcome_line(run)
         state.output.note(message, style)
@@ -77,16 +85,17 @@ def start_run(
     operation: str,
     *,
     priority: int | None,
-    auto_approve: bool,
+    auto_approve: str | None,
     follow: bool,
     config_version: int | None,
     as_json: bool,
+    comment: str = "",
 ) -> int:
-    body: dict[str, Any] = {"deployment": name, "operation": operation}
+    body: dict[str, Any] = {"deployment": name, "operation": operation, "comment": comment}
     if priority is not None:
         body["priority"] = priority
     if auto_approve:
-        body["auto_approve"] = True
+        body["auto_approve"] = auto_approve
     if config_version is not None:
         body["config_version"] = config_version
     run = state.api.json("POST", "/runs", json=body)
@@ -103,9 +112,8 @@ def start_run(
             state.output.result(str(run_id))
             state.output.note(f"follow it: iac logs {run_id} --follow")
         return 0
-    return follow_and_report(
-        state, run_id, as_json=as_json, stop_at_approval=operation != "plan" and not auto_approve
-    )
+    # A policy that may not apply this plan (never, no-destroy) stops at the approval.
+    return follow_and_report(state, run_id, as_json=as_json, stop_at_approval=operation != "plan")
 
 
 def run_options(with_auto_approve: bool) -> Callable[[F], F]:
@@ -120,9 +128,17 @@ def run_options(with_auto_approve: bool) -> Callable[[F], F]:
             is_flag=True,
             help="Print the run id and return at once instead of following the log.",
         )(f)
+        f = click.option("--comment", default="", help="Kept in the run's history.")(f)
         if with_auto_approve:
             f = click.option(
-                "--auto-approve", is_flag=True, help="Apply the plan without waiting for approval."
+                "--auto-approve",
+                type=click.Choice(POLICIES),
+                is_flag=False,
+                flag_value="always",
+                default=None,
+                help="Apply without a person's approval: alone (or =always) always; "
+                "=no-destroy when the plan deletes and replaces nothing; =never waits. "
+                "Default: the deployment's policy.",
             )(f)
         f = click.option(
             "--priority", type=int, help="Higher runs first (default: the deployment's)."
@@ -139,6 +155,7 @@ def plan(
     state: State,
     name: str,
     priority: int | None,
+    comment: str,
     no_follow: bool,
     config_version: int | None,
     as_json: bool,
@@ -149,10 +166,11 @@ def plan(
         name,
         "plan",
         priority=priority,
-        auto_approve=False,
+        auto_approve=None,
         follow=not no_follow,
         config_version=config_version,
         as_json=as_json,
+        comment=comment,
     )
 
 
@@ -164,7 +182,8 @@ def _apply_like(operation: str) -> click.Command:
         state: State,
         name: str,
         priority: int | None,
-        auto_approve: bool,
+        auto_approve: str | None,
+        comment: str,
         no_follow: bool,
         config_version: int | None,
         as_json: bool,
@@ -178,14 +197,15 @@ def _apply_like(operation: str) -> click.Command:
             follow=not no_follow,
             config_version=config_version,
             as_json=as_json,
+            comment=comment,
         )
 
     verb = "apply" if operation == "apply" else "destroy everything in"
     command.help = (
         f"Plan, then {verb} deployment NAME once approved, following the log. Stops with exit "
-        "code 0 when the plan awaits approval (approve with `iac runs approve ID`); with "
-        "--auto-approve follows to the end. Exit code: 0 succeeded, 1 failed, canceled or "
-        "timed out."
+        "code 0 when the plan awaits approval (review it with `iac runs plan ID`, approve "
+        "with `iac runs approve ID`); when the approval policy applies it, follows to the "
+        "end. Exit code: 0 succeeded, 1 failed, canceled or timed out."
     )
     return command
 
@@ -196,7 +216,7 @@ destroy = _apply_like("destroy")
 
 @click.group()
 def runs() -> None:
-    """Runs: list, show, approve, cancel."""
+    """Runs: list, show, review the plan, approve, discard, cancel."""
 
 
 @runs.command("list")
@@ -223,6 +243,7 @@ def list_runs(
             "DEPLOYMENT",
             "OPERATION",
             "STATUS",
+            "CHANGES",
             "PRIORITY",
             "RUNNER",
             "CREATED",
@@ -235,6 +256,7 @@ def list_runs(
                 r["deployment"],
                 r["operation"],
                 r["status"],
+                short_counts(r.get("changes")),
                 str(r["priority"]),
                 r.get("runner_id") or "-",
                 show_time(r["created_at"]),
@@ -244,6 +266,10 @@ def list_runs(
             for r in rows
         ],
     )
+
+
+def yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
 
 
 @runs.command("show")
@@ -265,11 +291,17 @@ def show_run(state: State, run_id: int, as_json: bool) -> None:
             ("status", run["status"]),
             ("wait reason", run.get("wait_reason") or "-"),
             ("priority", str(run["priority"])),
-            ("auto-approve", "yes" if run["auto_approve"] else "no"),
+            ("auto-approve", run["auto_approve"]),
+            ("created by", run.get("created_by") or "-"),
             ("configuration", f"version {run['config_version']}"),
             ("runner", run.get("runner_id") or "-"),
             ("tool version", run.get("tool_version") or "-"),
-            ("changes", "-" if has_changes is None else ("yes" if has_changes else "no")),
+            (
+                "changes",
+                plan_line(run.get("changes"))
+                or ("-" if has_changes is None else ("yes" if has_changes else "no")),
+            ),
+            ("plan sha256", run.get("plan_sha256") or "-"),
             ("created", show_time(run["created_at"])),
             ("started", show_time(run.get("started_at"))),
             ("ended", show_time(run.get("ended_at"))),
@@ -284,21 +316,31 @@ def show_run(state: State, run_id: int, as_json: bool) -> None:
     if events:
         state.output.result("")
         state.output.table(
-            ["AT", "EVENT", "MESSAGE"],
-            [[show_time(e["at"]), e["kind"], e.get("message") or ""] for e in events],
+            ["AT", "EVENT", "BY", "MESSAGE"],
+            [
+                [
+                    show_time(e["at"]),
+                    e["kind"],
+                    e.get("actor") or "-",
+                    (e.get("message") or "") + (f" — {e['comment']}" if e.get("comment") else ""),
+                ]
+                for e in events
+            ],
         )
 
 
 @runs.command("approve")
 @click.argument("run_id", metavar="ID", type=int)
 @click.option("--follow", is_flag=True, help="Follow the apply's log to the end.")
+@click.option("--comment", default="", help="Kept in the run's history.")
 @json_option
 @pass_state
-def approve(state: State, run_id: int, follow: bool, as_json: bool) -> int:
-    """Approve the plan of a run awaiting approval, so it applies."""
+def approve(state: State, run_id: int, follow: bool, comment: str, as_json: bool) -> int:
+    """Approve the plan of a run awaiting approval, so it applies. Refused when the plan is
+    stale (the state or configuration changed, or it is older than the plan TTL)."""
     # Nothing is logged while a run awaits approval: the apply's lines come after this seq.
     after_seq = int(state.api.run(run_id)["last_seq"])
-    run = state.api.json("POST", f"/runs/{run_id}/approve")
+    run = state.api.json("POST", f"/runs/{run_id}/approve", json={"comment": comment})
     state.output.note(f"run {run_id} approved: {run['status']}", "bold")
     if follow:
         return follow_and_report(
@@ -314,12 +356,18 @@ def approve(state: State, run_id: int, follow: bool, as_json: bool) -> int:
 @click.option(
     "--force", is_flag=True, help="Kill terraform at once instead of interrupting it gracefully."
 )
+@click.option("--comment", default="", help="Kept in the run's history.")
 @json_option
 @pass_state
-def cancel(state: State, run_id: int, force: bool, as_json: bool) -> None:
+def cancel(state: State, run_id: int, force: bool, comment: str, as_json: bool) -> None:
     """Cancel a run: terraform gets SIGINT (stops cleanly, releases its lock), then is
     killed after a grace period; --force kills it at once."""
-    run = state.api.json("POST", f"/runs/{run_id}/cancel", params={"force": str(force).lower()})
+    run = state.api.json(
+        "POST",
+        f"/runs/{run_id}/cancel",
+        params={"force": str(force).lower()},
+        json={"comment": comment},
+    )
     if as_json:
         state.output.json(run)
         return

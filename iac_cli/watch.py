@@ -159,6 +159,8 @@ def outcome_line(run: dict[str, Any]) -> tuple[str, str]:
         detail = ""
         if op == "plan" or run.get("has_changes") is False:
             detail = ", plan has changes" if run.get("has_changes") else ", no changes"
+        if run.get("changes") and run.get("has_changes"):
+            detail = f", {plan_line(run['changes'])}"
         waited = run.get("waiting_seconds")
         if waited:
             took += f" running, {show_duration(float(waited))} waiting"
@@ -170,8 +172,29 @@ def outcome_line(run: dict[str, Any]) -> tuple[str, str]:
     return f"run {run_id} {status}{reason}{suffix}", "red"
 
 
-def approval_hint(run_id: int) -> str:
+def plan_line(changes: dict[str, int] | None) -> str:
+    """The plan's counts as terraform words them, with replacements counted apart."""
+    if not changes:
+        return ""
     return (
-        f"run {run_id} is awaiting approval. Approve it with: iac runs approve {run_id} "
-        f"--follow   (or cancel it: iac runs cancel {run_id})"
+        f"Plan: {changes['add']} to add, {changes['change']} to change, "
+        f"{changes['destroy']} to destroy; {changes['replace']} to replace"
+    )
+
+
+def short_counts(changes: dict[str, int] | None) -> str:
+    """`+2 ~1 -0` (and `±1` for replacements) for lists."""
+    if not changes:
+        return "-"
+    text = f"+{changes['add']} ~{changes['change']} -{changes['destroy']}"
+    return text + (f" ±{changes['replace']}" if changes.get("replace") else "")
+
+
+def approval_hint(run: dict[str, Any]) -> str:
+    run_id = run["id"]
+    summary = plan_line(run.get("changes"))
+    return (
+        (f"{summary}\n" if summary else "")
+        + f"run {run_id} is awaiting approval. Review it: iac runs plan {run_id}; approve it: "
+        f"iac runs approve {run_id} --follow   (or discard it: iac runs discard {run_id})"
     )

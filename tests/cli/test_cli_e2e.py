@@ -147,6 +147,13 @@ def test_plan_approve_apply_destroy(platform: Platform, tmp_path: Path) -> None:
     run = json_of(platform.iac("runs", "show", str(run_id), "--json"))
     assert run["status"] == "awaiting_approval"
     assert run["priority"] == 5 and run["runner_id"] == "aws-1"
+    # The review: the counts as the plan ends, then the resource changes.
+    assert "Plan: 1 to add, 0 to change, 0 to destroy; 0 to replace" in apply.stderr
+    review = platform.iac("runs", "plan", str(run_id)).ok().stdout
+    assert "Plan: 1 to add" in review and "+ terraform_data.example  create" in review, review
+    assert SECRET not in review
+    counts = json_of(platform.iac("runs", "plan", str(run_id), "--json"))["counts"]
+    assert counts["add"] == 1 and counts["destroy"] == 0
 
     approved = platform.iac("runs", "approve", str(run_id), "--follow").ok()
     assert "Apply complete! Resources: 1 added" in approved.stdout
@@ -164,6 +171,11 @@ def test_plan_approve_apply_destroy(platform: Platform, tmp_path: Path) -> None:
     assert runs[0]["waiting_seconds"] > 0 and runs[0]["running_seconds"] > 0
     table = platform.iac("runs", "list", "--deployment", "web").ok().stdout
     assert re.search(r"RUNNING\s+WAITED", table) and re.search(r"\d+\.\ds\s+\d+\.\ds", table)
+    assert re.search(r"succeeded\s+\+1 ~0 -0\s", table), table
+    assert json_of(platform.iac("outputs", "web", "--json")) == {"greeting": "(sensitive value)"}
+    assert platform.iac("state", "list", "web").ok().stdout == "terraform_data.example\n"
+    unlock = platform.iac("state", "unlock", "web")
+    assert unlock.returncode == 2 and "the state of 'web' is not locked" in unlock.stderr
     log = json_of(platform.iac("logs", str(run_id), "--json"))
     assert log["last_seq"] == len(log["lines"]) > 0
     assert platform.iac("logs", str(run_id)).ok().stdout.splitlines() == log["lines"]
