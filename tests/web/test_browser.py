@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Dialog, Page, Request, expect
 
+from tests.backend.archives import tar_gz
 from tests.backend.platform import TOKEN
 from tests.conftest import OFFLINE_CONFIG, pids_matching, wait_for
 from tests.web.conftest import Platform, screenshot, sign_in
@@ -98,9 +99,9 @@ def test_sign_in_then_the_overview_shows_new_runs_without_a_reload(
     row = page.locator(f"#runs tr[data-run-id='{run['id']}']")
     expect(row.locator(".status")).to_have_text("succeeded")
     cells = row.locator("td").all_inner_texts()
-    assert cells[1:5] == ["overview", "plan", "succeeded", "gcp-1"], cells
-    assert cells[6] and cells[7] and cells[8], cells  # queued, started, ended
-    assert re.fullmatch(r"\d+\.\d s", cells[9]), cells
+    assert cells[1:6] == ["overview", "plan", "succeeded", "+1 ~0 -0", "gcp-1"], cells
+    assert cells[7] and cells[8] and cells[9], cells  # queued, started, ended
+    assert re.fullmatch(r"\d+\.\d s", cells[10]), cells
     row.locator("a").first.click()
     page.wait_for_url(f"{platform.url}/runs/{run['id']}")
     expect(page.locator("#run-status")).to_have_text("succeeded")
@@ -440,3 +441,63 @@ def test_the_api_docs_render_offline_under_the_csp(platform: Platform, page: Pag
     assert elsewhere == [], elsewhere
     refused = [line for line in console if "Content Security Policy" in line or "Refused" in line]
     assert refused == [], refused
+
+
+REVIEW_V1 = """\
+resource "terraform_data" "kept" { input = "v1" }
+resource "terraform_data" "gone" { input = "bye" }
+resource "terraform_data" "trigger" { input = "t1" }
+resource "terraform_data" "replaced" {
+  input = "stable"
+  lifecycle { replace_triggered_by = [terraform_data.trigger] }
+}
+output "version" { value = "v1" }
+"""
+REVIEW_V2 = (
+    REVIEW_V1.replace('input = "v1"', 'input = "v2"')
+    .replace('resource "terraform_data" "gone" { input = "bye" }\n', "")
+    .replace('input = "t1"', 'input = "t2"')
+    .replace('value = "v1"', 'value = "v2"')
+    + 'resource "terraform_data" "fresh" { input = "new" }\n'
+)
+
+
+def test_review_a_plan_on_the_page_then_discard_it(platform: Platform, page: Page) -> None:
+    """The run page shows the plan's counts and its resource changes, replacements and
+    deletions first, each with its changed attributes; Discard ends it unapplied."""
+    backend = platform.backend
+    backend.deploy("review", {"main.tf": REVIEW_V1}, required_labels={"provider": "aws"})
+    first = backend.start("review", "apply", auto_approve="always")
+    assert backend.wait(first["id"], "succeeded", "failed")["status"] == "succeeded"
+    backend.call(
+        "POST", "/deployments/review/config", 201, content=tar_gz({"main.tf": REVIEW_V2}),
+        headers={"Content-Type": "application/gzip"},
+    )  # fmt: skip
+    run = backend.start("review", "apply", comment="release 2")
+    sign_in(page, platform.url, f"/runs/{run['id']}")
+    expect(page.locator("#run-status")).to_have_text("awaiting approval", timeout=60_000)
+    expect(page.locator("#plan")).to_be_visible()
+    expect(page.locator("#plan-counts")).to_have_text("+1 ~2 -1 ±1")
+    rows = page.locator("#changes tbody tr")
+    expect(rows).to_have_count(5)
+    actions = [rows.nth(i).get_attribute("data-action") for i in range(5)]
+    assert actions == ["replace", "delete", "update", "update", "create"], actions
+    assert rows.nth(0).get_attribute("data-address") == "terraform_data.replaced"
+    expect(rows.nth(0)).to_contain_text("replace_by_triggers")
+    kept = page.locator("#changes tr[data-address='terraform_data.kept']")
+    kept.locator("summary").click()
+    expect(kept.locator(".diff").first).to_have_text("v1 → v2")
+    expect(page.locator("#output-changes")).to_contain_text("version: v1 → v2")
+    expect(page.locator("#plan-digest")).to_contain_text(backend.run(run["id"])["plan_sha256"])
+    expect(page.locator("#events li[data-kind='queued'] q.comment")).to_have_text("release 2")
+    screenshot(page, "run-plan-review")
+
+    messages = accept_next_dialog(page)
+    page.locator("#discard").click()
+    expect(page.locator("#run-status")).to_have_text("discarded", timeout=10_000)
+    assert messages and f"Discard run {run['id']}" in messages[0], messages
+    expect(page.locator("#events li[data-kind='discarded'] .actor")).to_contain_text("by ")
+    expect(page.locator("#discard")).to_be_hidden()
+    page.goto(platform.url + "/")
+    row = page.locator(f"#runs tr[data-run-id='{run['id']}']")
+    expect(row.locator("td.changes")).to_have_text("+1 ~2 -1 ±1")

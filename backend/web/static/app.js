@@ -5,7 +5,20 @@
 (function () {
   const TOKEN_KEY = "iac.apiToken";
   const API = "/api/v1";
-  const TERMINAL = new Set(["succeeded", "failed", "canceled", "timed_out"]);
+  const TERMINAL = new Set(["succeeded", "failed", "canceled", "timed_out", "discarded"]);
+
+  /** "+2 ~1 -0" (and "±1" for replacements), each count in its action's colour. */
+  function counts(changes) {
+    if (!changes) return el("span", { class: "counts muted" }, "");
+    const part = (cls, text) => el("span", { class: cls }, text);
+    const parts = [
+      part("add", `+${changes.add}`), " ",
+      part("change", `~${changes.change}`), " ",
+      part("destroy", `-${changes.destroy}`),
+    ];
+    if (changes.replace) parts.push(" ", part("replace", `±${changes.replace}`));
+    return el("span", { class: "counts" }, ...parts);
+  }
 
   // -- the token: sessionStorage only (this tab; never a URL or a cookie) ------------------
   function getToken() {
@@ -322,6 +335,7 @@
 
   window.IAC = {
     TERMINAL,
+    counts,
     getToken,
     setToken,
     clearToken,

@@ -1,4 +1,5 @@
-/* /runs/{id}: the run's facts and history, approve/cancel buttons, and the live log.
+/* /runs/{id}: the run's facts, its plan (counts, resource changes, drift), history,
+ * approve/discard/cancel buttons, and the live log.
  *
  * The log is GET /api/v1/runs/{id}/logs?follow=true read with fetch() (EventSource cannot
  * send the Authorization header). Each message event carries {"seq": first, "lines": [...]}
@@ -7,7 +8,7 @@
 "use strict";
 
 (function () {
-  const { el, api, apiFetch, flash, statusBadge, timeCell, fmtSeconds, TERMINAL } = IAC;
+  const { el, api, apiFetch, flash, statusBadge, timeCell, fmtSeconds, TERMINAL, counts } = IAC;
   const EXECUTING = new Set(["running", "applying"]);
 
   let runId = 0;
@@ -21,12 +22,14 @@
   function render() {
     document.getElementById("run-title").textContent = `${run.operation} of ${run.deployment}`;
     document.getElementById("run-status").replaceWith(statusBadge(run.status, "run-status"));
-    const changes = run.has_changes === null ? "" : run.has_changes ? "yes" : "no";
+    const changes = run.changes ? counts(run.changes) : run.has_changes === null ? "" : run.has_changes ? "yes" : "no";
     document
       .getElementById("run-facts")
       .replaceChildren(
         ...fact("Deployment", run.deployment),
-        ...fact("Operation", run.operation, run.auto_approve ? " (auto-approve)" : ""),
+        ...fact("Operation", run.operation),
+        ...fact("Approval", run.auto_approve === "never" ? "by a person" : `auto: ${run.auto_approve}`),
+        ...fact("Created by", run.created_by || "—"),
         ...fact("Runner", run.runner_id || "—"),
         ...fact("Priority", String(run.priority)),
         ...fact("Tool", run.tool_version || "—"),
@@ -48,16 +51,83 @@
       .getElementById("events")
       .replaceChildren(
         ...(run.events || []).map((e) =>
-          el("li", { dataset: { kind: e.kind } }, timeCell(e.at), " ", el("b", {}, e.kind), e.message ? ` ${e.message}` : ""),
+          el(
+            "li",
+            { dataset: { kind: e.kind } },
+            timeCell(e.at), " ", el("b", {}, e.kind),
+            e.message ? ` ${e.message}` : "",
+            e.actor && e.actor !== "system" ? el("span", { class: "actor" }, ` by ${e.actor}`) : "",
+            e.comment ? el("q", { class: "comment" }, e.comment) : "",
+          ),
         ),
       );
     const ended = TERMINAL.has(run.status);
     document.getElementById("approve").hidden = run.status !== "awaiting_approval";
+    document.getElementById("discard").hidden = run.status !== "awaiting_approval";
+    if (run.plan_sha256 && run.plan_sha256 !== shownPlan) loadPlan(run.plan_sha256);
     const cancel = document.getElementById("cancel");
     cancel.hidden = ended;
     cancel.disabled = Boolean(run.cancel_requested);
     cancel.textContent = run.cancel_requested ? "Cancel requested…" : "Cancel";
     document.getElementById("force-cancel").hidden = ended || !EXECUTING.has(run.status);
+  }
+
+  // -- the plan: counts, resource changes (replacements and deletions first), drift --------
+  const SYMBOLS = { create: "+", update: "~", delete: "-", replace: "-/+", read: "<=" };
+  let shownPlan = "";
+
+  function show(value) {
+    return typeof value === "string" ? value : JSON.stringify(value);
+  }
+
+  function changeRow(change) {
+    const before = change.before || {};
+    const after = change.after || {};
+    const forcing = new Set(change.forces_replacement || []);
+    const attributes = (change.changed || []).map((path) => {
+      const top = path.split(/[.[]/)[0];
+      return el(
+        "li",
+        {},
+        el("code", {}, path),
+        forcing.has(path) ? el("span", { class: "forces" }, " forces replacement") : "",
+        el("div", { class: "diff" }, el("del", {}, show(before[top])), " → ", el("ins", {}, show(after[top]))),
+      );
+    });
+    const detail = attributes.length
+      ? el("details", {}, el("summary", {}, `${attributes.length} changed`), el("ul", {}, ...attributes))
+      : "";
+    return el(
+      "tr",
+      { dataset: { action: change.action, address: change.address } },
+      el("td", {}, el("span", { class: `action ${change.action}` }, `${SYMBOLS[change.action] || "?"} ${change.action}`)),
+      el("td", {}, el("code", {}, change.address), change.reason ? el("div", { class: "muted" }, change.reason) : ""),
+      el("td", {}, detail),
+    );
+  }
+
+  async function loadPlan(sha) {
+    shownPlan = sha;
+    let plan;
+    try {
+      plan = await api(`/runs/${runId}/plan`);
+    } catch (err) {
+      if (!(err instanceof IAC.ApiError && err.status === 404)) shownPlan = "";
+      return;
+    }
+    document.getElementById("plan").hidden = false;
+    document.getElementById("plan-counts").replaceChildren(counts(plan.counts));
+    document.getElementById("plan-digest").textContent = `Saved plan SHA-256 ${sha}: the apply runs this exact plan.`;
+    const rows = plan.resource_changes.map(changeRow);
+    if (!rows.length) rows.push(el("tr", { class: "placeholder" }, el("td", { colspan: 3 }, "No resource changes.")));
+    document.querySelector("#changes tbody").replaceChildren(...rows);
+    const outputs = plan.output_changes.map((o) =>
+      el("li", {}, el("span", { class: `action ${o.action}` }, SYMBOLS[o.action] || "?"), " ", el("code", {}, o.name), ": ", el("del", {}, show(o.before)), " → ", el("ins", {}, show(o.after))),
+    );
+    document.getElementById("output-changes").replaceChildren(...(outputs.length ? [el("h3", {}, "Outputs"), el("ul", {}, ...outputs)] : []));
+    const drift = document.getElementById("drift");
+    drift.hidden = plan.resource_drift.length === 0;
+    drift.querySelector("tbody").replaceChildren(...plan.resource_drift.map(changeRow));
   }
 
   async function refresh() {
@@ -72,6 +142,9 @@
     if (action === "approve") {
       return `Approve ${what}? Terraform will apply the saved plan.`;
     }
+    if (action === "discard") {
+      return `Discard ${what}? Its plan is not applied; the deployment's next run may start.`;
+    }
     if (action === "cancel") {
       return `Cancel ${what}? Terraform is interrupted and stops cleanly, releasing its state lock.`;
     }
@@ -85,6 +158,7 @@
     if (!run || !window.confirm(confirmText(action))) return;
     const path = {
       approve: `/runs/${runId}/approve`,
+      discard: `/runs/${runId}/discard`,
       cancel: `/runs/${runId}/cancel`,
       force: `/runs/${runId}/cancel?force=true`,
     }[action];
@@ -243,6 +317,7 @@
     if (!IAC.getToken()) return IAC.toLogin("missing");
     trackScroll();
     document.getElementById("approve").addEventListener("click", () => act("approve"));
+    document.getElementById("discard").addEventListener("click", () => act("discard"));
     document.getElementById("cancel").addEventListener("click", () => act("cancel"));
     document.getElementById("force-cancel").addEventListener("click", () => act("force"));
     document.getElementById("download").addEventListener("click", download);

@@ -2,7 +2,7 @@
 "use strict";
 
 (function () {
-  const { el, api, poll, statusBadge, timeCell, fmtSeconds, fmtTime } = IAC;
+  const { el, api, poll, statusBadge, timeCell, fmtSeconds, fmtTime, counts } = IAC;
 
   function row(run) {
     const link = el("a", { href: `/runs/${run.id}` }, `#${run.id}`);
@@ -15,8 +15,9 @@
       { dataset: { runId: run.id, status: run.status } },
       el("td", {}, link),
       el("td", {}, el("a", { href: `/runs/${run.id}` }, run.deployment)),
-      el("td", {}, run.operation, run.auto_approve ? [" ", el("span", { class: "tag" }, "auto")] : ""),
+      el("td", {}, run.operation, run.auto_approve !== "never" ? [" ", el("span", { class: "tag" }, `auto: ${run.auto_approve}`)] : ""),
       status,
+      el("td", { class: "changes" }, counts(run.changes)),
       el("td", {}, run.runner_id || ""),
       el("td", { class: "num" }, run.priority),
       el("td", {}, timeCell(run.created_at)),
@@ -33,7 +34,7 @@
     const rows = runs.map(row);
     if (rows.length === 0) {
       rows.push(
-        el("tr", { class: "placeholder" }, el("td", { colspan: 11 }, "No runs yet. Start one with `iac plan <deployment>` or POST /api/v1/runs.")),
+        el("tr", { class: "placeholder" }, el("td", { colspan: 12 }, "No runs yet. Start one with `iac plan <deployment>` or POST /api/v1/runs.")),
       );
     }
     body.replaceChildren(...rows);
