@@ -8,10 +8,11 @@ p50 and p99:
 - a no-op plan (`plan -out=tfplan -detailed-exitcode` of a configuration with no
   resources, initialised once): direct; (a) iac-runner; (b) Execute.
 - (c) a backend "plan" run: POST /runs until the run's `ended_at` (the backend's own
-  clock, so polling adds no error). A backend plan is init (with the config archive) +
-  plan on a runner, so it is compared with (b) doing that same pair of Executes (init
-  with the archive into a fresh work_dir, plan with collect=[tfplan] and cleanup),
-  and that pair with terraform init + plan run directly in a fresh directory.
+  clock, so polling adds no error). A backend plan is init (with the config archive),
+  plan and show -json tfplan on a runner, so it is compared with (b) doing those three
+  Executes (init with the archive into a fresh work_dir, plan, show with its stdout to
+  tfplan.json, collect=[tfplan, tfplan.json] and cleanup), and those with terraform
+  init + plan + show run directly in a fresh directory.
 Targets: (b) version p50 <= 2.0x direct; (c) p50 <= (b) init+plan p50 + 150 ms.
 """
 
@@ -120,6 +121,7 @@ class Direct:
         shutil.copy(config / "main.tf", work / "main.tf")
         self.terraform_run(work, "init")
         self.terraform_run(work, "plan", *PLAN_ARGS)
+        self.terraform_run(work, "show", "-json", "tfplan")
         shutil.rmtree(work)
 
 
@@ -185,17 +187,19 @@ def run(ctx: Context) -> list[Row]:
             def execute_init_plan() -> None:
                 work_dir = f"pair-{next(pairs)}"
                 succeeded(execute(stub, command="init", work_dir=work_dir, workspace=archive)[1])
+                succeeded(execute(stub, command="plan", args=PLAN_ARGS, work_dir=work_dir)[1])
                 _, result = execute(
                     stub,
-                    command="plan",
-                    args=PLAN_ARGS,
+                    command="show",
+                    args=["-json", "tfplan"],
                     work_dir=work_dir,
-                    collect=["tfplan"],
+                    stdout_file="tfplan.json",
+                    collect=["tfplan", "tfplan.json"],
                     cleanup=True,
                 )
                 succeeded(result)
-                if not result.artifacts:
-                    raise RuntimeError("the plan file was not collected")
+                if len(result.artifacts) != 2:
+                    raise RuntimeError("the plan file and its JSON were not collected")
 
             register(backend, [server])
             backend.deploy("noop", {"main.tf": EMPTY_CONFIG})
@@ -220,7 +224,7 @@ def run(ctx: Context) -> list[Row]:
                     "execute": ms(execute_plan),
                 },
             )
-            log(f"overhead: init+plan x{n}: direct, 2 Executes, backend plan run")
+            log(f"overhead: init+plan+show x{n}: direct, 3 Executes, backend plan run")
             pair = interleaved(
                 n,
                 warm,
@@ -240,7 +244,7 @@ def run(ctx: Context) -> list[Row]:
         *rows_for("2b", "version, Execute", version["execute"], version["direct"], VERSION_FACTOR),
         *rows_for("2a", "no-op plan, iac-runner", plan["stdio"], plan["direct"], None),
         *rows_for("2b", "no-op plan, Execute", plan["execute"], plan["direct"], None),
-        *rows_for("2b", "init+plan, 2 Executes", pair_execute, pair_direct, None),
+        *rows_for("2b", "init+plan+show, 3 Executes", pair_execute, pair_direct, None),
     ]
     b50, c50 = percentile(pair_execute, 0.5), percentile(pair_backend, 0.5)
     b99, c99 = percentile(pair_execute, 0.99), percentile(pair_backend, 0.99)
@@ -255,7 +259,7 @@ def run(ctx: Context) -> list[Row]:
             target=f"<= +{BACKEND_EXTRA_MS:.0f} ms",
             ok=c50 - b50 <= BACKEND_EXTRA_MS,
             details={
-                "baseline": "init+plan as 2 Executes (2b)",
+                "baseline": "init+plan+show as 3 Executes (2b)",
                 "vs_direct_init_plan_p50_ms": round(c50 - percentile(pair_direct, 0.5), 1),
                 "project_ms": [round(x, 1) for x in pair_backend],
             },

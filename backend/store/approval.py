@@ -38,20 +38,26 @@ async def stale_reason(session: AsyncSession, run: Run, ttl_seconds: float | Non
             f"{newest} is newer than the plan's {run.plan_state_version or 'empty state'}): {again}"
         )
     versions = await session.execute(
-        select(ConfigVersion.id, ConfigVersion.version)
+        select(ConfigVersion.id, ConfigVersion.version, ConfigVersion.sha256)
         .where(ConfigVersion.deployment_id == run.deployment_id)
         .order_by(ConfigVersion.version.desc())
         .limit(1)
     )
     latest = versions.first()
     if latest is not None and latest.id != run.config_version_id:
-        planned = await session.scalar(
-            select(ConfigVersion.version).where(ConfigVersion.id == run.config_version_id)
-        )
-        return (
-            f"a newer configuration (v{latest.version}) was uploaded after this plan's "
-            f"(v{planned}): {again}"
-        )
+        planned = (
+            await session.execute(
+                select(ConfigVersion.version, ConfigVersion.sha256).where(
+                    ConfigVersion.id == run.config_version_id
+                )
+            )
+        ).one()
+        # The same files uploaded again (archives are normalised) change nothing.
+        if latest.sha256 != planned.sha256:
+            return (
+                f"a newer configuration (v{latest.version}) was uploaded after this plan's "
+                f"(v{planned.version}): {again}"
+            )
     if ttl_seconds is None or run.planned_at is None:
         return ""
     if utcnow() - run.planned_at > timedelta(seconds=ttl_seconds):

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from backend.db import Database
 from backend.models import Run, RunStatus, StateLock, StateVersion, utcnow
-from backend.store.approval import policy_holds
+from backend.store.approval import policy_holds, stale_reason
+from tests.backend.archives import tar_gz
 from tests.backend.helpers import new_deployment, start_run, upload
 
 pytestmark = pytest.mark.anyio
@@ -71,8 +72,14 @@ async def test_a_stale_plan_is_refused_with_the_reason_and_the_way_out(
                                md5="m", run_id=None))  # fmt: skip
         expected = "the state of 'web' changed after this plan was made"
     elif stale == "config":
+        # The same files again change nothing; other files do.
         assert (await upload(client, "web")).status_code == 201
-        expected = "a newer configuration (v2) was uploaded after this plan's (v1)"
+        async with db.session() as s:
+            run = await s.get_one(Run, run_id)
+            assert await stale_reason(s, run, 86400) == ""
+        other = tar_gz({"main.tf": 'output "x" { value = 2 }\n'})
+        assert (await upload(client, "web", other)).status_code == 201
+        expected = "a newer configuration (v3) was uploaded after this plan's (v1)"
     else:
         async with db.session() as s:
             (await s.get_one(Run, run_id)).planned_at = utcnow() - timedelta(hours=25)

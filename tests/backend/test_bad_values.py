@@ -56,6 +56,8 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "required_labels": {"provider": "aws"},
         "default_priority": 1,
         "version_constraint": ">= 1.5",
+        "auto_approve": "never",
+        "require_other_approver": False,
     },
     ("PUT", "/api/v1/deployments/{name}/variables/{key}"): {
         "value": "v",
@@ -67,9 +69,19 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "operation": "plan",
         "priority": 1,
         "auto_approve": False,
+        "comment": "c",
         "config_version": 1,
     },
     ("POST", "/api/v1/tokens"): {"name": "ci", "expires_in_days": 3},
+    ("PATCH", "/api/v1/deployments/{name}"): {
+        "default_priority": 1,
+        "auto_approve": "no-destroy",
+        "require_other_approver": True,
+    },
+    ("POST", "/api/v1/runs/{run_id}/approve"): {"comment": "ok"},
+    ("POST", "/api/v1/runs/{run_id}/discard"): {"comment": "ok"},
+    ("POST", "/api/v1/runs/{run_id}/cancel"): {"comment": "ok"},
+    ("POST", "/api/v1/deployments/{name}/state/unlock"): {"comment": "ok"},
 }
 PATH_VALUES = {"name": "web", "key": "greeting", "run_id": "1", "version": "1", "token_id": "1"}
 PATH_VALUES |= {"version_id": "1", "deployment": "web"}
@@ -89,7 +101,10 @@ def json_operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
         for method, op in ops.items():
             content = op.get("requestBody", {}).get("content", {})
             if "application/json" in content:
-                found[(method.upper(), path)] = resolve(spec, content["application/json"]["schema"])
+                schema = resolve(spec, content["application/json"]["schema"])
+                # An optional body (`Decision | None`): its object schema.
+                options = [o for o in schema.get("anyOf", [schema]) if o.get("type") != "null"]
+                found[(method.upper(), path)] = resolve(spec, options[0])
     return found
 
 

@@ -162,9 +162,10 @@ def _with(body: Any, path: tuple[Any, ...], value: Any) -> Any:
 def _check_hostile(case: Any, base_url: str, pick: int, value: Any) -> None:
     """`case`'s body with `value` in one of its fields, sent as Python's JSON text."""
     body = case.body if isinstance(case.body, dict) else {}
-    places = _leaves(body) or [("name",)]
-    path = places[pick % len(places)]
-    hostile = _with(body, path, value)
+    places = _leaves(body)
+    path = places[pick % len(places)] if places else ("name",)
+    # An optional body left out (approve, discard, cancel): the value in a body of its own.
+    hostile = _with(body, path, value) if places else {"name": value}
     response = requests.request(
         case.method,
         base_url + case.formatted_path,
