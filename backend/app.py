@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api import errors
@@ -170,6 +171,16 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(runs.router)
     api.include_router(state.api_router)
     api.include_router(tokens.router)
+    api.include_router(tokens.me_router)
+    # Every API route says which role it needs (backend.api.deps.needs): one without is a
+    # bug that would leave it open to every token, so the app refuses to start.
+    undeclared = [
+        f"{sorted(route.methods or ())} {route.path}"
+        for route in api.routes
+        if isinstance(route, APIRoute) and "x-iac-role" not in (route.openapi_extra or {})
+    ]
+    if undeclared:
+        raise RuntimeError(f"API routes without a declared role: {', '.join(undeclared)}")
     app.include_router(api)
     app.include_router(health.router)
     pages.install(app)  # the web UI: HTML pages and /static

@@ -169,6 +169,8 @@ class Deployment(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     tool: Mapped[str] = mapped_column(String(16))
     required_labels: Mapped[dict[str, str]] = mapped_column(default=dict)
+    # The deployment's own labels (team=payments): what token scopes match, not routing.
+    labels: Mapped[dict[str, str]] = mapped_column(default=dict, server_default="{}")
     default_priority: Mapped[int] = mapped_column(default=0)
     version_constraint: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -356,3 +358,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # backend.access: one of viewer, planner, operator, admin; the scope ({"names":
+    # [patterns], "labels": {k: v}}) limits it to some deployments (None: every one).
+    role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
+    scope: Mapped[dict[str, Any] | None] = mapped_column(JSON())

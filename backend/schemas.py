@@ -70,6 +70,11 @@ class DeploymentCreate(BaseModel):
     required_labels: dict[str, str] = Field(
         default_factory=dict, description="Labels a runner must have, e.g. {'provider': 'aws'}."
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="The deployment's own labels, e.g. {'team': 'payments'}: what token "
+        "scopes match (runner routing uses required_labels).",
+    )
     default_priority: int = Field(default=0, description="Priority of runs that set none.")
     version_constraint: str | None = Field(
         default=None, description="Tool version constraint, e.g. '>= 1.5'."
@@ -85,6 +90,9 @@ class DeploymentCreate(BaseModel):
 class DeploymentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    labels: dict[str, str] | None = Field(
+        default=None, description="The deployment's own labels (replaced whole)."
+    )
     default_priority: int | None = Field(
         default=None, description="Priority of runs that set none."
     )
@@ -111,6 +119,7 @@ class DeploymentOut(BaseModel):
     name: str
     tool: str
     required_labels: dict[str, str]
+    labels: dict[str, str]
     default_priority: int
     version_constraint: str | None
     auto_approve: str
@@ -333,6 +342,28 @@ class TokenCreate(BaseModel):
     expires_in_days: int | None = Field(
         default=None, ge=1, le=3650, description="Days until it expires; none: never."
     )
+    role: Literal["viewer", "planner", "operator", "admin"] = Field(
+        default="viewer",
+        description="viewer < planner < operator < admin; at most the creating token's.",
+    )
+    scope: ScopeIn | None = Field(
+        default=None,
+        description="Limit it to some deployments; within the creating token's scope. None: "
+        "the creating token's scope.",
+    )
+
+
+class ScopeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Deployment name patterns (fnmatch, e.g. 'payments-*'); empty: any name.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Deployment labels it must have, e.g. {'team': 'a'}."
+    )
 
 
 class TokenOut(BaseModel):
@@ -340,9 +371,18 @@ class TokenOut(BaseModel):
 
     id: int
     name: str
+    role: str
+    scope: dict[str, Any] | None = Field(
+        description="{names, labels}: the deployments it may see; null: every one."
+    )
     created_at: datetime
     expires_at: datetime | None
     revoked: bool
+
+
+class MeOut(TokenOut):
+    may: dict[str, bool] = Field(description="Each role: whether this token has what it may do.")
+    scope_text: str = Field(description="The scope in words.")
 
 
 class TokenCreated(TokenOut):

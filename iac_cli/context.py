@@ -62,9 +62,9 @@ class KeyValue(click.ParamType[tuple[str, str]]):
         return key.strip(), val.strip()
 
 
-def labels_option(help_text: str) -> Callable[[F], F]:
+def labels_option(help_text: str, flag: str = "--label") -> Callable[[F], F]:
     return click.option(
-        "--label", "labels", type=KeyValue(), multiple=True, metavar="KEY=VALUE", help=help_text
+        flag, "labels", type=KeyValue(), multiple=True, metavar="KEY=VALUE", help=help_text
     )
 
 

@@ -4,17 +4,18 @@ token check, and looking up a deployment named in the path."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.access import Role, Scope
 from backend.config import Settings
 from backend.crypto import Cipher
 from backend.db import Database
 from backend.models import ApiToken, Deployment
-from backend.store import deployments, tokens
+from backend.store import deployments, runlist, tokens
 from backend.store.validation import MAX_ID
 
 
@@ -84,13 +85,56 @@ async def require_token(
 TokenDep = Annotated[ApiToken, Depends(require_token)]
 
 
+def role_of(token: ApiToken) -> Role:
+    return Role(token.role)
+
+
+def scope_of(token: ApiToken) -> Scope:
+    return Scope.of(token.scope)
+
+
+def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
+    """What a route declares in its decorator (`@router.get(..., **needs(Role.VIEWER))`):
+    the role it requires (and, with `unscoped`, no scope), checked before anything else
+    of the request, and shown in the OpenAPI document as `x-iac-role`."""
+
+    async def check(token: TokenDep) -> None:
+        have = role_of(token)
+        if not have.includes(role):
+            raise HTTPException(
+                403, f"this needs the {role} role; token {token.name!r} is a {have}"
+            )
+        if unscoped and not scope_of(token).unscoped:
+            raise HTTPException(
+                403,
+                f"this needs an unscoped {role} token; token {token.name!r} is limited to "
+                f"{scope_of(token).describe()}",
+            )
+
+    extra = {"x-iac-role": role.value, "x-iac-unscoped": unscoped}
+    return {"dependencies": [Depends(check)], "openapi_extra": extra}
+
+
 async def deployment_from_path(
-    session: SessionDep, name: Annotated[str, Path(description="Deployment name.")]
+    session: SessionDep, token: TokenDep, name: Annotated[str, Path(description="Deployment name.")]
 ) -> Deployment:
-    return await deployments.get_deployment(session, name)
+    """The live deployment named in the path, within the token's scope (else 404)."""
+    return await deployments.get_deployment(session, name, scope=scope_of(token))
 
 
 DeploymentDep = Annotated[Deployment, Depends(deployment_from_path)]
 
 # A run id, config version or state version in a path.
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+async def run_from_path(run_id: IdPath, database: DatabaseDep, token: TokenDep) -> int:
+    """The run id of the path, if the run exists for the token (its deployment live and
+    within the token's scope), else 404. A short transaction of its own, as for the token:
+    the log route streams from sessions of its own (one connection at a time on SQLite)."""
+    async with database.session() as session:
+        await runlist.check_visible(session, run_id, scope_of(token))
+    return run_id
+
+
+RunIdDep = Annotated[int, Depends(run_from_path)]

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.access import Scope
 from backend.crypto import Cipher
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import (
@@ -65,6 +66,7 @@ async def create_deployment(
     name: str,
     tool: str = Tool.TERRAFORM.value,
     required_labels: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
     default_priority: int = 0,
     version_constraint: str | None = None,
     auto_approve: str = ApprovePolicy.NEVER.value,
@@ -77,6 +79,7 @@ async def create_deployment(
         name=name,
         tool=tool,
         required_labels=check_labels(required_labels, "required_labels"),
+        labels=check_labels(labels, "labels"),
         default_priority=check_priority(default_priority),
         version_constraint=check_version_constraint(version_constraint),
         auto_approve=check_policy(auto_approve),
@@ -109,11 +112,14 @@ async def update_deployment(
     session: AsyncSession,
     deployment: Deployment,
     *,
+    labels: dict[str, str] | None = None,
     default_priority: int | None = None,
     auto_approve: str | None = None,
     require_other_approver: bool | None = None,
 ) -> Deployment:
     """Change the settings given (None: unchanged)."""
+    if labels is not None:
+        deployment.labels = check_labels(labels, "labels")
     if default_priority is not None:
         deployment.default_priority = check_priority(default_priority)
     if auto_approve is not None:
@@ -135,8 +141,25 @@ def deleted_exists(row: Deployment) -> str:
     )
 
 
+def _hidden(row: Deployment | None, scope: Scope | None) -> bool:
+    """No such deployment, or one outside `scope`: the caller cannot tell the two apart."""
+    return row is None or (scope is not None and not scope.covers(row.name, row.labels))
+
+
+async def check_in_scope(session: AsyncSession, name: str, scope: Scope) -> None:
+    """NotFound when no deployment (live or deleted) named `name` is within `scope`."""
+    row = await session.scalar(select(Deployment).where(Deployment.name == name))
+    if row is not None and _hidden(row, scope):
+        raise NotFound(f"deployment {name!r} does not exist")
+
+
 async def get_deployment(
-    session: AsyncSession, name: str, *, for_update: bool = False, for_share: bool = False
+    session: AsyncSession,
+    name: str,
+    *,
+    for_update: bool = False,
+    for_share: bool = False,
+    scope: Scope | None = None,
 ) -> Deployment:
     """The live (not deleted) deployment ``name``; NotFound otherwise. ``for_share`` keeps
     it from being deleted until the transaction ends (PostgreSQL; SQLite transactions are
@@ -147,7 +170,7 @@ async def get_deployment(
     elif for_share:
         query = query.with_for_update(read=True)
     row = await session.scalar(query)
-    if row is None:
+    if row is None or _hidden(row, scope):
         raise NotFound(f"deployment {name!r} does not exist")
     if row.deleted_at is not None:
         raise NotFound(

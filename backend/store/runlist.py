@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.access import Scope
 from backend.errors import NotFound
 from backend.models import TERMINAL_STATUSES, ConfigVersion, Deployment, Run, RunEvent, utcnow
 
@@ -36,16 +37,17 @@ async def run_row(session: AsyncSession, run_id: int) -> RunRow:
     return row[0], row[1], row[2]
 
 
-async def check_visible(session: AsyncSession, run_id: int) -> None:
-    """NotFound unless the run exists and its deployment is not deleted (reads two columns)."""
+async def check_visible(session: AsyncSession, run_id: int, scope: Scope | None = None) -> None:
+    """NotFound unless the run exists, its deployment is not deleted and (with `scope`) is
+    inside the scope: outside, the run does not exist for the caller."""
     row = (
         await session.execute(
-            select(Deployment.name, Deployment.deleted_at)
+            select(Deployment.name, Deployment.labels, Deployment.deleted_at)
             .join(Run, Run.deployment_id == Deployment.id)
             .where(Run.id == run_id)
         )
     ).first()
-    if row is None:
+    if row is None or (scope is not None and not scope.covers(row.name, row.labels)):
         raise NotFound(f"run {run_id} does not exist")
     if row.deleted_at is not None:
         raise NotFound(
@@ -60,8 +62,13 @@ async def list_runs(
     deployment: str | None = None,
     status: str | None = None,
     limit: int = 100,
+    scope: Scope | None = None,
 ) -> list[RunRow]:
     query = _QUERY.where(Deployment.deleted_at.is_(None))
+    if scope is not None and not scope.unscoped:
+        every = await session.execute(select(Deployment.id, Deployment.name, Deployment.labels))
+        inside = [d.id for d in every if scope.covers(d.name, d.labels)]
+        query = query.where(Deployment.id.in_(inside))
     if deployment is not None:
         query = query.where(Deployment.name == deployment)
     if status is not None:

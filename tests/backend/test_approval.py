@@ -124,7 +124,8 @@ async def test_require_other_approver_refuses_the_run_s_creator(
     refused = await client.post(f"/api/v1/runs/{run_id}/approve")
     assert refused.status_code == 409
     assert "requires another approver" in refused.json()["detail"]
-    token = (await client.post("/api/v1/tokens", json={"name": "reviewer"})).json()["token"]
+    body = {"name": "reviewer", "role": "operator"}
+    token = (await client.post("/api/v1/tokens", json=body)).json()["token"]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
         transport=transport,

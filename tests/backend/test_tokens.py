@@ -55,7 +55,7 @@ async def test_a_new_token_revokes_the_first(
     client: httpx.AsyncClient, anon: httpx.AsyncClient
 ) -> None:
     """The rotation of docs/tokens.md: make a new token, revoke the old one with it."""
-    new = (await client.post("/api/v1/tokens", json={"name": "next"})).json()
+    new = (await client.post("/api/v1/tokens", json={"name": "next", "role": "admin"})).json()
     assert new["expires_at"] is None
     first = next(t for t in (await client.get("/api/v1/tokens")).json() if t["id"] != new["id"])
     revoke = await anon.delete(f"/api/v1/tokens/{first['id']}", headers=bearer(new["token"]))

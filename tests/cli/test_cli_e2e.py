@@ -69,13 +69,15 @@ def test_runners_list_add_remove(platform: Platform) -> None:
 
 
 def test_tokens_create_list_revoke(platform: Platform) -> None:
-    created = platform.iac("tokens", "create", "ci-bot", "--expires-in-days", "7").ok()
+    created = platform.iac(
+        "tokens", "create", "ci-bot", "--expires-in-days", "7", "--role", "admin"
+    ).ok()
     token = created.stdout.strip()
     assert len(token) >= 32 and "\n" not in token  # stdout is the token alone: $(iac ...)
     assert "not shown again" in created.stderr
     listed = platform.iac("tokens", "list").ok().stdout
     row = next(line for line in listed.splitlines() if "ci-bot" in line)
-    assert re.search(r"^(\d+)\s+ci-bot\s+.+\s+valid$", row), listed
+    assert re.search(r"^(\d+)\s+ci-bot\s+admin\s+all\s+.+\s+valid$", row), listed
     assert token not in listed
     token_id = re.match(r"\d+", row)
     assert token_id is not None

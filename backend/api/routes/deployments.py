@@ -8,11 +8,22 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.datastructures import UploadFile
 
-from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, SettingsDep
+from backend.access import Role
+from backend.api.deps import (
+    CipherDep,
+    DatabaseDep,
+    DeploymentDep,
+    IdPath,
+    SessionDep,
+    SettingsDep,
+    TokenDep,
+    needs,
+    scope_of,
+)
 from backend.api.routing import CheckedRoute
 from backend.archive import Limits
 from backend.config import Settings
-from backend.errors import Invalid, TooLarge
+from backend.errors import Forbidden, Invalid, TooLarge
 from backend.models import Deployment
 from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut, DeploymentUpdate
 from backend.store import configs, deployments
@@ -78,25 +89,35 @@ def deployment_out(row: Deployment, settings: Settings) -> DeploymentOut:
     return out
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-async def create_deployment(body: DeploymentCreate, session: SessionDep) -> DeploymentOut:
+@router.post("", status_code=status.HTTP_201_CREATED, **needs(Role.ADMIN))
+async def create_deployment(
+    body: DeploymentCreate, session: SessionDep, token: TokenDep
+) -> DeploymentOut:
+    scope = scope_of(token)
+    if not scope.covers(body.name, body.labels):
+        raise Forbidden(
+            f"token {token.name!r} may only create deployments within its scope "
+            f"({scope.describe()}): give a name and labels it covers"
+        )
     row = await deployments.create_deployment(session, **body.model_dump())
     return DeploymentOut.model_validate(row)
 
 
-@router.get("")
+@router.get("", **needs(Role.VIEWER))
 async def list_deployments(
     session: SessionDep,
     settings: SettingsDep,
+    token: TokenDep,
     deleted: Annotated[
         bool, Query(description="List the deleted deployments (not yet purged) instead.")
     ] = False,
 ) -> list[DeploymentOut]:
+    scope = scope_of(token)
     rows = await deployments.list_deployments(session, deleted=deleted)
-    return [deployment_out(d, settings) for d in rows]
+    return [deployment_out(d, settings) for d in rows if scope.covers(d.name, d.labels)]
 
 
-@router.get("/{name}")
+@router.get("/{name}", **needs(Role.VIEWER))
 async def get_deployment(
     deployment: DeploymentDep, session: SessionDep, cipher: CipherDep
 ) -> DeploymentOut:
@@ -105,10 +126,16 @@ async def get_deployment(
     return out
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", **needs(Role.ADMIN))
 async def update_deployment(
-    body: DeploymentUpdate, deployment: DeploymentDep, session: SessionDep
+    body: DeploymentUpdate, deployment: DeploymentDep, session: SessionDep, token: TokenDep
 ) -> DeploymentOut:
+    scope = scope_of(token)
+    if body.labels is not None and not scope.covers(deployment.name, body.labels):
+        raise Forbidden(
+            f"these labels would take {deployment.name!r} out of token {token.name!r}'s "
+            f"scope ({scope.describe()})"
+        )
     row = await deployments.update_deployment(session, deployment, **body.model_dump())
     return DeploymentOut.model_validate(row)
 
@@ -122,10 +149,12 @@ async def update_deployment(
         },
         204: {"description": "Purged (with purge=true)."},
     },
+    **needs(Role.ADMIN),
 )
 async def delete_deployment(
     name: str,
     session: SessionDep,
+    token: TokenDep,
     settings: SettingsDep,
     cipher: CipherDep,
     force: Annotated[
@@ -141,31 +170,48 @@ async def delete_deployment(
     Refused while a run is active, its state is locked, or (without force=true) its latest
     state manages resources. With purge=true, remove a deleted deployment for good."""
     if purge:
+        await deployments.check_in_scope(session, name, scope_of(token))
         await deployments.purge_deployment(session, name)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
+    await deployments.check_in_scope(session, name, scope_of(token))
     row = await deployments.delete_deployment(session, cipher, name, force=force)
     body = deployment_out(row, settings).model_dump_json()
     return Response(body, media_type="application/json")
 
 
-@router.post("/{name}/restore")
-async def restore_deployment(name: str, session: SessionDep) -> DeploymentOut:
+@router.post("/{name}/restore", **needs(Role.ADMIN))
+async def restore_deployment(name: str, session: SessionDep, token: TokenDep) -> DeploymentOut:
     """Bring back a deleted deployment with everything it owned."""
+    await deployments.check_in_scope(session, name, scope_of(token))
     return DeploymentOut.model_validate(await deployments.restore_deployment(session, name))
 
 
-@router.post("/{name}/config", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_DOC)
+@router.post(
+    "/{name}/config",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={**UPLOAD_DOC, **needs(Role.ADMIN)["openapi_extra"]},
+    dependencies=needs(Role.ADMIN)["dependencies"],
+)
 async def upload_config(
-    name: str, request: Request, session: SessionDep, settings: SettingsDep
+    name: str,
+    request: Request,
+    session: SessionDep,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    token: TokenDep,
 ) -> ConfigVersionOut:
-    # The body is read before any query, so no transaction is open while it arrives.
+    # Outside the token's scope the deployment does not exist, whatever the body. The scope
+    # is checked in a short transaction of its own and the body read after it, so no
+    # transaction is open while the body arrives.
+    async with database.session() as short:
+        await deployments.check_in_scope(short, name, scope_of(token))
     data = await read_upload(request, settings.max_config_bytes)
     limits = Limits(settings.max_config_files, settings.max_config_unpacked_bytes)
     row = await configs.add_config_version(session, name, data, limits)
     return ConfigVersionOut.model_validate(row)
 
 
-@router.get("/{name}/config")
+@router.get("/{name}/config", **needs(Role.VIEWER))
 async def list_config_versions(
     deployment: DeploymentDep, session: SessionDep
 ) -> list[ConfigVersionOut]:
@@ -177,6 +223,7 @@ async def list_config_versions(
     "/{name}/config/{version}",
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}}},
+    **needs(Role.ADMIN),
 )
 async def download_config(
     version: IdPath, deployment: DeploymentDep, session: SessionDep

@@ -6,7 +6,8 @@ from typing import Literal
 
 from fastapi import APIRouter, status
 
-from backend.api.deps import CipherDep, SessionDep
+from backend.access import Role
+from backend.api.deps import CipherDep, SessionDep, needs
 from backend.api.routing import CheckedRoute
 from backend.models import Runner
 from backend.pool import view_of
@@ -56,22 +57,24 @@ def runner_out(row: Runner) -> RunnerOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, **needs(Role.ADMIN, unscoped=True))
 async def register_runner(body: RunnerCreate, session: SessionDep, cipher: CipherDep) -> RunnerOut:
     spec = runners.RunnerSpec(**body.model_dump())
     return runner_out(await runners.register_runner(session, cipher, spec))
 
 
-@router.get("")
+@router.get("", **needs(Role.VIEWER))
 async def list_runners(session: SessionDep) -> list[RunnerOut]:
     return [runner_out(r) for r in await runners.list_runners(session)]
 
 
-@router.get("/{name}")
+@router.get("/{name}", **needs(Role.VIEWER))
 async def get_runner(name: str, session: SessionDep) -> RunnerOut:
     return runner_out(await runners.get_runner(session, name))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{name}", status_code=status.HTTP_204_NO_CONTENT, **needs(Role.ADMIN, unscoped=True)
+)
 async def delete_runner(name: str, session: SessionDep) -> None:
     await runners.delete_runner(session, name)

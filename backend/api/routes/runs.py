@@ -12,11 +12,21 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
-from backend.api.deps import CipherDep, DatabaseDep, IdPath, SessionDep, TokenDep
+from backend.access import Role
+from backend.api.deps import (
+    CipherDep,
+    DatabaseDep,
+    RunIdDep,
+    SessionDep,
+    TokenDep,
+    needs,
+    role_of,
+    scope_of,
+)
 from backend.api.routing import CheckedRoute
 from backend.db import Database
 from backend.engine import Engine
-from backend.errors import Invalid, NotFound
+from backend.errors import Forbidden, Invalid, NotFound
 from backend.logs.follow import KeepAlive, StatusChange, follow
 from backend.models import ApprovePolicy, Run, RunStatus
 from backend.schemas import Decision, PlanOut, RunCreate, RunEventOut, RunOut
@@ -71,14 +81,21 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, **needs(Role.PLANNER))
 async def create_run(
     body: RunCreate, session: SessionDep, request: Request, token: TokenDep
 ) -> RunOut:
     # FOR SHARE (PostgreSQL): a delete of the deployment waits for this run to be queued
     # (and then refuses: the run is active), or this request sees the deployment deleted.
     # Runs of a deleted deployment are never queued, so never dispatched.
-    deployment = await deployments.get_deployment(session, body.deployment, for_share=True)
+    deployment = await deployments.get_deployment(
+        session, body.deployment, for_share=True, scope=scope_of(token)
+    )
+    if body.operation != "plan" and not role_of(token).includes(Role.OPERATOR):
+        raise Forbidden(
+            f"a {body.operation} run needs the operator role; token {token.name!r} is a "
+            f"{role_of(token)}: it may start plan runs"
+        )
     run = await run_store.create_run(
         session,
         deployment,
@@ -95,20 +112,23 @@ async def create_run(
     return out
 
 
-@router.get("")
+@router.get("", **needs(Role.VIEWER))
 async def list_runs(
     session: SessionDep,
+    token: TokenDep,
     deployment: str | None = None,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunOut]:
-    rows = await runlist.list_runs(session, deployment=deployment, status=status, limit=limit)
+    rows = await runlist.list_runs(
+        session, deployment=deployment, status=status, limit=limit, scope=scope_of(token)
+    )
     times = await runlist.times_of(session, [row[0] for row in rows])
     return [run_out(*row, times[row[0].id]) for row in rows]
 
 
-@router.get("/{run_id}")
-async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
+@router.get("/{run_id}", **needs(Role.VIEWER))
+async def get_run(run_id: RunIdDep, session: SessionDep) -> RunOut:
     run, deployment, version = await runlist.run_row(session, run_id)
     events = await run_store.list_events(session, run_id)
     times = runlist.run_times(
@@ -119,46 +139,43 @@ async def get_run(run_id: IdPath, session: SessionDep) -> RunOut:
     return out
 
 
-@router.post("/{run_id}/approve")
+@router.post("/{run_id}/approve", **needs(Role.OPERATOR))
 async def approve_run(
-    run_id: IdPath,
+    run_id: RunIdDep,
     session: SessionDep,
     request: Request,
     token: TokenDep,
     body: Decision | None = None,
 ) -> RunOut:
     """Apply the plan, unless it is stale (409 says why and how to re-plan)."""
-    await runlist.check_visible(session, run_id)
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).approve(run_id, token.name, body.comment if body else "")
     return await one_run_out(session, run_id)
 
 
-@router.post("/{run_id}/discard")
+@router.post("/{run_id}/discard", **needs(Role.OPERATOR))
 async def discard_run(
-    run_id: IdPath,
+    run_id: RunIdDep,
     session: SessionDep,
     request: Request,
     token: TokenDep,
     body: Decision | None = None,
 ) -> RunOut:
     """End a plan awaiting approval without applying it; the deployment's queue moves on."""
-    await runlist.check_visible(session, run_id)
     await session.commit()
     await engine_of(request).discard(run_id, token.name, body.comment if body else "")
     return await one_run_out(session, run_id)
 
 
-@router.post("/{run_id}/cancel")
+@router.post("/{run_id}/cancel", **needs(Role.OPERATOR))
 async def cancel_run(
-    run_id: IdPath,
+    run_id: RunIdDep,
     session: SessionDep,
     request: Request,
     token: TokenDep,
     force: bool = False,
     body: Decision | None = None,
 ) -> RunOut:
-    await runlist.check_visible(session, run_id)
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).cancel(
         run_id, force=force, actor=token.name, comment=body.comment if body else ""
@@ -167,12 +184,11 @@ async def cancel_run(
     return await one_run_out(session, run_id)
 
 
-@router.get("/{run_id}/plan")
-async def run_plan(run_id: IdPath, session: SessionDep, cipher: CipherDep) -> PlanOut:
+@router.get("/{run_id}/plan", **needs(Role.VIEWER))
+async def run_plan(run_id: RunIdDep, session: SessionDep, cipher: CipherDep) -> PlanOut:
     """The plan as a reviewer reads it: counts, resource changes (replacements and
     deletions first) with their changed attributes, output changes, drift. Every value
     terraform marks sensitive, or that holds a sensitive variable's value, is redacted."""
-    await runlist.check_visible(session, run_id)
     run = await run_store.get_run(session, run_id)
     if run.plan_summary is None:
         raise NotFound(
@@ -227,9 +243,10 @@ def plain_log(database: Database, run_id: int, after: int, upto: int) -> AsyncIt
     "/{run_id}/logs",
     response_model=None,
     responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+    **needs(Role.VIEWER),
 )
 async def run_logs(
-    run_id: IdPath,
+    run_id: RunIdDep,
     database: DatabaseDep,
     request: Request,
     follow_: Annotated[bool, Query(alias="follow", description="Server-Sent Events, live")] = False,

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import state_views
-from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, TokenDep
+from backend.access import Role
+from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, TokenDep, needs
 from backend.api.routing import CheckedRoute
 from backend.crypto import Cipher
 from backend.errors import Conflict, Forbidden
@@ -31,7 +32,7 @@ from backend.store import state, variables
 api_router = APIRouter(prefix="/deployments/{name}", tags=["state"], route_class=CheckedRoute)
 
 
-@api_router.get("/state")
+@api_router.get("/state", **needs(Role.VIEWER))
 async def show_state(deployment: DeploymentDep, session: SessionDep) -> StateOut:
     lock = await state.get_lock(session, deployment.id)
     lock_out = None
@@ -55,6 +56,7 @@ async def show_state(deployment: DeploymentDep, session: SessionDep) -> StateOut
     "/state/versions/{version_id}",
     response_class=Response,
     responses={200: {"content": {"application/json": {}}}},
+    **needs(Role.ADMIN),
 )
 async def download_state(
     version_id: IdPath, deployment: DeploymentDep, session: SessionDep, cipher: CipherDep
@@ -68,7 +70,7 @@ async def _latest(session: AsyncSession, cipher: Cipher, deployment: Deployment)
     return cipher.unseal(row.data) if row is not None else b""
 
 
-@api_router.get("/outputs")
+@api_router.get("/outputs", **needs(Role.VIEWER))
 async def show_outputs(
     deployment: DeploymentDep,
     session: SessionDep,
@@ -90,7 +92,7 @@ async def show_outputs(
     return [OutputOut.model_validate(o, from_attributes=True) for o in found]
 
 
-@api_router.get("/state/resources")
+@api_router.get("/state/resources", **needs(Role.VIEWER))
 async def list_resources(
     deployment: DeploymentDep, session: SessionDep, cipher: CipherDep
 ) -> list[ResourceOut]:
@@ -100,7 +102,7 @@ async def list_resources(
     return [ResourceOut.model_validate(r, from_attributes=True) for r in found]
 
 
-@api_router.post("/state/unlock")
+@api_router.post("/state/unlock", **needs(Role.OPERATOR))
 async def force_unlock(
     deployment: DeploymentDep, session: SessionDep, token: TokenDep, body: Decision | None = None
 ) -> StateOut:

@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from backend.api.deps import CipherDep, DeploymentDep, SessionDep
+from backend.access import Role
+from backend.api.deps import CipherDep, DeploymentDep, SessionDep, TokenDep, needs, role_of
 from backend.api.routing import CheckedRoute
 from backend.models import Variable
 from backend.schemas import VariableOut, VariableSet
@@ -17,16 +18,18 @@ router = APIRouter(
 )
 
 
-def variable_out(row: Variable) -> VariableOut:
+def variable_out(row: Variable, *, with_value: bool = True) -> VariableOut:
+    """A variable as the API shows it: a sensitive value never, a plain one only to those
+    who may read values (admins)."""
     return VariableOut(
         key=row.key,
         category=row.category,
         sensitive=row.sensitive,
-        value=None if row.sensitive else row.value,
+        value=None if row.sensitive or not with_value else row.value,
     )
 
 
-@router.put("/{key}")
+@router.put("/{key}", **needs(Role.ADMIN))
 async def set_variable(
     key: str,
     body: VariableSet,
@@ -48,12 +51,17 @@ async def set_variable(
     return variable_out(row)
 
 
-@router.get("")
-async def list_variables(deployment: DeploymentDep, session: SessionDep) -> list[VariableOut]:
-    return [variable_out(v) for v in await variables.list_variables(session, deployment)]
+@router.get("", **needs(Role.VIEWER))
+async def list_variables(
+    deployment: DeploymentDep, session: SessionDep, token: TokenDep
+) -> list[VariableOut]:
+    """The deployment's variables; their values only for an admin token."""
+    values = role_of(token).includes(Role.ADMIN)
+    rows = await variables.list_variables(session, deployment)
+    return [variable_out(v, with_value=values) for v in rows]
 
 
-@router.delete("/{key}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{key}", status_code=status.HTTP_204_NO_CONTENT, **needs(Role.ADMIN))
 async def delete_variable(
     key: str,
     deployment: DeploymentDep,

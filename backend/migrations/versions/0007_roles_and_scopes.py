@@ -1,0 +1,40 @@
+"""Roles and scopes: ``api_tokens.role`` (existing tokens become ``admin``: they could do
+everything before), ``api_tokens.scope``, and ``deployments.labels`` that scopes match.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def _drop(table: str, column: str) -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        # In place (SQLite 3.35+): no table rebuilt, so no cascading DROP.
+        op.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    else:
+        op.drop_column(table, column)
+
+
+def upgrade() -> None:
+    op.add_column(
+        "api_tokens", sa.Column("role", sa.String(16), nullable=False, server_default="admin")
+    )
+    op.add_column("api_tokens", sa.Column("scope", sa.JSON(), nullable=True))
+    op.add_column(
+        "deployments", sa.Column("labels", sa.JSON(), nullable=False, server_default="{}")
+    )
+
+
+def downgrade() -> None:
+    _drop("api_tokens", "role")
+    _drop("api_tokens", "scope")
+    _drop("deployments", "labels")
