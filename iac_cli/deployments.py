@@ -11,7 +11,7 @@ import click
 
 from iac_cli.archive import PackedConfig, pack_directory
 from iac_cli.client import Api, seg
-from iac_cli.context import State, json_option, labels_option, pass_state, to_labels
+from iac_cli.context import KeyValue, State, json_option, labels_option, pass_state, to_labels
 from iac_cli.errors import EXIT_USAGE, CliError, UsageError
 from iac_cli.output import run_duration, run_waited, show_labels, show_time
 
@@ -53,6 +53,15 @@ def describe_version(name: str, version: dict[str, Any]) -> str:
     "--tool", type=click.Choice(["terraform", "tofu"]), default="terraform", show_default=True
 )
 @labels_option("A label runners must have, e.g. provider=aws (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    type=KeyValue(),
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label of the deployment itself, e.g. team=payments, which token scopes match "
+    "(API: labels; repeatable).",
+)
 @click.option("--priority", type=int, default=0, show_default=True, help="Default run priority.")
 @click.option("--version-constraint", help="Tool version constraint, e.g. '>= 1.5'.")
 @json_option
@@ -63,6 +72,7 @@ def create(
     directory: Path | None,
     tool: str,
     labels: tuple[tuple[str, str], ...],
+    tags: tuple[tuple[str, str], ...],
     priority: int,
     version_constraint: str | None,
     as_json: bool,
@@ -72,6 +82,7 @@ def create(
         "name": name,
         "tool": tool,
         "required_labels": to_labels(labels),
+        "labels": to_labels(tags),
         "default_priority": priority,
     }
     if version_constraint:

@@ -565,3 +565,41 @@ def test_runners_show_the_labels_routing_uses_and_where_each_came_from(
     finally:
         platform.iac("runners", "remove", "mixed")
         server.stop()
+
+
+def test_a_planner_token_for_one_team_plans_and_nothing_more(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The README's CI recipe: an admin makes a planner token scoped to one team's label;
+    with it `iac plan` works, `iac apply` and approving are refused, and other teams'
+    deployments do not exist."""
+    infra = config_dir(tmp_path, "infra", OFFLINE_CONFIG)
+    for name, team in (("pay-api", "payments"), ("web-shop", "shop")):
+        platform.iac(
+            "deployments", "create", name, "--dir", str(infra), "--label", "provider=aws",
+            "--tag", f"team={team}",
+        ).ok()  # fmt: skip
+    token = (
+        platform.iac(
+            "tokens", "create", "ci-payments", "--role", "planner", "--scope-label", "team=payments"
+        )
+        .ok()
+        .stdout.strip()
+    )
+    ci = platform.env(IAC_TOKEN=token)
+    me = json_of(platform.iac("me", "--json", env=ci))
+    assert me["role"] == "planner" and me["scope"] == {"names": [], "labels": {"team": "payments"}}
+    shown = platform.iac("me", env=ci).ok().stdout
+    assert re.search(r"scope\s+labels team=payments", shown), shown
+    assert "Plan: 1 to add" in platform.iac("plan", "pay-api", env=ci).ok().stderr
+    assert_one_line_error(
+        platform.iac("apply", "pay-api", env=ci), 2, "needs the operator role", "HTTP 403"
+    )
+    assert_one_line_error(
+        platform.iac("plan", "web-shop", env=ci), 2, "'web-shop' does not exist", "HTTP 404"
+    )
+    listed = json_of(platform.iac("deployments", "list", "--json", env=ci))
+    assert [d["name"] for d in listed] == ["pay-api"]
+    assert_one_line_error(
+        platform.iac("tokens", "create", "more", "--role", "admin", env=ci), 2, "HTTP 403"
+    )

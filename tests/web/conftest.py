@@ -170,10 +170,10 @@ def screenshot(tab: Page, name: str) -> Path:
     return path
 
 
-def sign_in(tab: Page, url: str, path: str = "/") -> None:
+def sign_in(tab: Page, url: str, path: str = "/", token: str = TOKEN) -> None:
     """Open `path`, get sent to /login, paste the token, and land back on `path`."""
     tab.goto(url + path)
     tab.wait_for_url("**/login?**")
-    tab.fill("#token", TOKEN)
+    tab.fill("#token", token)
     tab.click("#login-form button[type=submit]")
     tab.wait_for_url(url + path)

@@ -501,3 +501,41 @@ def test_review_a_plan_on_the_page_then_discard_it(platform: Platform, page: Pag
     page.goto(platform.url + "/")
     row = page.locator(f"#runs tr[data-run-id='{run['id']}']")
     expect(row.locator("td.changes")).to_have_text("+1 ~2 -1 ±1")
+
+
+def test_a_planner_sees_its_team_s_runs_and_no_buttons_it_may_not_use(
+    platform: Platform, page: Page
+) -> None:
+    backend = platform.backend
+    for name, team in (("team-a-app", "a"), ("team-b-app", "b")):
+        backend.deploy(
+            name, {"main.tf": FAST_CONFIG}, required_labels={"provider": "aws"},
+            labels={"team": team},
+        )  # fmt: skip
+    mine = backend.start("team-a-app", "apply")
+    theirs = backend.start("team-b-app", "apply")
+    backend.wait(mine["id"], "awaiting_approval")
+    backend.wait(theirs["id"], "awaiting_approval")
+    body = {"name": "ci-plan", "role": "planner", "scope": {"labels": {"team": "a"}}}
+    token = backend.call("POST", "/tokens", 201, json=body)["token"]
+
+    sign_in(page, platform.url, "/", token=token)
+    expect(page.locator("#whoami")).to_have_text("ci-plan · planner · labels team=a")
+    expect(page.locator(f"#runs tr[data-run-id='{mine['id']}']")).to_have_count(1)
+    expect(page.locator(f"#runs tr[data-run-id='{theirs['id']}']")).to_have_count(0)
+    page.goto(f"{platform.url}/runs/{mine['id']}")
+    expect(page.locator("#run-status")).to_have_text("awaiting approval")
+    expect(page.locator("#plan")).to_be_visible()
+    expect(page.locator("#approve")).to_be_hidden()
+    expect(page.locator("#discard")).to_be_hidden()
+    expect(page.locator("#cancel")).to_be_hidden()
+    screenshot(page, "run-as-planner")
+    # The API decides: the same approval from this token is refused.
+    refused = page.evaluate(
+        "async ([id, token]) => (await fetch(`/api/v1/runs/${id}/approve`, {method: 'POST',"
+        " headers: {Authorization: `Bearer ${token}`}})).status",
+        [mine["id"], token],
+    )
+    assert refused == 403
+    page.goto(f"{platform.url}/runs/{theirs['id']}")
+    expect(page.locator("#flash")).to_contain_text(f"Run {theirs['id']} does not exist.")

@@ -322,8 +322,22 @@
     }
   }
 
-  // -- every page but /login: sign out ---------------------------------------------------
+  // -- who is signed in: the token's name, role and scope (GET /me) ----------------------
+  // Pages hide what the token may not do; the API decides either way.
+  let mePromise = null;
+  function me() {
+    if (!mePromise) mePromise = api("/me").catch(() => null);
+    return mePromise;
+  }
+
+  // -- every page but /login: sign out, and who is signed in ------------------------------
   document.addEventListener("DOMContentLoaded", () => {
+    const who = document.getElementById("whoami");
+    if (who && getToken()) {
+      me().then((token) => {
+        if (token) who.textContent = `${token.name} · ${token.role} · ${token.scope_text}`;
+      });
+    }
     const signOut = document.getElementById("sign-out");
     if (signOut) {
       signOut.addEventListener("click", () => {
@@ -336,6 +350,7 @@
   window.IAC = {
     TERMINAL,
     counts,
+    me,
     getToken,
     setToken,
     clearToken,

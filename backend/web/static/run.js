@@ -13,6 +13,7 @@
 
   let runId = 0;
   let run = null;
+  let mayOperate = false; // the token's role includes operator (GET /me)
 
   // -- the run's facts -------------------------------------------------------------------
   function fact(name, ...value) {
@@ -62,14 +63,16 @@
         ),
       );
     const ended = TERMINAL.has(run.status);
-    document.getElementById("approve").hidden = run.status !== "awaiting_approval";
-    document.getElementById("discard").hidden = run.status !== "awaiting_approval";
+    // What the token may not do is not offered (the API refuses it anyway).
+    const deciding = run.status === "awaiting_approval" && mayOperate;
+    document.getElementById("approve").hidden = !deciding;
+    document.getElementById("discard").hidden = !deciding;
     if (run.plan_sha256 && run.plan_sha256 !== shownPlan) loadPlan(run.plan_sha256);
     const cancel = document.getElementById("cancel");
-    cancel.hidden = ended;
+    cancel.hidden = ended || !mayOperate;
     cancel.disabled = Boolean(run.cancel_requested);
     cancel.textContent = run.cancel_requested ? "Cancel requested…" : "Cancel";
-    document.getElementById("force-cancel").hidden = ended || !EXECUTING.has(run.status);
+    document.getElementById("force-cancel").hidden = ended || !mayOperate || !EXECUTING.has(run.status);
   }
 
   // -- the plan: counts, resource changes (replacements and deletions first), drift --------
@@ -316,6 +319,10 @@
     runId = Number(document.body.dataset.runId);
     if (!IAC.getToken()) return IAC.toLogin("missing");
     trackScroll();
+    IAC.me().then((token) => {
+      mayOperate = Boolean(token && token.may.operator);
+      if (run) render();
+    });
     document.getElementById("approve").addEventListener("click", () => act("approve"));
     document.getElementById("discard").addEventListener("click", () => act("discard"));
     document.getElementById("cancel").addEventListener("click", () => act("cancel"));
