@@ -21,20 +21,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api import errors
 from backend.api.deps import require_token
+from backend.api.routes import audit as audit_routes
 from backend.api.routes import deployments, health, runners, runs, state, tokens, variables
+from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
 from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
 from backend.logs.hub import LogHub
 from backend.pool import RunnerPool
+from backend.store import audit
 from backend.store import deployments as deployment_store
 from backend.store import runners as runner_store
 from backend.store import tokens as token_store
 from backend.web import pages
 
 log = logging.getLogger("iac.backend")
-API_PREFIX = "/api/v1"
 BOOTSTRAP_TOKEN_NAME = "bootstrap (IAC_API_TOKEN)"
 
 
@@ -69,14 +71,45 @@ async def purge_deleted(database: Database, retention_days: float) -> list[str]:
     return purged
 
 
+async def expire_audit(database: Database, retention_days: float) -> int:
+    """Remove the audit entries past IAC_AUDIT_RETENTION_DAYS (0: keep every entry)."""
+    if retention_days <= 0:
+        return 0
+    async with database.session() as session:
+        removed = await audit.apply_retention(session, retention_days)
+    if removed:
+        log.info("removed %d audit entries past their retention", removed)
+    return removed
+
+
+async def check_audit(database: Database) -> None:
+    """At start: say whether the audit chain holds (and where it first does not)."""
+    async with database.session() as session:
+        verdict = await audit.verify(session)
+    if verdict.ok:
+        log.info("audit log: %d entries, the chain holds", verdict.entries)
+    else:
+        log.error(
+            "audit log: the chain is broken at entry %s: %s (iac-backend audit verify)",
+            verdict.broken_at,
+            verdict.reason,
+        )
+
+
 async def purge_loop(database: Database, settings: Settings) -> None:
     """Purge at start, then every IAC_PURGE_INTERVAL seconds (each replica: a purge is
-    idempotent), until cancelled."""
+    idempotent), until cancelled; the audit log's retention likewise. First, the audit
+    chain is checked (in the background: a long log must not delay the start)."""
+    try:
+        await check_audit(database)
+    except Exception:
+        log.exception("checking the audit log failed")
     while True:
         try:
             await purge_deleted(database, settings.deleted_retention_days)
+            await expire_audit(database, settings.audit_retention_days)
         except Exception:  # the next pass retries; a purge must never stop the backend
-            log.exception("purging deleted deployments failed")
+            log.exception("purging deleted deployments or old audit entries failed")
         await asyncio.sleep(settings.purge_interval)
 
 
@@ -172,6 +205,7 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(state.api_router)
     api.include_router(tokens.router)
     api.include_router(tokens.me_router)
+    api.include_router(audit_routes.router)
     # Every API route says which role it needs (backend.api.deps.needs): one without is a
     # bug that would leave it open to every token, so the app refuses to start.
     undeclared = [

@@ -143,7 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", parents=[listen], help="run the API (default)")
     sub.add_parser("migrate", help="migrate the database to the latest schema and exit")
+    audit_parser = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit_parser.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser(
+        "verify",
+        help="walk the audit log's hash chain: exit 0 when it holds, 1 with the first "
+        "entry that does not (edited, or after a removed one)",
+    )
     return parser
+
+
+async def verify_audit(database_url: str) -> int:
+    from backend.db import Database  # only here: serve does not need it at import
+    from backend.store import audit
+
+    database = Database(database_url)
+    try:
+        async with database.session() as session:
+            verdict = await audit.verify(session)
+    finally:
+        await database.dispose()
+    if verdict.ok:
+        print(f"iac-backend: audit log verified: {verdict.entries} entries, the chain holds")
+        return 0
+    print(
+        f"iac-backend: audit log broken at entry {verdict.broken_at}: {verdict.reason} "
+        f"({verdict.entries} entries read)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +180,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)
     command = args.command or "serve"
     settings = load_settings(host=args.host, port=args.port)
+    if command == "audit":
+        code: int = run_checked(verify_audit(settings.database_url), settings.database_url)
+        return code
     if command == "migrate":
         run_checked(migrate(settings.database_url), settings.database_url)
         shown = make_url(settings.database_url).render_as_string(hide_password=True)

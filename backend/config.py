@@ -183,6 +183,14 @@ class Settings(BaseSettings):
             "then it is purged for good. 0: at the next purge."
         ),
     )
+    audit_retention_days: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "IAC_AUDIT_RETENTION_DAYS: days audit entries are kept; older ones are removed "
+            "(a whole prefix, recorded in the log). 0: kept forever."
+        ),
+    )
     purge_interval: float = Field(
         default=3600,
         gt=0,

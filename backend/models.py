@@ -362,3 +362,22 @@ class ApiToken(Base):
     # [patterns], "labels": {k: v}}) limits it to some deployments (None: every one).
     role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
     scope: Mapped[dict[str, Any] | None] = mapped_column(JSON())
+
+
+class AuditEntry(Base):
+    """One entry of the audit log: append-only, each entry holding the hash of the one
+    before it (backend.store.audit), so an edit or a removal shows."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"), NEVER_REUSED)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    token_id: Mapped[int | None]  # not a foreign key: the entry outlives the token
+    actor: Mapped[str] = mapped_column(String(128))  # the token's name, or "anonymous"
+    source: Mapped[str] = mapped_column(String(64), default="")  # the client's address
+    action: Mapped[str] = mapped_column(String(160))  # "POST /runs/{run_id}/approve"
+    target: Mapped[str] = mapped_column(String(255), default="")  # "run_id=12"
+    result: Mapped[str] = mapped_column(Text, default="")  # "200", "403: ..."
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -387,3 +387,25 @@ class MeOut(TokenOut):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="The token itself: shown this once, only its hash is kept.")
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    token_id: int | None
+    actor: str = Field(description="The token's name, 'anonymous' or 'system'.")
+    source: str = Field(description="The client's address.")
+    action: str = Field(description="e.g. 'POST /runs/{run_id}/approve'.")
+    target: str = Field(description="The path's values and query, e.g. 'run_id=12'.")
+    result: str = Field(description="The HTTP status, and the reason of a refusal.")
+    prev_hash: str
+    hash: str
+
+
+class AuditVerdict(BaseModel):
+    entries: int
+    ok: bool
+    broken_at: int | None = Field(description="The first entry that does not hold.")
+    reason: str

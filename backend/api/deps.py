@@ -4,18 +4,22 @@ token check, and looking up a deployment named in the path."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.access import Role, Scope
+from backend.api.errors import STATUS
+from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher
 from backend.db import Database
 from backend.models import ApiToken, Deployment
-from backend.store import deployments, runlist, tokens
+from backend.store import audit, deployments, runlist, tokens
 from backend.store.validation import MAX_ID
 
 
@@ -59,20 +63,33 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
 async def require_token(
+    request: Request,
     database: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiToken:
+    # A short transaction of its own: the route's transaction should start only when the
+    # route needs it (on SQLite every transaction holds the write lock), not while a large
+    # request body is still arriving. A refusal is an entry of the audit log.
+    async with database.session() as session:
+        token = None
+        if credentials is not None:
+            token = await tokens.authenticate(session, credentials.credentials)
+        if token is None:
+            why = "missing API token" if credentials is None else "invalid API token"
+            await audit.append(
+                session,
+                actor="anonymous",
+                source=client_address(request),
+                action=_action(request),
+                target=_target(request),
+                result=f"401: {why}",
+            )
     if credentials is None:
         raise HTTPException(
             401,
             "missing API token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # A short transaction of its own: the route's transaction should start only when the
-    # route needs it (on SQLite every transaction holds the write lock), not while a large
-    # request body is still arriving.
-    async with database.session() as session:
-        token = await tokens.authenticate(session, credentials.credentials)
     if token is None:
         raise HTTPException(
             401,
@@ -93,26 +110,98 @@ def scope_of(token: ApiToken) -> Scope:
     return Scope.of(token.scope)
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _action(request: Request) -> str:
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path).removeprefix(API_PREFIX)
+    return f"{request.method} {path}"
+
+
+def _target(request: Request) -> str:
+    parts = [f"{key}={value}" for key, value in request.path_params.items()]
+    if request.url.query:
+        parts.append(request.url.query)
+    return " ".join(parts)
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, RequestValidationError):
+        return 422
+    return next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Who asked for what, to be written to the audit log with its result."""
+
+    actor: str
+    token_id: int | None
+    source: str
+    action: str
+    target: str
+
+    async def write(self, session: AsyncSession, result: str) -> None:
+        await audit.append(
+            session,
+            actor=self.actor,
+            token_id=self.token_id,
+            source=self.source,
+            action=self.action,
+            target=self.target,
+            result=result,
+        )
+
+
 def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
     """What a route declares in its decorator (`@router.get(..., **needs(Role.VIEWER))`):
     the role it requires (and, with `unscoped`, no scope), checked before anything else
-    of the request, and shown in the OpenAPI document as `x-iac-role`."""
+    of the request, and shown in the OpenAPI document as `x-iac-role`.
 
-    async def check(token: TokenDep) -> None:
+    It also keeps the audit log: every request that may change something (not GET), and
+    every refusal of a role, gets an entry, written in the request's own transaction when
+    the request succeeds (a failed one is rolled back first: its entry says why)."""
+
+    async def check(
+        request: Request, response: Response, token: TokenDep, session: SessionDep
+    ) -> AsyncIterator[None]:
+        entry = Entry(
+            token.name, token.id, client_address(request), _action(request), _target(request)
+        )
         have = role_of(token)
+        problem = ""
         if not have.includes(role):
-            raise HTTPException(
-                403, f"this needs the {role} role; token {token.name!r} is a {have}"
-            )
-        if unscoped and not scope_of(token).unscoped:
-            raise HTTPException(
-                403,
+            problem = f"this needs the {role} role; token {token.name!r} is a {have}"
+        elif unscoped and not scope_of(token).unscoped:
+            problem = (
                 f"this needs an unscoped {role} token; token {token.name!r} is limited to "
-                f"{scope_of(token).describe()}",
+                f"{scope_of(token).describe()}"
             )
+        if problem:
+            await entry.write(session, f"403: {problem}")
+            await session.commit()
+            raise HTTPException(403, problem)
+        if request.method in ("GET", "HEAD"):
+            yield
+            return
+        try:
+            yield
+        except Exception as exc:
+            await session.rollback()  # what the request did is undone; its entry is kept
+            await entry.write(session, f"{_status(exc)}: {exc}")
+            await session.commit()
+            raise
+        # The route's own status (one it set on its Response wins), as the client gets it.
+        status = response.status_code or getattr(request.scope.get("route"), "status_code", 0)
+        status = status or 200
+        await entry.write(session, str(status))
 
     extra = {"x-iac-role": role.value, "x-iac-unscoped": unscoped}
-    return {"dependencies": [Depends(check)], "openapi_extra": extra}
+    return {"dependencies": [Depends(check, scope="function")], "openapi_extra": extra}
 
 
 async def deployment_from_path(

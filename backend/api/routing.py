@@ -21,6 +21,8 @@ from fastapi.routing import APIRoute
 from backend.errors import Invalid
 from backend.store.validation import parse_json, text_problem
 
+API_PREFIX = "/api/v1"
+
 
 def _is_json(request: Request) -> bool:
     """Whether FastAPI would parse this body as JSON (no content type, or a JSON one)."""

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
 from backend.api.routes import health
-from backend.app import API_PREFIX
+from backend.api.routing import API_PREFIX
 from backend.web import pages
 
 pytestmark = pytest.mark.anyio

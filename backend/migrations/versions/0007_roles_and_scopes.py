@@ -1,5 +1,6 @@
 """Roles and scopes: ``api_tokens.role`` (existing tokens become ``admin``: they could do
-everything before), ``api_tokens.scope``, and ``deployments.labels`` that scopes match.
+everything before), ``api_tokens.scope``, and ``deployments.labels`` that scopes match;
+the hash-chained ``audit_log``.
 
 Revision ID: 0007
 Revises: 0006
@@ -32,9 +33,27 @@ def upgrade() -> None:
     op.add_column(
         "deployments", sa.Column("labels", sa.JSON(), nullable=False, server_default="{}")
     )
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("token_id", sa.Integer(), nullable=True),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),
+        sa.Column("action", sa.String(160), nullable=False),
+        sa.Column("target", sa.String(255), nullable=False),
+        sa.Column("result", sa.Text(), nullable=False),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_audit_log_at", "audit_log", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_log_at", "audit_log")
+    op.drop_table("audit_log")
     _drop("api_tokens", "role")
     _drop("api_tokens", "scope")
     _drop("deployments", "labels")
