@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import click
 
+from iac_cli.audit import audit
 from iac_cli.context import State
 from iac_cli.deployments import deployments
 from iac_cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
@@ -59,6 +60,7 @@ app.add_command(deployments)
 app.add_command(variables)
 app.add_command(tokens)
 app.add_command(me)
+app.add_command(audit)
 app.add_command(plan)
 app.add_command(apply)
 app.add_command(destroy)

@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -603,3 +604,20 @@ def test_a_planner_token_for_one_team_plans_and_nothing_more(
     assert_one_line_error(
         platform.iac("tokens", "create", "more", "--role", "admin", env=ci), 2, "HTTP 403"
     )
+    # Every refusal is in the audit log, which only an unscoped admin reads.
+    refusals = json_of(platform.iac("audit", "--actor", "ci-payments", "--json"))
+    assert [(e["action"], e["result"][:3]) for e in refusals] == [
+        ("POST /runs", "201"),
+        ("POST /runs", "403"),
+        ("POST /runs", "404"),
+        ("POST /tokens", "403"),
+    ], refusals
+    assert_one_line_error(platform.iac("audit", env=ci), 2, "HTTP 403")
+    following = platform.spawn("audit", "--follow", "--action", "DELETE")
+    platform.iac("vars", "unset", "pay-api", "nothing-here")  # a refused DELETE (404)
+    line = following.wait_for_line(r"DELETE /deployments/\{name\}/variables/\{key\}")
+    assert "name=pay-api key=nothing-here" in line and "404" in line, line
+    following.proc.send_signal(signal.SIGINT)
+    assert following.finish().returncode == 130
+    verified = platform.iac("audit", "verify").ok().stdout
+    assert re.match(r"audit log verified: \d+ entries, the chain holds", verified), verified
