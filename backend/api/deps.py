@@ -3,6 +3,7 @@ token check, and looking up a deployment named in the path."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -81,7 +82,7 @@ async def require_token(
                 actor="anonymous",
                 source=client_address(request),
                 action=_action(request),
-                target=_target(request),
+                target=await _target(request),
                 result=f"401: {why}",
             )
     if credentials is None:
@@ -120,10 +121,26 @@ def _action(request: Request) -> str:
     return f"{request.method} {path}"
 
 
-def _target(request: Request) -> str:
+# Body fields that say what a request is about, kept in its audit entry: never a value
+# (a variable's, a token's), only names.
+TARGET_FIELDS = ("deployment", "operation", "name", "role")
+
+
+async def _target(request: Request) -> str:
     parts = [f"{key}={value}" for key, value in request.path_params.items()]
     if request.url.query:
         parts.append(request.url.query)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = json.loads(await request.body())  # read by FastAPI already: cached
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            parts += [
+                f"{key}={str(body[key])[:64]}"
+                for key in TARGET_FIELDS
+                if isinstance(body.get(key), str)
+            ]
     return " ".join(parts)
 
 
@@ -170,7 +187,7 @@ def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
         request: Request, response: Response, token: TokenDep, session: SessionDep
     ) -> AsyncIterator[None]:
         entry = Entry(
-            token.name, token.id, client_address(request), _action(request), _target(request)
+            token.name, token.id, client_address(request), _action(request), await _target(request)
         )
         have = role_of(token)
         problem = ""

@@ -1,4 +1,4 @@
-"""The web UI's pages: runs overview, run page (live log), runners, login, and the API
+"""The web UI's pages: runs overview, run page (live log), runners, audit log, login, and the API
 docs (Swagger UI served from the swagger-ui-bundle-v2 package's files: no CDN).
 
 Each page is a server-rendered shell with no data in it, so it is served without a token;
@@ -92,6 +92,11 @@ async def run_page(request: Request, run_id: int) -> HTMLResponse:
 @router.get("/runners", response_class=HTMLResponse)
 async def runners_page(request: Request) -> HTMLResponse:
     return _page(request, "runners.html", page="runners")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_page(request: Request) -> HTMLResponse:
+    return _page(request, "audit.html", page="audit")
 
 
 @router.get("/docs", response_class=HTMLResponse)

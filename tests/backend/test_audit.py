@@ -56,11 +56,11 @@ async def test_what_is_recorded_and_what_is_not(
     seen = [(e["actor"], e["action"], e["target"], str(e["result"])[:3]) for e in log]
     admin = log[0]["actor"]
     assert seen == [
-        (admin, "POST /deployments", "", "201"),
+        (admin, "POST /deployments", "name=web", "201"),
         (admin, "POST /deployments/{name}/config", "name=web", "201"),
-        (admin, "POST /deployments", "", "409"),
+        (admin, "POST /deployments", "name=web", "409"),
         ("anonymous", "GET /runs", "", "401"),
-        (admin, "POST /tokens", "", "201"),
+        (admin, "POST /tokens", "name=eve role=viewer", "201"),
         (admin, "PUT /deployments/{name}/variables/{key}", "name=web key=db_password", "201"),
         ("eve", "DELETE /deployments/{name}", "name=web", "403"),
     ], seen
@@ -72,7 +72,7 @@ async def test_what_is_recorded_and_what_is_not(
     assert [e["action"] for e in await entries(client, actor="eve")] == [
         "DELETE /deployments/{name}"
     ]
-    assert len(await entries(client, target="name=web")) == 3
+    assert len(await entries(client, target="name=web")) == 5
     assert len(await entries(client, after_id=log[4]["id"])) == 2
     # Nothing in the API changes or removes an entry.
     spec = (await client.get("/openapi.json")).json()

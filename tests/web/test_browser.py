@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Dialog, Page, Request, expect
 
@@ -539,3 +540,29 @@ def test_a_planner_sees_its_team_s_runs_and_no_buttons_it_may_not_use(
     assert refused == 403
     page.goto(f"{platform.url}/runs/{theirs['id']}")
     expect(page.locator("#flash")).to_contain_text(f"Run {theirs['id']} does not exist.")
+
+
+def test_the_audit_page_shows_who_did_what_to_an_admin_only(platform: Platform, page: Page) -> None:
+    backend = platform.backend
+    body = {"name": "viewer-x", "role": "viewer"}
+    viewer = backend.call("POST", "/tokens", 201, json=body)["token"]
+    refused = httpx.delete(
+        f"{platform.url}/api/v1/deployments/nope", headers={"Authorization": f"Bearer {viewer}"}
+    )
+    assert refused.status_code == 403
+    sign_in(page, platform.url, "/audit")
+    expect(page.locator("#nav-audit")).to_be_visible()
+    expect(page.locator("#chain")).to_contain_text("hash chain holds")
+    row = page.locator("#audit tr[data-actor='viewer-x']")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("DELETE /deployments/{name}")
+    expect(row.locator(".result")).to_contain_text("403: this needs the admin role")
+    # New entries appear without a reload.
+    backend.call("POST", "/tokens", 201, json={"name": "later"})
+    expect(page.locator("#audit tbody tr").first).to_contain_text("POST /tokens")
+    screenshot(page, "audit-log")
+
+    page.evaluate("() => sessionStorage.clear()")
+    sign_in(page, platform.url, "/audit", token=viewer)
+    expect(page.locator("#nav-audit")).to_be_hidden()
+    expect(page.locator("#flash")).to_contain_text("not yours to read")

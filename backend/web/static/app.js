@@ -335,7 +335,11 @@
     const who = document.getElementById("whoami");
     if (who && getToken()) {
       me().then((token) => {
-        if (token) who.textContent = `${token.name} · ${token.role} · ${token.scope_text}`;
+        if (!token) return;
+        who.textContent = `${token.name} · ${token.role} · ${token.scope_text}`;
+        // The audit log is an unscoped admin's (the API refuses everyone else).
+        const audit = document.getElementById("nav-audit");
+        if (audit) audit.hidden = !(token.may.admin && !token.scope);
       });
     }
     const signOut = document.getElementById("sign-out");
