@@ -133,6 +133,9 @@ def test_many_short_runs_on_three_runners_lose_nothing_and_leak_nothing(
                     f"{baseline.children} -> {now.children}; fds now: {now.fds}"
                 ) from None
             assert "Traceback" not in server.log.read_text()
+        # Every deploy, upload and run start is in the audit log, and the chain holds.
+        verdict = backend.call("GET", "/audit/verify", 200)
+        assert verdict["ok"] and verdict["entries"] >= 3 * runs_n, verdict
         Counter.add("load runs", runs_n)
         print(f"{runs_n} runs of {lines_n} lines on {RUNNERS} runners in {took:.1f} s")
     finally:
