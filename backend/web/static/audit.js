@@ -47,9 +47,12 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     if (!IAC.getToken()) return IAC.toLogin("missing");
-    chain().catch((err) => {
-      if (err instanceof IAC.ApiError) flash(`The audit log is not yours to read: ${err.message}`);
-    });
-    poll(load, 2000);
+    // The chain first: a token that may not read the log is told so once, not polled.
+    chain().then(
+      () => poll(load, 2000),
+      (err) => {
+        if (err instanceof IAC.ApiError) flash(`The audit log is not yours to read: ${err.message}`);
+      },
+    );
   });
 })();
