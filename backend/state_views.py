@@ -34,12 +34,16 @@ def _document(state: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def outputs(state: bytes, secrets: list[str]) -> list[Output]:
-    """The state's outputs, by name; a sensitive output's value is never shown."""
+def outputs(state: bytes, secrets: list[str], *, reveal: bool = False) -> list[Output]:
+    """The state's outputs, by name; a sensitive output's value is shown only with
+    `reveal` (for whoever may read state content)."""
     found = []
     for name, item in sorted((_document(state).get("outputs") or {}).items()):
         sensitive = bool(item.get("sensitive"))
-        value = SENSITIVE if sensitive else redact(item.get("value"), None, secrets)
+        if reveal:
+            value = item.get("value")
+        else:
+            value = SENSITIVE if sensitive else redact(item.get("value"), None, secrets)
         found.append(Output(name, value, item.get("type"), sensitive))
     return found
 

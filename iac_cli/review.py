@@ -98,11 +98,14 @@ def discard(state: State, run_id: int, comment: str, as_json: bool) -> None:
 
 @click.command("outputs")
 @click.argument("name")
+@click.option("--reveal", is_flag=True, help="Show sensitive values too (admin tokens only).")
 @json_option
 @pass_state
-def outputs(state: State, name: str, as_json: bool) -> None:
-    """The outputs of deployment NAME's latest state (sensitive ones as a marker)."""
-    rows = state.api.json("GET", f"/deployments/{seg(name)}/outputs")
+def outputs(state: State, name: str, reveal: bool, as_json: bool) -> None:
+    """The outputs of deployment NAME's latest state (sensitive ones as a marker unless
+    --reveal)."""
+    params = {"reveal": "true"} if reveal else {}
+    rows = state.api.json("GET", f"/deployments/{seg(name)}/outputs", params=params)
     if as_json:
         state.output.json({row["name"]: row["value"] for row in rows})
         return

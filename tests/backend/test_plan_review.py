@@ -129,8 +129,16 @@ def test_a_plan_is_reviewed_before_it_is_applied(backend: Backend) -> None:
     assert outputs_now["hidden"] == {
         "name": "hidden", "value": "(sensitive value)", "type": "string", "sensitive": True
     }  # fmt: skip
-    refused = backend.client.get("/deployments/web/outputs", params={"reveal": "true"})
-    assert refused.status_code == 403
+    # Revealed only to an admin (state content); refused to anyone else.
+    revealed = backend.call("GET", "/deployments/web/outputs?reveal=true", 200)
+    assert {o["name"]: o["value"] for o in revealed}["hidden"] == NEW_SECRET
+    viewer = backend.call("POST", "/tokens", 201, json={"name": "v", "role": "operator"})
+    refused = backend.client.get(
+        "/deployments/web/outputs",
+        params={"reveal": "true"},
+        headers={"Authorization": f"Bearer {viewer['token']}"},
+    )
+    assert refused.status_code == 403 and "needs the admin role" in refused.text
     resources = backend.call("GET", "/deployments/web/state/resources", 200)
     assert [r["address"] for r in resources] == [
         "terraform_data.fresh", "terraform_data.kept", "terraform_data.plain",

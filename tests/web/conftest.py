@@ -108,7 +108,10 @@ def platform(
             runner.stop()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an asyncio loop marked running
+# in this thread while it is open, so a later test of the same worker that calls
+# asyncio.run() (a PostgreSQL database made for it, say) would fail.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         skip_unless_strict(

@@ -470,12 +470,16 @@ def test_review_a_plan_on_the_page_then_discard_it(platform: Platform, page: Pag
     backend.deploy("review", {"main.tf": REVIEW_V1}, required_labels={"provider": "aws"})
     first = backend.start("review", "apply", auto_approve="always")
     assert backend.wait(first["id"], "succeeded", "failed")["status"] == "succeeded"
+    # After an apply its page shows the outputs.
+    sign_in(page, platform.url, f"/runs/{first['id']}")
+    expect(page.locator("#outputs tr[data-output='version']")).to_contain_text("v1")
+    expect(page.locator("#unlock")).to_be_hidden()  # it released its lock
     backend.call(
         "POST", "/deployments/review/config", 201, content=tar_gz({"main.tf": REVIEW_V2}),
         headers={"Content-Type": "application/gzip"},
     )  # fmt: skip
     run = backend.start("review", "apply", comment="release 2")
-    sign_in(page, platform.url, f"/runs/{run['id']}")
+    page.goto(f"{platform.url}/runs/{run['id']}")
     expect(page.locator("#run-status")).to_have_text("awaiting approval", timeout=60_000)
     expect(page.locator("#plan")).to_be_visible()
     expect(page.locator("#plan-counts")).to_have_text("+1 ~2 -1 ±1")

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import state_views
 from backend.access import Role
-from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, TokenDep, needs
+from backend.api.deps import CipherDep, DeploymentDep, IdPath, SessionDep, TokenDep, needs, role_of
 from backend.api.routing import CheckedRoute
 from backend.crypto import Cipher
 from backend.errors import Conflict, Forbidden
@@ -75,20 +75,23 @@ async def show_outputs(
     deployment: DeploymentDep,
     session: SessionDep,
     cipher: CipherDep,
+    token: TokenDep,
     reveal: Annotated[
-        bool, Query(description="Show sensitive values: needs a role that may read them.")
+        bool, Query(description="Show sensitive values too: admin tokens only (state content).")
     ] = False,
 ) -> list[OutputOut]:
     """The outputs of the latest state; a sensitive one (or one holding a sensitive
-    variable's value) as '(sensitive value)'."""
-    if reveal:
+    variable's value) as '(sensitive value)', unless an admin asks to reveal them."""
+    if reveal and not role_of(token).includes(Role.ADMIN):
         raise Forbidden(
-            "sensitive outputs are never revealed through the API yet: no token has a role "
-            "that may read them (read the state version as an administrator instead)"
+            f"revealing sensitive outputs needs the admin role (state content); token "
+            f"{token.name!r} is a {role_of(token)}"
         )
     data = await _latest(session, cipher, deployment)
-    env = await variables.run_environment(session, cipher, deployment)
-    found = await asyncio.to_thread(state_views.outputs, data, env.secrets())
+    secrets: list[str] = []
+    if not reveal:
+        secrets = (await variables.run_environment(session, cipher, deployment)).secrets()
+    found = await asyncio.to_thread(state_views.outputs, data, secrets, reveal=reveal)
     return [OutputOut.model_validate(o, from_attributes=True) for o in found]
 
 

@@ -68,6 +68,8 @@
     document.getElementById("approve").hidden = !deciding;
     document.getElementById("discard").hidden = !deciding;
     if (run.plan_sha256 && run.plan_sha256 !== shownPlan) loadPlan(run.plan_sha256);
+    if (ended && !outputsShown && run.status === "succeeded" && run.operation !== "plan") loadOutputs();
+    if (ended && mayOperate && !lockChecked) checkLock();
     const cancel = document.getElementById("cancel");
     cancel.hidden = ended || !mayOperate;
     cancel.disabled = Boolean(run.cancel_requested);
@@ -133,6 +135,29 @@
     drift.querySelector("tbody").replaceChildren(...plan.resource_drift.map(changeRow));
   }
 
+  // -- after an apply: the outputs; after a run that left its state locked: a release -----
+  let outputsShown = false;
+  let lockChecked = false;
+
+  async function loadOutputs() {
+    outputsShown = true;
+    const outputs = await api(`/deployments/${encodeURIComponent(run.deployment)}/outputs`).catch(() => []);
+    const section = document.getElementById("outputs");
+    section.hidden = outputs.length === 0;
+    section.querySelector("tbody").replaceChildren(
+      ...outputs.map((o) =>
+        el("tr", { dataset: { output: o.name } }, el("td", {}, el("code", {}, o.name)), el("td", {}, show(o.value))),
+      ),
+    );
+  }
+
+  async function checkLock() {
+    lockChecked = true;
+    const state = await api(`/deployments/${encodeURIComponent(run.deployment)}/state`).catch(() => null);
+    // A lock still held by this run, which has ended: its holder is gone.
+    document.getElementById("unlock").hidden = !(state && state.lock && state.lock.run_id === run.id);
+  }
+
   async function refresh() {
     run = await api(`/runs/${runId}`);
     render();
@@ -144,6 +169,9 @@
     const what = `run ${run.id} (${run.operation} of ${run.deployment})`;
     if (action === "approve") {
       return `Approve ${what}? Terraform will apply the saved plan.`;
+    }
+    if (action === "unlock") {
+      return `Release the state lock of ${run.deployment}, which ${what} still holds? Only do this when no terraform of this run is running any more.`;
     }
     if (action === "discard") {
       return `Discard ${what}? Its plan is not applied; the deployment's next run may start.`;
@@ -162,12 +190,14 @@
     const path = {
       approve: `/runs/${runId}/approve`,
       discard: `/runs/${runId}/discard`,
+      unlock: `/deployments/${encodeURIComponent(run.deployment)}/state/unlock`,
       cancel: `/runs/${runId}/cancel`,
       force: `/runs/${runId}/cancel?force=true`,
     }[action];
     try {
       await api(path, { method: "POST" });
       flash(null);
+      if (action === "unlock") lockChecked = false;
       await refresh();
     } catch (err) {
       if (!(err instanceof IAC.AuthError)) flash(`Could not ${action === "force" ? "force-cancel" : action}: ${err.message}`);
@@ -325,6 +355,7 @@
     });
     document.getElementById("approve").addEventListener("click", () => act("approve"));
     document.getElementById("discard").addEventListener("click", () => act("discard"));
+    document.getElementById("unlock").addEventListener("click", () => act("unlock"));
     document.getElementById("cancel").addEventListener("click", () => act("cancel"));
     document.getElementById("force-cancel").addEventListener("click", () => act("force"));
     document.getElementById("download").addEventListener("click", download);
