@@ -66,6 +66,14 @@ async def purge_deleted(database: Database, retention_days: float) -> list[str]:
     """Remove for good the deployments deleted longer ago than the retention period."""
     async with database.session() as session:
         purged = await deployment_store.purge_expired(session, retention_days)
+        for name in purged:  # what the platform removes by itself is on record too
+            await audit.append(
+                session,
+                actor="system",
+                action="purge deployment",
+                target=f"name={name}",
+                result=f"purged: deleted more than {retention_days:g} days ago",
+            )
     if purged:
         log.info("purged deleted deployments past their retention: %s", ", ".join(purged))
     return purged

@@ -164,7 +164,10 @@ async def verify_audit(database_url: str) -> int:
     finally:
         await database.dispose()
     if verdict.ok:
-        print(f"iac-backend: audit log verified: {verdict.entries} entries, the chain holds")
+        print(
+            f"iac-backend: audit log verified: {verdict.entries} entries, the chain holds; "
+            f"head: entry {verdict.head_id} {verdict.head}"
+        )
         return 0
     print(
         f"iac-backend: audit log broken at entry {verdict.broken_at}: {verdict.reason} "

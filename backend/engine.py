@@ -178,10 +178,17 @@ class Engine:
             self.wake()
 
     # -- what the API asks ---------------------------------------------------------------
-    async def approve(self, run_id: int, actor: str, comment: str = "") -> None:
+    async def approve(
+        self, run_id: int, actor: str, comment: str = "", actor_id: int | None = None
+    ) -> None:
         async with self.db.session() as session:
             await run_transitions.approve(
-                session, run_id, actor=actor, comment=comment, plan_ttl=self.options.plan_ttl
+                session,
+                run_id,
+                actor=actor,
+                actor_id=actor_id,
+                comment=comment,
+                plan_ttl=self.options.plan_ttl,
             )
         self.wake()
 

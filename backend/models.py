@@ -249,6 +249,7 @@ class Run(Base):
         String(16), default=ApprovePolicy.NEVER.value, server_default=ApprovePolicy.NEVER.value
     )
     created_by: Mapped[str | None] = mapped_column(String(128))  # the API token's name
+    created_by_token: Mapped[int | None]  # its id: names are not unique (four eyes)
     plan_file: Mapped[bytes | None]
     # Not a foreign key: a run's history keeps naming its runner after the runner is removed.
     runner_id: Mapped[str | None] = mapped_column(String(64))

@@ -11,8 +11,11 @@ kept. What is kept is stored encrypted like the state.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from runner_stdio.output import mask_forms
 
 SENSITIVE = "(sensitive value)"
 UNKNOWN = "(known after apply)"
@@ -110,7 +113,10 @@ def _redact(value: Any, sensitive: Any, unknown: Any, secrets: list[str]) -> Any
         s_map = sensitive if isinstance(sensitive, dict) else {}
         u_map = unknown if isinstance(unknown, dict) else {}
         keys = set(value) | set(u_map)
-        return {k: _redact(value.get(k), s_map.get(k), u_map.get(k), secrets) for k in keys}
+        return {
+            scrub(k, secrets): _redact(value.get(k), s_map.get(k), u_map.get(k), secrets)
+            for k in sorted(keys)
+        }
     if isinstance(value, list):
         s_list = sensitive if isinstance(sensitive, list) else []
         u_list = unknown if isinstance(unknown, list) else []
@@ -123,15 +129,33 @@ def _redact(value: Any, sensitive: Any, unknown: Any, secrets: list[str]) -> Any
             )
             for i, item in enumerate(value)
         ]
-    if isinstance(value, str) and any(secret in value for secret in secrets):
-        return SENSITIVE
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str | int | float) and any(s in str(value) for s in secrets):
+        return SENSITIVE  # a number a sensitive variable held is as secret as a string
     return value
 
 
+def scrub(text: str, secrets: list[str]) -> str:
+    """`text` (a map key, an address) with every secret in it replaced by SENSITIVE."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, SENSITIVE)
+    return text
+
+
+def every_form(secrets: Iterable[str]) -> list[str]:
+    """Each secret as terraform may print it inside a string (JSON-escaped, HTML-safe,
+    escaped twice, ...: the runner's masking forms), longest first."""
+    forms = {form for secret in secrets if secret for form in mask_forms(secret)}
+    forms |= {secret for secret in secrets if secret}
+    return sorted(forms, key=len, reverse=True)
+
+
 def redact(value: Any, sensitive: Any, secrets: list[str]) -> Any:
-    """`value` with what terraform marks sensitive, and every string holding one of
-    `secrets`, replaced by SENSITIVE."""
-    return _redact(value, sensitive, None, sorted(set(filter(None, secrets)), key=len))
+    """`value` with what terraform marks sensitive, and every value holding one of
+    `secrets` (in any form terraform prints), replaced by SENSITIVE."""
+    return _redact(value, sensitive, None, every_form(secrets))
 
 
 def _marked(value: Any, sensitive: Any, found: set[str]) -> None:
@@ -199,10 +223,19 @@ def _resource(item: dict[str, Any], secrets: list[str]) -> ResourceChange:
     after = _redact(
         change.get("after"), change.get("after_sensitive"), change.get("after_unknown"), secrets
     )
-    changed = _changed(before, after, []) if action in ("update", "replace") else []
-    forces = [_path(p) for p in change.get("replace_paths") or [] if isinstance(p, list)]
+    changed: list[str] = []
+    if action in ("update", "replace"):
+        # Compared before redaction (a rotated secret is a change), shown after it.
+        raw_after = change.get("after")
+        unknown = change.get("after_unknown")
+        paths = _changed(change.get("before"), _with_unknown(raw_after, unknown), [])
+        changed = [scrub(path, secrets) for path in paths]
+    forces = [
+        scrub(_path(p), secrets) for p in change.get("replace_paths") or [] if isinstance(p, list)
+    ]
+    previous = item.get("previous_address")
     return ResourceChange(
-        address=str(item.get("address", "")),
+        address=scrub(str(item.get("address", "")), secrets),
         module=item.get("module_address"),
         type=str(item.get("type", "")),
         name=str(item.get("name", "")),
@@ -213,8 +246,23 @@ def _resource(item: dict[str, Any], secrets: list[str]) -> ResourceChange:
         before=before,
         after=after,
         imported=bool(change.get("importing")),
-        moved_from=item.get("previous_address"),
+        moved_from=scrub(previous, secrets) if isinstance(previous, str) else None,
     )
+
+
+def _with_unknown(after: Any, unknown: Any) -> Any:
+    """`after` with its unknown parts as UNKNOWN (so "x" -> unknown is a change)."""
+    if unknown is True:
+        return UNKNOWN
+    if isinstance(after, dict) or isinstance(unknown, dict):
+        a = after if isinstance(after, dict) else {}
+        u = unknown if isinstance(unknown, dict) else {}
+        return {k: _with_unknown(a.get(k), u.get(k)) for k in set(a) | set(u)}
+    if isinstance(after, list) and isinstance(unknown, list):
+        return [
+            _with_unknown(v, unknown[i] if i < len(unknown) else None) for i, v in enumerate(after)
+        ]
+    return after
 
 
 def read_plan(data: bytes, secrets: list[str]) -> Plan:
@@ -227,7 +275,7 @@ def read_plan(data: bytes, secrets: list[str]) -> Plan:
         raise PlanUnreadable(f"the plan's JSON does not parse: {exc}") from None
     if not isinstance(doc, dict) or "format_version" not in doc:
         raise PlanUnreadable("the document is not terraform's plan JSON (no format_version)")
-    secrets = sorted({s for s in secrets if s} | _sensitive_values(doc), key=len, reverse=True)
+    secrets = every_form(set(secrets) | _sensitive_values(doc))
     counts = Counts()
     changes = []
     for item in doc.get("resource_changes") or []:

@@ -25,6 +25,7 @@ from backend.crypto import Cipher
 from backend.db import Database
 from backend.models import Runner, RunnerStatus, utcnow
 from backend.runner_client import RunnerClient, RunnerUnreachable
+from backend.steps import RUNNER_FEATURES
 from backend.store import runners as runner_store
 from backend.store.runners import RunnerConnection
 from backend.tool_versions import Constraint, highest
@@ -56,6 +57,7 @@ class RunnerView:
     reported_runs: frozenset[str] = frozenset()  # their runner-side ids
     tools: list[dict[str, Any]] = field(default_factory=list)
     accept: list[str] = field(default_factory=list)
+    features: frozenset[str] = frozenset()
     ours: Occupancy = field(default_factory=Occupancy)  # shared with the pool
 
     @property
@@ -90,6 +92,7 @@ def view_of(row: Runner, ours: Occupancy | None = None) -> RunnerView:
         reported_runs=frozenset(str(r) for r in info.get("active_runs") or ()),
         tools=list(info.get("tools") or []),
         accept=list(info.get("accept") or []),
+        features=frozenset(info.get("features") or ()),
         ours=ours if ours is not None else Occupancy(),
     )
 
@@ -113,7 +116,17 @@ def choose(
     if not up:
         states = ", ".join(f"{v.name}: {v.status}" for v in labelled)
         return [], f"no healthy runner with the required labels ({states})", ""
-    able = [v for v in up if v.accepts(operation) and v.versions(tool)]
+    current = [v for v in up if v.features >= RUNNER_FEATURES]
+    if not current:
+        names = ", ".join(v.name for v in up)
+        return (
+            [],
+            f"no healthy runner with the required labels runs a recent enough "
+            f"iac-runner-server ({names}: without {', '.join(sorted(RUNNER_FEATURES))}); "
+            "upgrade them",
+            "",
+        )
+    able = [v for v in current if v.accepts(operation) and v.versions(tool)]
     if not able:
         return (
             [],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.store.validation import MAX_ID
 
@@ -338,7 +338,12 @@ class Decision(BaseModel):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, description="What the token is for, e.g. 'ci'.")
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        description="What the token is for, e.g. 'ci' ('system' and 'anonymous' are the "
+        "audit log's own actors).",
+    )
     expires_in_days: int | None = Field(
         default=None, ge=1, le=3650, description="Days until it expires; none: never."
     )
@@ -351,6 +356,13 @@ class TokenCreate(BaseModel):
         description="Limit it to some deployments; within the creating token's scope. None: "
         "the creating token's scope.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_an_audit_actor(cls, name: str) -> str:
+        if name in ("system", "anonymous"):
+            raise ValueError(f"{name!r} is the audit log's own actor: choose another name")
+        return name
 
 
 class ScopeIn(BaseModel):
@@ -409,3 +421,8 @@ class AuditVerdict(BaseModel):
     ok: bool
     broken_at: int | None = Field(description="The first entry that does not hold.")
     reason: str
+    head_id: int = Field(description="The newest entry's id (when the chain holds).")
+    head: str = Field(
+        description="The newest entry's hash: keep it elsewhere to detect a chain cut short "
+        "or rewritten whole."
+    )

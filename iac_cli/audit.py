@@ -97,7 +97,10 @@ def verify(state: State, as_json: bool) -> int:
     if as_json:
         state.output.json(verdict)
     elif verdict["ok"]:
-        state.output.result(f"audit log verified: {verdict['entries']} entries, the chain holds")
+        state.output.result(
+            f"audit log verified: {verdict['entries']} entries, the chain holds; "
+            f"head: entry {verdict['head_id']} {verdict['head']}"
+        )
     else:
         state.output.note(
             f"audit log broken at entry {verdict['broken_at']}: {verdict['reason']}", "red"

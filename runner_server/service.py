@@ -41,6 +41,8 @@ from runner_stdio.tools import ToolError, check_command, get_spec
 log = logging.getLogger("iac_runner_server")
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# Reported in GetInfo: a backend sends runs that need them only to runners that have them.
+FEATURES = ["stdout_file", "verify_sha256"]
 _RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _CHANNEL_OK = _RUN_ID_OK | frozenset(":/")
 
@@ -583,6 +585,7 @@ class RunnerService:
             version=__version__,
             accept=self.config.accept,
             active_runs=[r.run_id for r in self.runs.values() if not r.finished],
+            features=FEATURES,
         )
 
     # -- drain -------------------------------------------------------------------------

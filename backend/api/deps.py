@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.access import Role, Scope
-from backend.api.errors import STATUS
+from backend.api.errors import STATUS, describe_validation
 from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher
@@ -82,7 +82,7 @@ async def require_token(
                 actor="anonymous",
                 source=client_address(request),
                 action=_action(request),
-                target=await _target(request),
+                target=_target(request, with_body=False),
                 result=f"401: {why}",
             )
     if credentials is None:
@@ -126,13 +126,16 @@ def _action(request: Request) -> str:
 TARGET_FIELDS = ("deployment", "operation", "name", "role")
 
 
-async def _target(request: Request) -> str:
+def _target(request: Request, *, with_body: bool = True) -> str:
     parts = [f"{key}={value}" for key, value in request.path_params.items()]
     if request.url.query:
         parts.append(request.url.query)
-    if request.headers.get("content-type", "").startswith("application/json"):
+    # Only a body FastAPI has read already (a JSON body of an authenticated request): this
+    # never reads one itself (an anonymous request's, or an upload streamed by its route).
+    raw = getattr(request, "_body", None) if with_body else None
+    if raw and request.headers.get("content-type", "").startswith("application/json"):
         try:
-            body = json.loads(await request.body())  # read by FastAPI already: cached
+            body = json.loads(raw)
         except ValueError:
             body = None
         if isinstance(body, dict):
@@ -144,12 +147,16 @@ async def _target(request: Request) -> str:
     return " ".join(parts)
 
 
-def _status(exc: BaseException) -> int:
+def _outcome(exc: BaseException) -> str:
+    """A failed request's result as the audit log keeps it: its status and the reason the
+    API gave, never an input (a 422 names the fields, not their values) nor, for an
+    unexpected error, its message (a database error quotes its parameters)."""
     if isinstance(exc, HTTPException):
-        return exc.status_code
+        return f"{exc.status_code}: {exc.detail}"
     if isinstance(exc, RequestValidationError):
-        return 422
-    return next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+        return f"422: {describe_validation(exc.errors(), with_input=False)}"
+    code = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+    return f"{code}: {exc}" if code != 500 else f"500: {type(exc).__name__}"
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,7 @@ def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
         request: Request, response: Response, token: TokenDep, session: SessionDep
     ) -> AsyncIterator[None]:
         entry = Entry(
-            token.name, token.id, client_address(request), _action(request), await _target(request)
+            token.name, token.id, client_address(request), _action(request), _target(request)
         )
         have = role_of(token)
         problem = ""
@@ -209,7 +216,7 @@ def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
             yield
         except Exception as exc:
             await session.rollback()  # what the request did is undone; its entry is kept
-            await entry.write(session, f"{_status(exc)}: {exc}")
+            await entry.write(session, _outcome(exc))
             await session.commit()
             raise
         # The route's own status (one it set on its Response wins), as the client gets it.

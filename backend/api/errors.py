@@ -65,8 +65,9 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_INPUT_CHARS else text[: SHOWN_INPUT_CHARS - 4] + "...'"
 
 
-def describe_validation(errors: Sequence[Any]) -> str:
-    """FastAPI's validation errors in one line: "body field 'name': <what was wrong> (got X)"."""
+def describe_validation(errors: Sequence[Any], *, with_input: bool = True) -> str:
+    """FastAPI's validation errors in one line: "body field 'name': <what was wrong> (got X)"
+    (without the "got": what a log may keep, since the input may be a secret)."""
     parts = []
     for error in errors:
         loc = [str(p) for p in error.get("loc", ())]
@@ -79,7 +80,8 @@ def describe_validation(errors: Sequence[Any]) -> str:
             where = "request body" if kind == "body" else kind
         message = f"{where}: {error.get('msg', 'invalid')}"
         value = error.get("input")
-        if error.get("type") != "missing" and isinstance(value, str | int | float | type(None)):
+        shown = with_input and error.get("type") != "missing"
+        if shown and isinstance(value, str | int | float | type(None)):
             message += f" (got {_shown(value)})"
         parts.append(message)
     return "; ".join(parts) or "invalid request"

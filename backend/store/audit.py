@@ -72,6 +72,10 @@ class Verdict:
     entries: int
     broken_at: int | None = None  # the id of the first entry that does not hold
     reason: str = ""
+    # The newest entry's id and hash: kept outside the database (a monitor, a ticket), they
+    # show a chain cut short or rewritten whole, which no walk of the chain itself can.
+    head_id: int = 0
+    head: str = GENESIS
 
     @property
     def ok(self) -> bool:
@@ -124,7 +128,9 @@ async def verify(session: AsyncSession) -> Verdict:
             first_id,
             f"entries before {first_id} are gone and no retention entry says it removed them",
         )
-    return Verdict(count)
+    if prev is None:
+        return Verdict(count)
+    return Verdict(count, head_id=prev.id, head=prev.hash)
 
 
 async def apply_retention(session: AsyncSession, days: float) -> int:

@@ -85,6 +85,7 @@ async def create_deployment(
         auto_approve=check_policy(auto_approve),
         require_other_approver=require_other_approver,
     )
+    check_four_eyes(row.auto_approve, row.require_other_approver)
     existing = await session.scalar(select(Deployment).where(Deployment.name == name))
     if existing is not None:
         if existing.deleted_at is not None:
@@ -126,8 +127,17 @@ async def update_deployment(
         deployment.auto_approve = check_policy(auto_approve)
     if require_other_approver is not None:
         deployment.require_other_approver = require_other_approver
+    check_four_eyes(deployment.auto_approve, deployment.require_other_approver)
     await session.flush()
     return deployment
+
+
+def check_four_eyes(auto_approve: str, require_other_approver: bool) -> None:
+    if require_other_approver and auto_approve != ApprovePolicy.NEVER.value:
+        raise Invalid(
+            f"require_other_approver needs auto_approve 'never' (not {auto_approve!r}): an "
+            "auto-approved run has no approver at all"
+        )
 
 
 def deleted_exists(row: Deployment) -> str:

@@ -125,7 +125,12 @@ async def finish_plan(
             **values,
         )  # fmt: skip
         return
-    auto, why = approval.policy_holds(run.approve_policy, values.get("changes"))
+    deployment = await session.get_one(Deployment, run.deployment_id)
+    if deployment.require_other_approver:
+        # Four eyes: another token approves, whatever the run asked for.
+        auto, why = False, "the deployment requires another approver"
+    else:
+        auto, why = approval.policy_holds(run.approve_policy, values.get("changes"))
     if auto:
         run.planned_at, run.plan_state_version = values["planned_at"], values["plan_state_version"]
         stale = await approval.stale_reason(session, run, None)

@@ -120,7 +120,13 @@ async def end(
 
 
 async def approve(
-    session: AsyncSession, run_id: int, *, actor: str, comment: str = "", plan_ttl: float
+    session: AsyncSession,
+    run_id: int,
+    *,
+    actor: str,
+    comment: str = "",
+    plan_ttl: float,
+    actor_id: int | None = None,
 ) -> None:
     """A plan awaiting approval goes on to its apply phase (dispatched like a new run),
     unless it is stale (the state or configuration moved on, or it is older than
@@ -131,7 +137,12 @@ async def approve(
             f"run {run_id} is {run.status}; only a run awaiting approval can be approved"
         )
     deployment = await session.get_one(Deployment, run.deployment_id)
-    if deployment.require_other_approver and run.created_by == actor:
+    same = (
+        run.created_by_token == actor_id
+        if run.created_by_token is not None
+        else run.created_by == actor
+    )
+    if deployment.require_other_approver and same:
         raise Conflict(
             f"run {run_id} was created by {actor!r}; deployment {deployment.name!r} requires "
             "another approver (require_other_approver)"

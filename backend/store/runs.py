@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.errors import Invalid, NotFound
+from backend.errors import Conflict, Invalid, NotFound
 from backend.models import Deployment, Operation, Run, RunEvent, RunStatus
 from backend.store.configs import get_config_version
 from backend.store.deployments import check_priority
@@ -26,11 +26,17 @@ async def create_run(
     config_version: int | None = None,
     actor: str = SYSTEM,
     comment: str = "",
+    actor_id: int | None = None,
 ) -> Run:
     """Queue a run on the deployment's latest (or the given) config version; its approval
     policy is the deployment's unless given."""
     if operation not in {o.value for o in Operation}:
         raise Invalid(f"operation {operation!r} is invalid: use 'plan', 'apply' or 'destroy'")
+    if deployment.require_other_approver and approve_policy not in (None, "never"):
+        raise Conflict(
+            f"deployment {deployment.name!r} requires another approver than the run's "
+            f"creator: a run cannot be auto-approved ({approve_policy})"
+        )
     config = await get_config_version(session, deployment, config_version)
     run = Run(
         deployment_id=deployment.id,
@@ -40,6 +46,7 @@ async def create_run(
         priority=check_priority(deployment.default_priority if priority is None else priority),
         approve_policy=approve_policy or deployment.auto_approve,
         created_by=actor,
+        created_by_token=actor_id,
     )
     session.add(run)
     await session.flush()

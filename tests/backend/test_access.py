@@ -192,9 +192,29 @@ async def test_a_token_makes_tokens_only_within_its_own_role_and_scope(world: Wo
         assert outside.status_code == 403
         moved = await http.patch("/api/v1/deployments/web", json={"labels": {"team": "b"}})
         assert moved.status_code == 403
+        # A name outside its scope is "not available", nothing more.
+        taken = await http.post(
+            "/api/v1/deployments", json={"name": "other", "labels": {"team": "a"}}
+        )
+        assert taken.status_code == 409
+        assert taken.json()["detail"] == "the name 'other' is not available"
     async with world.client_for(Role.OPERATOR, False) as http:
         raise_itself = await http.post("/api/v1/tokens", json={"name": "up", "role": "admin"})
         assert raise_itself.status_code == 403
+    for reserved in ("system", "anonymous"):
+        bad = await world.client.post("/api/v1/tokens", json={"name": reserved})
+        assert bad.status_code == 422 and "audit log's own actor" in bad.text
+    # A token never outlives the token that made it.
+    short = await world.client.post(
+        "/api/v1/tokens", json={"name": "short", "role": "admin", "expires_in_days": 2}
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=world.app),
+        base_url="http://testserver",
+        headers={"Authorization": f"Bearer {short.json()['token']}"},
+    ) as http:
+        child = await http.post("/api/v1/tokens", json={"name": "child", "expires_in_days": 30})
+    assert child.json()["expires_at"] == short.json()["expires_at"]
 
 
 def test_scope_within_is_a_subset_relation() -> None:

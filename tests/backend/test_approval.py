@@ -118,6 +118,13 @@ async def test_require_other_approver_refuses_the_run_s_creator(
 ) -> None:
     patched = await client.patch("/api/v1/deployments/web", json={"require_other_approver": True})
     assert patched.status_code == 200 and patched.json()["require_other_approver"] is True
+    # Four eyes leave no way around them: no auto-approval, per run or by default.
+    for policy in ("always", "no-destroy", True):
+        body = {"deployment": "web", "operation": "apply", "auto_approve": policy}
+        refused = await client.post("/api/v1/runs", json=body)
+        assert refused.status_code == 409 and "cannot be auto-approved" in refused.text
+    loosened = await client.patch("/api/v1/deployments/web", json={"auto_approve": "always"})
+    assert loosened.status_code == 422 and "needs auto_approve 'never'" in loosened.text
     created = await client.post("/api/v1/runs", json={"deployment": "web", "operation": "apply"})
     creator = created.json()["created_by"]
     run_id = await awaiting(db, created_by=creator)

@@ -5,6 +5,7 @@ verify`, run as the README says); retention that removes a prefix and says so.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from datetime import timedelta
@@ -68,12 +69,20 @@ async def test_what_is_recorded_and_what_is_not(
     assert "needs the admin role" in str(log[6]["result"])
     assert all(e["source"] == "127.0.0.1" or e["source"] for e in log)
     assert "Sup3r-S3cret-XYZ123" not in str(log), "a variable's value is never recorded"
+    # Nor one sent in a refused request (a 422 names the field, never its value).
+    typo = await client.put(
+        "/api/v1/deployments/web/variables/pw", json={"vaule": "T0PSECRET-typo", "sensitive": True}
+    )
+    assert typo.status_code == 422
+    last = (await entries(client))[-1]
+    assert last["result"].startswith("422: ") and "vaule" in last["result"]
+    assert "T0PSECRET" not in json.dumps(await entries(client))
     # Filters, and paging by id.
     assert [e["action"] for e in await entries(client, actor="eve")] == [
         "DELETE /deployments/{name}"
     ]
-    assert len(await entries(client, target="name=web")) == 5
-    assert len(await entries(client, after_id=log[4]["id"])) == 2
+    assert len(await entries(client, target="name=web")) == 6
+    assert len(await entries(client, after_id=log[4]["id"])) == 3
     # Nothing in the API changes or removes an entry.
     spec = (await client.get("/openapi.json")).json()
     audit_ops = {
@@ -107,9 +116,13 @@ async def test_an_entry_edited_or_removed_by_hand_is_found(
     log = await entries(client)
     assert len(log) == 6
     verdict = (await client.get("/api/v1/audit/verify")).json()
-    assert verdict == {"entries": 6, "ok": True, "broken_at": None, "reason": ""}
+    assert verdict == {
+        "entries": 6, "ok": True, "broken_at": None, "reason": "", "head_id": log[-1]["id"],
+        "head": log[-1]["hash"],
+    }  # fmt: skip
     ok = await _verify_cli(settings)
     assert ok.returncode == 0 and "6 entries, the chain holds" in ok.stdout, ok
+    assert f"head: entry {log[-1]['id']} {log[-1]['hash']}" in ok.stdout
 
     # Someone with the database's password rewrites who did it.
     async with db.session() as s:

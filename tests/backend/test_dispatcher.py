@@ -14,6 +14,7 @@ from backend.db import Database
 from backend.dispatcher import Dispatcher
 from backend.models import RunStatus
 from backend.pool import RunnerPool, RunnerView
+from backend.steps import RUNNER_FEATURES
 from backend.store import queue, run_transitions, runs
 from backend.store.queue import Claim
 from tests.backend.helpers import new_deployment, upload
@@ -30,6 +31,7 @@ def runner(pool: RunnerPool, name: str, slots: int, **labels: str) -> RunnerView
         max_concurrent=slots,
         tools=TOOLS,
         ours=pool._occupancy(name),
+        features=RUNNER_FEATURES,
     )
     pool.views[name] = view
     return view
@@ -177,3 +179,23 @@ async def test_every_status_change_goes_through_the_table(
             assert (await Harness(db).run(run_id)).status == (to if allowed else frm).value
             checked += 1
     assert checked == len(RunStatus) ** 2
+
+
+async def test_a_runner_too_old_for_the_plan_review_gets_no_run(
+    harness: Harness, client: httpx.AsyncClient
+) -> None:
+    """An iac-runner-server without stdout_file and verify_sha256 would drop those fields
+    silently (the plan's JSON in the log, the plan's digest unchecked): it gets nothing,
+    and the run says why."""
+    old = runner(harness.pool, "old", 4)
+    old.features = frozenset()
+    await new_deployment(client, "web")
+    await upload(client, "web")
+    created = await client.post("/api/v1/runs", json={"deployment": "web", "operation": "plan"})
+    await harness.dispatcher.dispatch_once()
+    assert harness.claims == []
+    run = await harness.run(created.json()["id"])
+    assert (
+        "runs a recent enough iac-runner-server (old: without stdout_file, verify_sha256)"
+        in run.wait_reason
+    )

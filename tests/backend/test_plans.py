@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,33 @@ def test_no_sensitive_value_survives_in_any_form(plan_json: bytes) -> None:
 def test_what_is_no_plan_is_refused(data: bytes) -> None:
     with pytest.raises(PlanUnreadable):
         read_plan(data, [])
+
+
+def _doc(before: Any, after: Any, **extra: Any) -> bytes:
+    change = {"actions": ["update"], "before": before, "after": after, **extra}
+    item = {"address": "x.y", "type": "x", "name": "y", "change": change}
+    return json.dumps({"format_version": "1.2", "resource_changes": [item]}).encode()
+
+
+def test_a_secret_is_found_in_keys_numbers_and_escaped_forms() -> None:
+    """Map keys, numbers and JSON-escaped (HTML-safe) text hold a secret as plainly as a
+    string value does; a rotated secret is still a change, named but not shown."""
+    secret = "Pw<Html>&Sec9"
+    escaped = json.dumps({"p": secret}).replace("<", "\\u003c").replace(">", "\\u003e")
+    escaped = escaped.replace("&", "\\u0026")
+    before = {"tags": {secret: "v"}, "port": 48213, "doc": "{}", "input": "old"}
+    after = {"tags": {secret: "v"}, "port": 48213, "doc": escaped, "input": "new-" + secret}
+    plan = read_plan(_doc(before, after), [secret, "48213"])
+    shown = json.dumps(plan.out())
+    for form in (secret, "48213", "Pw\\\\u003cHtml"):
+        assert form not in shown, (form, shown)
+    change = plan.resource_changes[0]
+    assert change.after["tags"] == {SENSITIVE: "v"}
+    assert change.after["port"] == SENSITIVE and change.after["doc"] == SENSITIVE
+    assert sorted(change.changed) == ["doc", "input"], change.changed
+    # An attribute whose sensitive value was replaced by another: a change, both hidden.
+    rotated = read_plan(
+        _doc({"pw": "a"}, {"pw": "b"}, before_sensitive={"pw": True}, after_sensitive={"pw": True}),
+        [],
+    ).resource_changes[0]
+    assert rotated.changed == ["pw"] and rotated.after == {"pw": SENSITIVE}

@@ -4,6 +4,7 @@ apart from this backend's by runner-side run id) plus this backend's runs on it 
 from __future__ import annotations
 
 from backend.pool import Occupancy, RunnerPool, RunnerView, choose
+from backend.steps import RUNNER_FEATURES
 
 TOOLS = [{"name": "terraform", "version": "1.9.0"}]
 
@@ -18,6 +19,7 @@ def view(reported: tuple[str, ...], local: dict[int, str], mine: set[str]) -> Ru
         reported_runs=frozenset(reported),
         tools=TOOLS,
         ours=Occupancy(local, mine),
+        features=RUNNER_FEATURES,
     )
 
 

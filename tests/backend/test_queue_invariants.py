@@ -47,6 +47,7 @@ from backend.db import Database, migrate
 from backend.dispatcher import Dispatcher
 from backend.models import Base, CancelMode, Run, RunEvent, RunStatus
 from backend.pool import RunnerPool, RunnerView
+from backend.steps import RUNNER_FEATURES
 from backend.store import configs, deployments, queue, run_transitions, runs
 from backend.store.queue import Claim
 from tests.backend.archives import tar_gz
@@ -100,8 +101,9 @@ class Backend:
             others = {str(run_id) for run_id, e in self.world.executing.items()
                       if e.claim.runner == name} - mine  # fmt: skip
             view = self.pool.views.get(name) or RunnerView(
-                name=name, status="healthy", labels={}, tools=TOOLS, ours=ours
-            )
+                name=name, status="healthy", labels={}, tools=TOOLS, ours=ours,
+                features=RUNNER_FEATURES,
+            )  # fmt: skip
             view.max_concurrent = self.world.capacity[name]
             view.reported = len(others) + len(mine)
             view.reported_runs = frozenset(others | mine)

@@ -49,5 +49,10 @@ async def verify(session: SessionDep) -> AuditVerdict:
     one), if any."""
     verdict = await audit.verify(session)
     return AuditVerdict(
-        entries=verdict.entries, ok=verdict.ok, broken_at=verdict.broken_at, reason=verdict.reason
+        entries=verdict.entries,
+        ok=verdict.ok,
+        broken_at=verdict.broken_at,
+        reason=verdict.reason,
+        head_id=verdict.head_id,
+        head=verdict.head,
     )

@@ -23,7 +23,7 @@ from backend.api.deps import (
 from backend.api.routing import CheckedRoute
 from backend.archive import Limits
 from backend.config import Settings
-from backend.errors import Forbidden, Invalid, TooLarge
+from backend.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from backend.models import Deployment
 from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut, DeploymentUpdate
 from backend.store import configs, deployments
@@ -99,6 +99,11 @@ async def create_deployment(
             f"token {token.name!r} may only create deployments within its scope "
             f"({scope.describe()}): give a name and labels it covers"
         )
+    try:
+        await deployments.check_in_scope(session, body.name, scope)
+    except NotFound:
+        # Taken by a deployment this token may not see: say no more than that.
+        raise Conflict(f"the name {body.name!r} is not available") from None
     row = await deployments.create_deployment(session, **body.model_dump())
     return DeploymentOut.model_validate(row)
 

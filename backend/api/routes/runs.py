@@ -104,6 +104,7 @@ async def create_run(
         approve_policy=policy_of(body.auto_approve),
         config_version=body.config_version,
         actor=token.name,
+        actor_id=token.id,
         comment=body.comment,
     )
     out = await one_run_out(session, run.id)  # in the same transaction
@@ -149,7 +150,7 @@ async def approve_run(
 ) -> RunOut:
     """Apply the plan, unless it is stale (409 says why and how to re-plan)."""
     await session.commit()  # the engine's own transaction follows (one connection on SQLite)
-    await engine_of(request).approve(run_id, token.name, body.comment if body else "")
+    await engine_of(request).approve(run_id, token.name, body.comment if body else "", token.id)
     return await one_run_out(session, run_id)
 
 

@@ -47,6 +47,8 @@ async def create_token(body: TokenCreate, session: SessionDep, caller: TokenDep)
     expires_at = None
     if body.expires_in_days is not None:
         expires_at = utcnow() + timedelta(days=body.expires_in_days)
+    if caller.expires_at is not None and (expires_at is None or expires_at > caller.expires_at):
+        expires_at = caller.expires_at  # a token never outlives the one that made it
     row, token = await tokens.create_token(
         session, body.name, expires_at=expires_at, role=body.role, scope=scope.out()
     )

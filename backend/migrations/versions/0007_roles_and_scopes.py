@@ -30,6 +30,7 @@ def upgrade() -> None:
         "api_tokens", sa.Column("role", sa.String(16), nullable=False, server_default="admin")
     )
     op.add_column("api_tokens", sa.Column("scope", sa.JSON(), nullable=True))
+    op.add_column("runs", sa.Column("created_by_token", sa.Integer(), nullable=True))
     op.add_column(
         "deployments", sa.Column("labels", sa.JSON(), nullable=False, server_default="{}")
     )
@@ -56,4 +57,5 @@ def downgrade() -> None:
     op.drop_table("audit_log")
     _drop("api_tokens", "role")
     _drop("api_tokens", "scope")
+    _drop("runs", "created_by_token")
     _drop("deployments", "labels")

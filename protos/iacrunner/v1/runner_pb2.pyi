@@ -195,7 +195,7 @@ class Tool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class RunnerInfo(_message.Message):
-    __slots__ = ("runner_id", "labels", "tools", "max_concurrent", "active", "draining", "version", "accept", "active_runs")
+    __slots__ = ("runner_id", "labels", "tools", "max_concurrent", "active", "draining", "version", "accept", "active_runs", "features")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,7 @@ class RunnerInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     labels: _containers.ScalarMap[str, str]
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
@@ -221,7 +222,8 @@ class RunnerInfo(_message.Message):
     version: str
     accept: _containers.RepeatedScalarFieldContainer[str]
     active_runs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, runner_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., max_concurrent: _Optional[int] = ..., active: _Optional[int] = ..., draining: _Optional[bool] = ..., version: _Optional[str] = ..., accept: _Optional[_Iterable[str]] = ..., active_runs: _Optional[_Iterable[str]] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, runner_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., max_concurrent: _Optional[int] = ..., active: _Optional[int] = ..., draining: _Optional[bool] = ..., version: _Optional[str] = ..., accept: _Optional[_Iterable[str]] = ..., active_runs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StateReply(_message.Message):
     __slots__ = ("hello", "response")
