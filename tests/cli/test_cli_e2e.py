@@ -190,6 +190,20 @@ def test_plan_approve_apply_destroy(platform: Platform, tmp_path: Path) -> None:
     assert deployment["recent_runs"][0]["id"] == run_id
     assert "web" in [d["name"] for d in json_of(platform.iac("deployments", "list", "--json"))]
 
+    # The admin may reveal a sensitive value in the outputs; nobody else sees it.
+    revealed = json_of(platform.iac("outputs", "web", "--reveal", "--json"))
+    assert revealed == {"greeting": SECRET}
+    # A destroy that waits for approval, discarded: nothing is destroyed.
+    waiting = platform.iac("destroy", "web", "--comment", "cleanup?").ok()
+    assert "Plan: 0 to add, 0 to change, 1 to destroy; 0 to replace" in waiting.stderr
+    held = re.search(r"iac runs discard (\d+)", waiting.stderr)
+    assert held, waiting.stderr
+    discarded = platform.iac("runs", "discard", held.group(1), "--comment", "not today").ok()
+    assert discarded.stdout == f"run {held.group(1)} discarded\n"
+    shown = platform.iac("runs", "show", held.group(1)).ok().stdout
+    assert re.search(r"status\s+discarded", shown) and "not today" in shown and "cleanup?" in shown
+    assert platform.iac("state", "list", "web").ok().stdout == "terraform_data.example\n"
+
     destroy = platform.iac("destroy", "web", "--auto-approve").ok()
     assert "Apply complete! Resources: 0 added, 0 changed, 1 destroyed." in destroy.stdout
     assert "succeeded" in destroy.stderr
