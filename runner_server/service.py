@@ -1,7 +1,8 @@
 """The runner's domain: start, follow, cancel and describe runs. Knows nothing of gRPC.
 
 Each run spawns `iac-runner --stream` in its own process group and relays its events
-(see runs.py). Errors are `RunnerError`s with a kind the transport maps to a status.
+(see runs.py); what a request may ask is checked first (requests.py). Errors are
+`RunnerError`s with a kind the transport maps to a status.
 """
 
 from __future__ import annotations
@@ -11,40 +12,27 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
-
-from google.protobuf.message import Message
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
 from runner_server.journal import Journal, Record
+from runner_server.requests import Prepared, RunnerError, check_channel, prepare
 from runner_server.runs import ProtocolError, RetentionError, Run
 from runner_server.state_relay import NoChannel, StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
-from runner_stdio.commands import check_paths, refusal
 from runner_stdio.protocol import (
-    DEFAULT_MAX_TIMEOUT,
-    MAX_TIMEOUT_ENV,
-    RequestError,
     now_iso,
-    parse_request,
 )
-from runner_stdio.tools import ToolError, check_command, get_spec
 
 log = logging.getLogger("iac_runner_server")
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # Reported in GetInfo: a backend sends runs that need them only to runners that have them.
 FEATURES = ["stdout_file", "verify_sha256"]
-_RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-_CHANNEL_OK = _RUN_ID_OK | frozenset(":/")
 
 
 # terraform writes the state it could not save here, in its working directory.
@@ -55,11 +43,6 @@ LEFTOVER_RETRY = 30.0
 MAX_STATE_BYTES = 100 * 1024 * 1024
 
 
-def check_channel(name: str) -> None:
-    if len(name) > 200 or not set(name) <= _CHANNEL_OK:
-        raise RunnerError("invalid", "state_channel must be 1-200 characters of [A-Za-z0-9._:/-]")
-
-
 def join_messages(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
 
@@ -67,62 +50,6 @@ def join_messages(first: str, second: str) -> str:
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-class RunnerError(Exception):
-    """A call that cannot be served. `kind` names the class of problem."""
-
-    # invalid | precondition | exhausted | unavailable | not_found | exists | out_of_range
-    # | permission
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def check_strings(message: Message) -> None:
-    """Every string of a request (fields, repeated fields, map keys and values) must be
-    passable to the OS: no NUL, no lone surrogate. Checked before any of them is used
-    (a NUL in work_dir made realpath raise)."""
-    for field, value in message.ListFields():
-        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
-        if field.type != field.TYPE_STRING and not is_map:
-            continue
-        if is_map:  # map<string, string>
-            items = [(f"{field.name}[{k!r}]", x) for k, v in value.items() for x in (k, v)]
-        elif field.is_repeated:
-            items = [(f"{field.name}[{i}]", v) for i, v in enumerate(value)]
-        else:
-            items = [(f"field {field.name!r}", value)]
-        for where, text in items:
-            if not isinstance(text, str):
-                continue
-            if "\x00" in text:
-                raise RunnerError("invalid", f"{where} must not contain NUL bytes")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise RunnerError(
-                    "invalid", f"{where} is not valid Unicode (lone surrogate)"
-                ) from None
-
-
-def max_timeout() -> float:
-    """The largest timeout iac-runner accepts: what IAC_RUNNER_MAX_TIMEOUT (which it
-    inherits) says, else its default. Refused here with iac-runner's own message."""
-    try:
-        value = float(os.environ.get(MAX_TIMEOUT_ENV) or DEFAULT_MAX_TIMEOUT)
-    except ValueError:
-        return DEFAULT_MAX_TIMEOUT
-    return value if 0 < value < float("inf") else DEFAULT_MAX_TIMEOUT
-
-
-@dataclass
-class Prepared:
-    run_id: str
-    tool: ToolInfo
-    work_dir: str
-    body: dict[str, Any]  # iac-runner's request
-    request: pb.ExecuteRequest
 
 
 class RunnerService:
@@ -141,86 +68,11 @@ class RunnerService:
         self.journal = Journal(config.workspace_root)
 
     # -- Execute ---------------------------------------------------------------
-    def _prepare(self, req: pb.ExecuteRequest) -> Prepared:
-        check_strings(req)
-        run_id = req.run_id or uuid.uuid4().hex
-        if len(run_id) > 128 or not set(run_id) <= _RUN_ID_OK:
-            raise RunnerError("invalid", "run_id must be 1-128 characters of [A-Za-z0-9._-]")
-        if run_id in self.runs:
-            raise RunnerError("exists", f"run_id {run_id!r} is already in use on this runner")
-        # The same validation as iac-runner's stdin, so both entry points refuse alike.
-        args, env_vars = list(req.args), dict(req.env_vars)
-        body: dict[str, Any] = {
-            "tool": req.tool,
-            "work_dir": req.work_dir or f"run-{run_id}",  # resolved below
-            "command": req.command,
-            "args": args,
-            "env_vars": env_vars,
-            "timeout": req.timeout,
-            "sensitive_env": list(req.sensitive_env),
-            "mask_values": list(req.mask_values),
-        }
-        if req.stdout_file:
-            body["stdout_file"] = req.stdout_file
-        try:
-            parse_request(json.dumps(body).encode(), max_timeout=max_timeout())
-            spec = get_spec(req.tool)
-            check_command(spec, req.command, args)
-            work_dir = workspace.work_dir_path(
-                self.config.workspace_root, req.work_dir, f"run-{run_id}"
-            )
-            check_paths(req.command, args, env_vars, work_dir, self.config.workspace_root)
-        except (RequestError, ToolError) as exc:
-            raise RunnerError("invalid", str(exc)) from None
-        refused = refusal(self.config.accept, req.command, args, env_vars)
-        if refused:
-            raise RunnerError("permission", refused)
-        tools = [t for t in self.tools if t.name == spec.name]
-        if not tools:
-            raise RunnerError("precondition", f"{spec.name} is not installed on this runner")
-        if req.tool_version:
-            tool = next((t for t in tools if t.version == req.tool_version), None)
-            if tool is None:
-                have = ", ".join(sorted({t.version for t in tools}))
-                raise RunnerError(
-                    "invalid",
-                    f"tool_version: {spec.name} {req.tool_version} is not on this runner; "
-                    f"it has: {have}",
-                )
-            body["tool_version"] = tool.version
-        else:
-            tool = next((t for t in tools if t.is_default), tools[0])
-        for name, paths in (
-            ("collect", list(req.collect)),
-            ("verify_sha256", [*req.verify_sha256]),
-        ):
-            for rel in paths:
-                if not rel or os.path.isabs(rel) or ".." in rel.split("/") or "\x00" in rel:
-                    raise RunnerError(
-                        "invalid", f"{name} path {rel!r} must be relative to work_dir"
-                    )
-        for rel, digest in req.verify_sha256.items():
-            if not _SHA256.fullmatch(digest):
-                raise RunnerError("invalid", f"verify_sha256[{rel!r}] must be 64 hex digits")
-        if self.journal.owns(work_dir):
-            raise RunnerError("invalid", f"work_dir {req.work_dir!r} is the runner's own journal")
-        if req.state_channel:
-            check_channel(req.state_channel)
-            taken = sorted(k for k in req.env_vars if k.startswith("TF_HTTP_"))
-            if taken:
-                raise RunnerError(
-                    "invalid",
-                    f"env_vars {', '.join(taken)} clash with state_channel: the runner sets "
-                    "TF_HTTP_* itself for a run whose state it relays",
-                )
-        body["work_dir"] = work_dir
-        return Prepared(run_id, tool, work_dir, body, req)
-
     async def start(self, req: pb.ExecuteRequest) -> Run:
         """Validate, reserve a slot, unpack the workspace and spawn iac-runner."""
         if self.draining:
             raise RunnerError("unavailable", "runner is draining: it accepts no new runs")
-        prepared = self._prepare(req)
+        prepared = prepare(req, self.config, self.tools, self.runs, self.journal)
         if self.active >= self.config.max_concurrent:
             raise RunnerError(
                 "exhausted",

@@ -16,7 +16,8 @@ from google.protobuf.message import DecodeError
 
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
-from runner_server.service import RunnerError, RunnerService, check_strings
+from runner_server.requests import RunnerError, check_strings
+from runner_server.service import RunnerService
 
 STATUS = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
