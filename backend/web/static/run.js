@@ -237,6 +237,9 @@
     }
     if (!html) return;
     const box = logBox();
+    // Where the user is now, not what the last scroll event said: a scroll up whose event
+    // has not been handled yet must not be undone by this batch.
+    if (box.scrollHeight - box.scrollTop - box.clientHeight >= 24) following = false;
     box.insertAdjacentHTML("beforeend", html);
     trim(box);
     if (following) box.scrollTop = box.scrollHeight;
