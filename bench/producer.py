@@ -5,7 +5,8 @@ IAC_RUNNER_TERRAFORM_BIN; benchmarks also run it directly for their baselines). 
 its orders from the environment, so they reach it through ExecuteRequest.env_vars or a
 deployment's env variables whatever arguments terraform would be given:
 
-  BENCH_LINES   lines printed by plan/apply (default 0); init and version print as terraform
+  BENCH_LINES   lines printed by plan/apply (default 0); init, version and show -json print
+                as terraform (show: a plan document with no change)
   BENCH_WIDTH   bytes per line including the newline (default 100)
   BENCH_EVERY   seconds between lines (default 0)
   BENCH_DELAY   seconds to wait before the first line (default 0)
@@ -34,6 +35,9 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "init":
         os.write(1, b"Initializing the backend...\nTerraform has been successfully initialized!\n")
+        return 0
+    if command == "show":  # `show -json tfplan`, the plan phase's last step: a plan with no change
+        os.write(1, b'{"format_version": "1.2", "resource_changes": [], "output_changes": {}}\n')
         return 0
     lines = int(env.get("BENCH_LINES", "0"))
     width = int(env.get("BENCH_WIDTH", "100"))
