@@ -570,10 +570,6 @@ def test_bad_command_line_flag_is_an_argparse_error(tool_env):
     assert_no_traceback(result)
 
 
-def _close_stdout() -> None:
-    os.close(1)
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("request_kind", ["refused", "run"])
 @pytest.mark.parametrize("stdout", ["closed", "full"])
@@ -589,13 +585,18 @@ def test_stdout_closed_or_full_is_exit_3_with_one_line(
         body = "print('hello')\n"
     env = {**tool_env, "IAC_RUNNER_TERRAFORM_BIN": fake_tool(tmp_path, body)}
     request = {"tool": "terraform" if request_kind == "run" else "nope", "command": "plan"}
+    argv = [IAC_RUNNER, *(["--stream"] if stream else [])]
+    if stdout == "closed":
+        # `>&-` by sh, not a preexec_fn: that makes Python fork and run code in the child,
+        # where gRPC (loaded in this process by other tests) can abort (SIGABRT, "epoll_wait
+        # error: Bad file descriptor") before the exec.
+        argv = ["sh", "-c", 'exec "$0" "$@" >&-', *argv]
     with open("/dev/full", "wb") as full:
         proc = subprocess.run(
-            [IAC_RUNNER, *(["--stream"] if stream else [])],
+            argv,
             input=json.dumps(request).encode(),
             stdout=full if stdout == "full" else None,
             stderr=subprocess.PIPE,
-            preexec_fn=_close_stdout if stdout == "closed" else None,
             env=env,
             timeout=60,
             check=False,
