@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, Response
@@ -77,14 +77,7 @@ async def require_token(
             token = await tokens.authenticate(session, credentials.credentials)
         if token is None:
             why = "missing API token" if credentials is None else "invalid API token"
-            await audit.append(
-                session,
-                actor="anonymous",
-                source=client_address(request),
-                action=_action(request),
-                target=_target(request, with_body=False),
-                result=f"401: {why}",
-            )
+            await Entry.of(request, None).write(session, f"401: {why}")
     if credentials is None:
         raise HTTPException(
             401,
@@ -161,7 +154,8 @@ def _outcome(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """Who asked for what, to be written to the audit log with its result."""
+    """Who asked for what (an API token, or "anonymous"), to be written to the audit log
+    with its result."""
 
     actor: str
     token_id: int | None
@@ -169,16 +163,19 @@ class Entry:
     action: str
     target: str
 
-    async def write(self, session: AsyncSession, result: str) -> None:
-        await audit.append(
-            session,
-            actor=self.actor,
-            token_id=self.token_id,
-            source=self.source,
-            action=self.action,
-            target=self.target,
-            result=result,
+    @classmethod
+    def of(cls, request: Request, token: ApiToken | None) -> Entry:
+        # An anonymous request's body is never read for its entry.
+        return cls(
+            token.name if token else "anonymous",
+            token.id if token else None,
+            client_address(request),
+            _action(request),
+            _target(request, with_body=token is not None),
         )
+
+    async def write(self, session: AsyncSession, result: str) -> None:
+        await audit.append(session, **asdict(self), result=result)
 
 
 def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
@@ -193,9 +190,7 @@ def needs(role: Role, *, unscoped: bool = False) -> dict[str, Any]:
     async def check(
         request: Request, response: Response, token: TokenDep, session: SessionDep
     ) -> AsyncIterator[None]:
-        entry = Entry(
-            token.name, token.id, client_address(request), _action(request), _target(request)
-        )
+        entry = Entry.of(request, token)
         have = role_of(token)
         problem = ""
         if not have.includes(role):

@@ -26,17 +26,33 @@ async def newest_state_version(session: AsyncSession, deployment_id: int) -> int
     return newest
 
 
-async def stale_reason(session: AsyncSession, run: Run, ttl_seconds: float | None) -> str:
-    """Why the run's plan may no longer be applied ("" when it may); its age is not checked
-    without `ttl_seconds`."""
+def replan_hint(run: Run, deployment: Deployment) -> str:
+    return f"re-plan with `iac {run.operation} {deployment.name}`"
+
+
+async def stale_reason(session: AsyncSession, run: Run, ttl_seconds: float) -> str:
+    """Why the run's plan may no longer be applied ("" when it may)."""
     deployment = await session.get_one(Deployment, run.deployment_id)
-    again = f"re-plan with `iac {run.operation} {deployment.name}`"
+    again = replan_hint(run, deployment)
     newest = await newest_state_version(session, run.deployment_id)
     if newest != run.plan_state_version:
         return (
             f"the state of {deployment.name!r} changed after this plan was made (state version "
             f"{newest} is newer than the plan's {run.plan_state_version or 'empty state'}): {again}"
         )
+    newer = await newer_configuration(session, run)
+    if newer:
+        return f"{newer}: {again}"
+    if run.planned_at is not None and utcnow() - run.planned_at > timedelta(seconds=ttl_seconds):
+        return (
+            f"the plan is older than the plan TTL ({ttl_seconds:g} s, IAC_PLAN_TTL; made "
+            f"{run.planned_at.isoformat(timespec='seconds')}): {again}"
+        )
+    return ""
+
+
+async def newer_configuration(session: AsyncSession, run: Run) -> str:
+    """A configuration with other files uploaded after the run's, said so; else ""."""
     versions = await session.execute(
         select(ConfigVersion.id, ConfigVersion.version, ConfigVersion.sha256)
         .where(ConfigVersion.deployment_id == run.deployment_id)
@@ -44,28 +60,22 @@ async def stale_reason(session: AsyncSession, run: Run, ttl_seconds: float | Non
         .limit(1)
     )
     latest = versions.first()
-    if latest is not None and latest.id != run.config_version_id:
-        planned = (
-            await session.execute(
-                select(ConfigVersion.version, ConfigVersion.sha256).where(
-                    ConfigVersion.id == run.config_version_id
-                )
-            )
-        ).one()
-        # The same files uploaded again (archives are normalised) change nothing.
-        if latest.sha256 != planned.sha256:
-            return (
-                f"a newer configuration (v{latest.version}) was uploaded after this plan's "
-                f"(v{planned.version}): {again}"
-            )
-    if ttl_seconds is None or run.planned_at is None:
+    if latest is None or latest.id == run.config_version_id:
         return ""
-    if utcnow() - run.planned_at > timedelta(seconds=ttl_seconds):
-        return (
-            f"the plan is older than the plan TTL ({ttl_seconds:g} s, IAC_PLAN_TTL; made "
-            f"{run.planned_at.isoformat(timespec='seconds')}): {again}"
+    planned = (
+        await session.execute(
+            select(ConfigVersion.version, ConfigVersion.sha256).where(
+                ConfigVersion.id == run.config_version_id
+            )
         )
-    return ""
+    ).one()
+    # The same files uploaded again (archives are normalised) change nothing.
+    if latest.sha256 == planned.sha256:
+        return ""
+    return (
+        f"a newer configuration (v{latest.version}) was uploaded after this plan's "
+        f"(v{planned.version})"
+    )
 
 
 def policy_holds(policy: str, counts: dict[str, Any] | None) -> tuple[bool, str]:

@@ -132,10 +132,10 @@ async def finish_plan(
     else:
         auto, why = approval.policy_holds(run.approve_policy, values.get("changes"))
     if auto:
-        run.planned_at, run.plan_state_version = values["planned_at"], values["plan_state_version"]
-        stale = await approval.stale_reason(session, run, None)
-        if stale:
-            auto, why = False, stale
+        # Just made, from the newest state: only the configuration may have moved on.
+        newer = await approval.newer_configuration(session, run)
+        if newer:
+            auto, why = False, f"{newer}: {approval.replan_hint(run, deployment)}"
     to = RunStatus.APPLYING if auto else RunStatus.AWAITING_APPROVAL
     moved = await run_transitions.move(
         session, run.id, to, among=[RunStatus.RUNNING], in_epoch=epoch, claimed_by=None,

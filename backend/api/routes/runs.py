@@ -149,7 +149,6 @@ async def approve_run(
     body: Decision | None = None,
 ) -> RunOut:
     """Apply the plan, unless it is stale (409 says why and how to re-plan)."""
-    await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).approve(run_id, token.name, body.comment if body else "", token.id)
     return await one_run_out(session, run_id)
 
@@ -163,7 +162,6 @@ async def discard_run(
     body: Decision | None = None,
 ) -> RunOut:
     """End a plan awaiting approval without applying it; the deployment's queue moves on."""
-    await session.commit()
     await engine_of(request).discard(run_id, token.name, body.comment if body else "")
     return await one_run_out(session, run_id)
 
@@ -177,7 +175,6 @@ async def cancel_run(
     force: bool = False,
     body: Decision | None = None,
 ) -> RunOut:
-    await session.commit()  # the engine's own transaction follows (one connection on SQLite)
     await engine_of(request).cancel(
         run_id, force=force, actor=token.name, comment=body.comment if body else ""
     )
