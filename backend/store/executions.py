@@ -17,8 +17,16 @@ from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import Cipher
-from backend.models import ConfigVersion, Deployment, LogChunk, Run, RunStatus, utcnow
-from backend.store import approval, run_transitions
+from backend.models import (
+    ConfigVersion,
+    Deployment,
+    LogChunk,
+    NotifyEvent,
+    Run,
+    RunStatus,
+    utcnow,
+)
+from backend.store import approval, outbox, run_transitions
 from backend.store import variables as variable_store
 from backend.store.runs import add_event, get_run
 from backend.store.variables import RunEnvironment
@@ -147,6 +155,8 @@ async def finish_plan(
         else:
             note = f"awaiting approval (not auto-applied: {why})" if why else "awaiting approval"
         await add_event(session, run.id, "planned", note)
+        if not auto:
+            await outbox.emit_for_run(session, NotifyEvent.AWAITING_APPROVAL, run.id)
 
 
 async def cancel_mode(session: AsyncSession, run_id: int) -> str | None:

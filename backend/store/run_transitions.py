@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend import metrics
 from backend.errors import Conflict
 from backend.models import CancelMode, Deployment, Run, RunStatus, StateLock, utcnow
-from backend.store import approval
+from backend.store import approval, outbox
 from backend.store import state as state_store
 from backend.store.runs import SYSTEM, add_event, get_run
 
@@ -115,6 +115,8 @@ async def end(
             session, held, f"run {run_id} ended ({status.value}) holding it", run_id
         )
     await add_event(session, run_id, status.value, message or note, actor=actor, comment=comment)
+    if status in outbox.ENDING_EVENTS:
+        await outbox.emit_for_run(session, outbox.ENDING_EVENTS[status], run_id)
     metrics.RUNS_FINISHED.labels(status.value).inc()
     return True
 

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import Conflict, Invalid, NotFound
-from backend.models import Deployment, Operation, Run, RunEvent, RunStatus
+from backend.models import Deployment, NotifyEvent, Operation, Run, RunEvent, RunStatus
+from backend.store import outbox
 from backend.store.configs import get_config_version
 from backend.store.deployments import check_priority
 
@@ -27,11 +28,14 @@ async def create_run(
     actor: str = SYSTEM,
     comment: str = "",
     actor_id: int | None = None,
+    schedule_id: int | None = None,
 ) -> Run:
     """Queue a run on the deployment's latest (or the given) config version; its approval
     policy is the deployment's unless given."""
     if operation not in {o.value for o in Operation}:
-        raise Invalid(f"operation {operation!r} is invalid: use 'plan', 'apply' or 'destroy'")
+        raise Invalid(
+            f"operation {operation!r} is invalid: use 'plan', 'apply', 'destroy' or 'drift'"
+        )
     if deployment.require_other_approver and approve_policy not in (None, "never"):
         raise Conflict(
             f"deployment {deployment.name!r} requires another approver than the run's "
@@ -47,6 +51,7 @@ async def create_run(
         approve_policy=approve_policy or deployment.auto_approve,
         created_by=actor,
         created_by_token=actor_id,
+        schedule_id=schedule_id,
     )
     session.add(run)
     await session.flush()
@@ -58,6 +63,7 @@ async def create_run(
         actor=actor,
         comment=comment,
     )
+    await outbox.emit_for_run(session, NotifyEvent.RUN_CREATED, run.id)
     return run
 
 
