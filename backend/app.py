@@ -22,13 +22,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.api import errors
 from backend.api.deps import require_token
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import deployments, health, runners, runs, state, tokens, variables
+from backend.api.routes import (
+    deployments,
+    drift,
+    health,
+    runners,
+    runs,
+    state,
+    tokens,
+    variables,
+)
 from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
 from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
 from backend.logs.hub import LogHub
+from backend.models import Operation
 from backend.pool import RunnerPool
 from backend.store import audit
 from backend.store import deployments as deployment_store
@@ -125,7 +135,7 @@ def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(
         backend_id=settings.backend_id or f"{socket.gethostname()}:{settings.port}",
         max_state_bytes=settings.max_state_bytes,
-        timeouts={op: settings.timeout_for(op) for op in ("plan", "apply", "destroy")},
+        timeouts={op.value: settings.timeout_for(op.value) for op in Operation},
         runner_lost_timeout=settings.runner_lost_timeout,
         orphan_after=settings.orphan_after,
         plan_ttl=settings.plan_ttl,
@@ -214,6 +224,7 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(tokens.router)
     api.include_router(tokens.me_router)
     api.include_router(audit_routes.router)
+    api.include_router(drift.router)
     # Every API route says which role it needs (backend.api.deps.needs): one without is a
     # bug that would leave it open to every token, so the app refuses to start.
     undeclared = [

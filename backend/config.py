@@ -254,9 +254,10 @@ class Settings(BaseSettings):
         return cls(_env_file=env_file, **values)  # type: ignore[call-arg]
 
     def timeout_for(self, operation: str) -> int:
-        """Seconds a run of ``operation`` ('plan', 'apply', 'destroy') may take."""
+        """Seconds a run of ``operation`` ('plan', 'apply', 'destroy', 'drift') may take."""
         timeouts = {
             "plan": self.plan_timeout,
+            "drift": self.plan_timeout,
             "apply": self.apply_timeout,
             "destroy": self.destroy_timeout,
         }

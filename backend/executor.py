@@ -47,7 +47,7 @@ from backend.steps import (
     build_workspace,
     phase_steps,
 )
-from backend.store import executions, queue, run_transitions
+from backend.store import drift, executions, queue, run_transitions
 from backend.store.executions import Fenced, Job, StepStart
 from backend.store.queue import Claim
 from protos.iacrunner.v1 import runner_pb2 as pb
@@ -347,6 +347,7 @@ class Executor:
         if result.tool_version:
             values["tool_version"] = result.tool_version
         document = artifacts.get(PLAN_JSON)
+        review = None
         if document is not None:
             try:
                 review = await asyncio.to_thread(read_plan, document, job.env.secrets())
@@ -360,7 +361,12 @@ class Executor:
 
         async def done(session: AsyncSession) -> None:
             await executions.finish_plan(
-                session, run, execution.epoch, has_plan=plan is not None, **values
+                session,
+                run,
+                execution.epoch,
+                has_plan=plan is not None,
+                drift_detail=drift.detail_of(review),
+                **values,
             )
 
         await writer.flush(then=done)  # the last lines, in the same transaction

@@ -136,6 +136,10 @@ class DeploymentOut(BaseModel):
         default=None,
         description="Resource instances in its latest state version (GET of one deployment).",
     )
+    drift_status: str = Field(
+        default="unknown", description="in_sync, drifted, check_failed or unknown (never checked)."
+    )
+    drift_checked_at: datetime | None = None
 
 
 class VariableSet(BaseModel):
@@ -208,8 +212,9 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     deployment: str = Field(description="Name of the deployment to run.")
-    operation: Literal["plan", "apply", "destroy"] = Field(
-        description="plan: plan only; apply/destroy: plan, approval, then apply that plan."
+    operation: Literal["plan", "apply", "destroy", "drift"] = Field(
+        description="plan: plan only; apply/destroy: plan, approval, then apply that plan; "
+        "drift: a refresh-only plan that sets the deployment's drift status."
     )
     priority: int | None = Field(
         default=None, description="Higher runs first; default: the deployment's default priority."
@@ -425,4 +430,27 @@ class AuditVerdict(BaseModel):
     head: str = Field(
         description="The newest entry's hash: keep it elsewhere to detect a chain cut short "
         "or rewritten whole."
+    )
+
+
+class DriftCheckOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    run_id: int
+    status: str
+    checked_at: datetime
+    detail: dict[str, Any] = Field(
+        description="resources (address, action) and outputs that drifted, or the reason a "
+        "check failed; never a value."
+    )
+
+
+class DriftOut(BaseModel):
+    deployment: str
+    status: str = Field(description="in_sync, drifted, check_failed or unknown (never checked).")
+    checked_at: datetime | None
+    run_id: int | None = Field(description="The drift check that gave the status.")
+    detail: dict[str, Any] = Field(default_factory=dict)
+    history: list[DriftCheckOut] | None = Field(
+        default=None, description="The recent checks, newest first (one deployment's view)."
     )

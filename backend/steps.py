@@ -1,7 +1,7 @@
 """The phases of a run and what each sends to its runner: the terraform commands in order,
 and the workspace archive (the configuration, the state-backend override, the saved plan).
 
-    plan phase:  init, plan -out=tfplan -detailed-exitcode [-destroy],
+    plan phase:  init, plan -out=tfplan -detailed-exitcode [-destroy | -refresh-only],
                  show -json tfplan  (stdout to tfplan.json; tfplan and tfplan.json collected)
     apply phase: init, apply tfplan  (tfplan shipped, its SHA-256 checked by the runner)
 
@@ -51,6 +51,8 @@ def phase_steps(operation: str, phase: Phase) -> list[Step]:
         args = ["-out=" + PLAN_FILE, "-detailed-exitcode"]
         if operation == "destroy":
             args.append("-destroy")
+        elif operation == "drift":  # a drift check: what changed outside terraform
+            args.append("-refresh-only")
         show = Step("show", "show", ("-json", PLAN_FILE), (PLAN_FILE, PLAN_JSON), True, PLAN_JSON)
         return [init, Step("plan", "plan", tuple(args)), show]
     return [init, Step("apply", "apply", (PLAN_FILE,), cleanup=True)]

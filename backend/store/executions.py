@@ -20,13 +20,15 @@ from backend.crypto import Cipher
 from backend.models import (
     ConfigVersion,
     Deployment,
+    DriftStatus,
     LogChunk,
     NotifyEvent,
+    Operation,
     Run,
     RunStatus,
     utcnow,
 )
-from backend.store import approval, outbox, run_transitions
+from backend.store import approval, drift, outbox, run_transitions
 from backend.store import variables as variable_store
 from backend.store.runs import add_event, get_run
 from backend.store.variables import RunEnvironment
@@ -113,19 +115,30 @@ async def begin_step(
 
 
 async def finish_plan(
-    session: AsyncSession, run: Run, epoch: int, *, has_plan: bool, **values: Any
+    session: AsyncSession,
+    run: Run,
+    epoch: int,
+    *,
+    has_plan: bool,
+    drift_detail: dict[str, Any] | None = None,
+    **values: Any,
 ) -> None:
     """The plan phase succeeded: the run ends (a plan run, or nothing to change), or waits
     for approval, or goes on to its apply phase (its approval policy allows it and the plan
     is not stale). Records when the plan ended and the state version it was made from."""
     values["planned_at"] = utcnow()
     values["plan_state_version"] = await approval.newest_state_version(session, run.deployment_id)
-    if run.operation == "plan" or not values["has_changes"]:
+    if run.operation in (Operation.PLAN, Operation.DRIFT) or not values["has_changes"]:
         note = "plan has changes" if values["has_changes"] else "no changes"
-        await run_transitions.end(
+        if run.operation == Operation.DRIFT:
+            note = "drift found" if values["has_changes"] else "no drift"
+        ended = await run_transitions.end(
             session, run.id, RunStatus.SUCCEEDED, exit_code=0, in_epoch=epoch, note=note,
             **values,
         )  # fmt: skip
+        if ended and run.operation == Operation.DRIFT:
+            verdict = DriftStatus.DRIFTED if values["has_changes"] else DriftStatus.IN_SYNC
+            await drift.record(session, run, verdict, drift_detail or drift.detail_of(None))
         return
     if not has_plan:
         await run_transitions.end(

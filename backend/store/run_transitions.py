@@ -24,8 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import metrics
 from backend.errors import Conflict
-from backend.models import CancelMode, Deployment, Run, RunStatus, StateLock, utcnow
-from backend.store import approval, outbox
+from backend.models import (
+    CancelMode,
+    Deployment,
+    DriftStatus,
+    Operation,
+    Run,
+    RunStatus,
+    StateLock,
+    utcnow,
+)
+from backend.store import approval, drift, outbox
 from backend.store import state as state_store
 from backend.store.runs import SYSTEM, add_event, get_run
 
@@ -117,6 +126,12 @@ async def end(
     await add_event(session, run_id, status.value, message or note, actor=actor, comment=comment)
     if status in outbox.ENDING_EVENTS:
         await outbox.emit_for_run(session, outbox.ENDING_EVENTS[status], run_id)
+    if status in (S.FAILED, S.TIMED_OUT):
+        run = await get_run(session, run_id)
+        if run.operation == Operation.DRIFT:
+            await drift.record(
+                session, run, DriftStatus.CHECK_FAILED, {"reason": message or status.value}
+            )
     metrics.RUNS_FINISHED.labels(status.value).inc()
     return True
 

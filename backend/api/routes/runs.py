@@ -91,10 +91,10 @@ async def create_run(
     deployment = await deployments.get_deployment(
         session, body.deployment, for_share=True, scope=scope_of(token)
     )
-    if body.operation != "plan" and not role_of(token).includes(Role.OPERATOR):
+    if body.operation not in ("plan", "drift") and not role_of(token).includes(Role.OPERATOR):
         raise Forbidden(
             f"a {body.operation} run needs the operator role; token {token.name!r} is a "
-            f"{role_of(token)}: it may start plan runs"
+            f"{role_of(token)}: it may start plan runs and drift checks"
         )
     run = await run_store.create_run(
         session,
