@@ -18,6 +18,7 @@ import click
 from iac_cli.audit import audit
 from iac_cli.context import State
 from iac_cli.deployments import deployments
+from iac_cli.drift import drift
 from iac_cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from iac_cli.review import outputs, state_group
 from iac_cli.runners import runners
@@ -68,6 +69,7 @@ app.add_command(runs)
 app.add_command(logs)
 app.add_command(outputs)
 app.add_command(state_group)
+app.add_command(drift)
 
 
 def error(message: str) -> None:
