@@ -94,6 +94,11 @@ async def runners_page(request: Request) -> HTMLResponse:
     return _page(request, "runners.html", page="runners")
 
 
+@router.get("/drift", response_class=HTMLResponse)
+async def drift_page(request: Request) -> HTMLResponse:
+    return _page(request, "drift.html", page="drift")
+
+
 @router.get("/audit", response_class=HTMLResponse)
 async def audit_page(request: Request) -> HTMLResponse:
     return _page(request, "audit.html", page="audit")

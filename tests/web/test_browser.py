@@ -570,3 +570,32 @@ def test_the_audit_page_shows_who_did_what_to_an_admin_only(platform: Platform, 
     sign_in(page, platform.url, "/audit", token=viewer)
     expect(page.locator("#nav-audit")).to_be_hidden()
     expect(page.locator("#flash")).to_contain_text("not yours to read")
+
+
+def test_the_drift_page_checks_and_shows_what_drifted(
+    platform: Platform, page: Page, tmp_path: Path
+) -> None:
+    from tests.backend.test_drift import CONFIG, world_state
+
+    world = tmp_path / "world.tfstate"
+    world.write_text(world_state("blue"))
+    backend = platform.backend
+    backend.deploy("drift-web", {"main.tf": CONFIG}, required_labels={"provider": "aws"})
+    body = {"value": str(world), "category": "terraform"}
+    backend.call("PUT", "/deployments/drift-web/variables/world", 201, json=body)
+    applied = backend.start("drift-web", "apply", auto_approve="always")
+    assert backend.wait(applied["id"], "succeeded", "failed")["status"] == "succeeded"
+
+    sign_in(page, platform.url, "/drift")
+    row = page.locator("#drift tr[data-deployment='drift-web']")
+    expect(row.locator(".drift-status")).to_have_text("unknown")
+    row.get_by_role("button", name="Check now").click()
+    expect(row.locator(".drift-status")).to_have_text("in sync", timeout=60_000)
+
+    world.write_text(world_state("red"))
+    row.get_by_role("button", name="Check now").click()
+    expect(row.locator(".drift-status")).to_have_text("drifted", timeout=60_000)
+    expect(row.locator(".what")).to_have_text("output.colour")
+    # Drifted deployments come first.
+    expect(page.locator("#drift tbody tr").first).to_have_attribute("data-deployment", "drift-web")
+    screenshot(page, "drift")
