@@ -27,7 +27,7 @@ from backend.crypto import Cipher
 from backend.db import Database, database_lost
 from backend.logs.hub import LogHub
 from backend.logs.writer import LogWriter
-from backend.models import RunStatus
+from backend.models import Operation, RunStatus
 from backend.plans import PlanUnreadable, read_plan
 from backend.pool import Lease
 from backend.runner_client import (
@@ -228,8 +228,6 @@ class Executor:
         # The runner is done with this run: its slot may take the next one already.
         execution.lease.release()
         if phase == Phase.PLAN:
-            if plan_result is None:  # re-attached to the show step: the plan had changes
-                plan_result = pb.Result(exit_code=PLAN_HAS_CHANGES, success=False)
             await self._plan_done(execution, job, plan_result, artifacts, writer)
         else:
             await self._finish(execution, RunStatus.SUCCEEDED, "", 0, writer)
@@ -330,21 +328,22 @@ class Executor:
         self,
         execution: Execution,
         job: Job,
-        result: pb.Result,
+        result: pb.Result | None,
         artifacts: dict[str, bytes],
         writer: LogWriter,
     ) -> None:
         """The plan phase succeeded: the run ends, or waits for approval or its apply. The
-        plan's JSON is read into its review (redacted) and stored sealed with its counts."""
+        plan's JSON is read into its review (redacted) and stored sealed with its counts.
+        `result` is the plan step's (None: re-attached after it, to the show step; then the
+        review says whether the plan had changes)."""
         run = job.run
         plan = artifacts.get(PLAN_FILE)
-        changes = result.exit_code == PLAN_HAS_CHANGES
         values: dict[str, Any] = {
-            "has_changes": changes,
+            "has_changes": result is None or result.exit_code == PLAN_HAS_CHANGES,
             "plan_file": self.cipher.seal(plan) if plan is not None else None,
             "plan_sha256": hashlib.sha256(plan).hexdigest() if plan is not None else None,
         }
-        if result.tool_version:
+        if result is not None and result.tool_version:
             values["tool_version"] = result.tool_version
         document = artifacts.get(PLAN_JSON)
         review = None
@@ -354,6 +353,9 @@ class Executor:
             except PlanUnreadable as exc:
                 writer.note(f"the plan's summary is not available: {exc}")
             else:
+                if result is None:
+                    refresh_only = run.operation == Operation.DRIFT
+                    values["has_changes"] = review.has_changes(refresh_only)
                 counts = review.counts.out()
                 values["changes"] = counts
                 values["plan_summary"] = self.cipher.seal(json.dumps(review.out()).encode())

@@ -83,6 +83,13 @@ class Plan:
     resource_drift: list[ResourceChange]
     errored: bool = False
 
+    def has_changes(self, refresh_only: bool) -> bool:
+        """What `plan -detailed-exitcode` said (2): something to apply, or for a
+        refresh-only plan, something that drifted."""
+        return bool(
+            self.resource_changes or self.output_changes or (refresh_only and self.resource_drift)
+        )
+
     def out(self) -> dict[str, Any]:
         data = asdict(self)
         data["counts"] = self.counts.out()

@@ -176,3 +176,25 @@ def test_a_secret_is_found_in_keys_numbers_and_escaped_forms() -> None:
         [],
     ).resource_changes[0]
     assert rotated.changed == ["pw"] and rotated.after == {"pw": SENSITIVE}
+
+
+def test_whether_a_plan_has_changes_is_read_from_it(plan_json: bytes) -> None:
+    """What a backend re-attached after the plan step (to `show`) knows of the plan's
+    exit code: the review says it."""
+    assert read_plan(plan_json, []).has_changes(refresh_only=False)
+    drift_only = {
+        "format_version": "1.2",
+        "resource_drift": [
+            {
+                "address": "terraform_data.x",
+                "type": "terraform_data",
+                "name": "x",
+                "change": {"actions": ["update"], "before": {"a": 1}, "after": {"a": 2}},
+            }
+        ],
+    }
+    review = read_plan(json.dumps(drift_only).encode(), [])
+    assert not review.has_changes(refresh_only=False)
+    assert review.has_changes(refresh_only=True)
+    nothing = read_plan(json.dumps({"format_version": "1.2"}).encode(), [])
+    assert not nothing.has_changes(refresh_only=True)
