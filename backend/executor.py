@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,8 +24,8 @@ from backend.crypto import Cipher
 from backend.db import Database, database_lost
 from backend.logs.hub import LogHub
 from backend.logs.writer import LogWriter
-from backend.models import Operation, RunStatus
-from backend.plans import PlanUnreadable, read_plan
+from backend.models import RunStatus
+from backend.plan_outcome import read_outcome
 from backend.pool import Lease
 from backend.runner_client import (
     RunGone,
@@ -39,15 +36,8 @@ from backend.runner_client import (
     RunnerUnreachable,
 )
 from backend.runner_ids import Phase, StepId
-from backend.steps import (
-    PLAN_FILE,
-    PLAN_HAS_CHANGES,
-    PLAN_JSON,
-    Step,
-    build_workspace,
-    phase_steps,
-)
-from backend.store import drift, executions, queue, run_transitions
+from backend.steps import PLAN_FILE, Step, build_workspace, phase_steps
+from backend.store import executions, queue, run_transitions
 from backend.store.executions import Fenced, Job, StepStart
 from backend.store.queue import Claim
 from protos.iacrunner.v1 import runner_pb2 as pb
@@ -332,43 +322,22 @@ class Executor:
         artifacts: dict[str, bytes],
         writer: LogWriter,
     ) -> None:
-        """The plan phase succeeded: the run ends, or waits for approval or its apply. The
-        plan's JSON is read into its review (redacted) and stored sealed with its counts.
-        `result` is the plan step's (None: re-attached after it, to the show step; then the
-        review says whether the plan had changes)."""
-        run = job.run
-        plan = artifacts.get(PLAN_FILE)
-        values: dict[str, Any] = {
-            "has_changes": result is None or result.exit_code == PLAN_HAS_CHANGES,
-            "plan_file": self.cipher.seal(plan) if plan is not None else None,
-            "plan_sha256": hashlib.sha256(plan).hexdigest() if plan is not None else None,
-        }
-        if result is not None and result.tool_version:
-            values["tool_version"] = result.tool_version
-        document = artifacts.get(PLAN_JSON)
-        review = None
-        if document is not None:
-            try:
-                review = await asyncio.to_thread(read_plan, document, job.env.secrets())
-            except PlanUnreadable as exc:
-                writer.note(f"the plan's summary is not available: {exc}")
-            else:
-                if result is None:
-                    refresh_only = run.operation == Operation.DRIFT
-                    values["has_changes"] = review.has_changes(refresh_only)
-                counts = review.counts.out()
-                values["changes"] = counts
-                values["plan_summary"] = self.cipher.seal(json.dumps(review.out()).encode())
-                writer.note(review.counts.line())
+        """The plan phase succeeded: the run ends, or waits for approval or its apply, with
+        what its artifacts say (`backend.plan_outcome`)."""
+        outcome = await read_outcome(
+            self.cipher, job.run.operation, result, artifacts, job.env.secrets()
+        )
+        for note in outcome.notes:
+            writer.note(note)
 
         async def done(session: AsyncSession) -> None:
             await executions.finish_plan(
                 session,
-                run,
+                job.run,
                 execution.epoch,
-                has_plan=plan is not None,
-                drift_detail=drift.detail_of(review),
-                **values,
+                has_plan=outcome.has_plan,
+                drift_detail=outcome.drift_detail,
+                **outcome.values,
             )
 
         await writer.flush(then=done)  # the last lines, in the same transaction
@@ -397,13 +366,9 @@ class Executor:
 
         async def end(session: AsyncSession) -> None:
             await run_transitions.end(
-                session,
-                execution.run_id,
-                status,
-                message,
-                exit_code=exit_code,
+                session, execution.run_id, status, message, exit_code=exit_code,
                 in_epoch=execution.epoch,
-            )
+            )  # fmt: skip
 
         try:
             if writer is not None:
