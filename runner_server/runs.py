@@ -1,8 +1,8 @@
 """A live run: the `iac-runner --stream` process, its output retained for followers.
 
 One pump task per run reads whatever one read of the child's stdout returns (up to
-64 KiB of NDJSON events), turns it into one `Batch` of text blocks (consecutive lines of
-one stream, joined by newlines) and appends it to the run's buffer. Followers (the
+64 KiB of NDJSON events) and appends its output events, blocks of lines as iac-runner
+made them (never split or joined here), to the run's buffer as one `Batch`. Followers (the
 Execute caller, Attach callers) read the buffer from their own position, as blocks
 (`packed_output`) or as one `Line` message per line, built as they are sent. The buffer
 is bounded: past `retention_bytes` the oldest batch is dropped once every follower has
@@ -139,36 +139,27 @@ class Run:
             carry = data[cut + 1 :]
             message = pb.Output()
             add_block = message.blocks.add
-            texts: list[str] = []  # the lines of the block being gathered
-            stream, first, seq = "", 0, self.last_seq
+            seq = self.last_seq
             for raw in data[:cut].split(b"\n"):
                 try:
                     event = json.loads(raw)
                     kind = event["type"]
+                    if kind == "output":
+                        first, text = event["first_seq"], event["text"]
+                        add_block(first_seq=first, stream=event["stream"], text=text)
+                        seq = first + text.count("\n")
+                        continue
                 except (ValueError, TypeError, KeyError):
                     raise ProtocolError(
                         f"iac-runner sent an event that is not parseable: {raw[:200]!r}"
                     ) from None
-                if kind == "output":
-                    if event["stream"] != stream or event["seq"] != seq + 1:
-                        if texts:
-                            add_block(first_seq=first, stream=stream, text="\n".join(texts))
-                            texts = []
-                        stream, first = event["stream"], event["seq"]
-                    if "line" in event:
-                        texts.append(event["line"])
-                    else:
-                        texts.extend(event["lines"])
-                    seq = first + len(texts) - 1
-                elif kind == "started":
+                if kind == "started":
                     self.tool_pid = event["pid"]
                     self.started_at = event["started_at"]
                     if self.cancel_requested:
                         self._signal(self.cancel_requested)
                 elif kind == "result":
                     result = event
-            if texts:
-                add_block(first_seq=first, stream=stream, text="\n".join(texts))
             if message.blocks:
                 await self._append(Batch(message.blocks[0].first_seq, seq, message, cut))
         return result

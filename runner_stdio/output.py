@@ -290,9 +290,10 @@ def write_response(fd: int, fields: dict[str, Any], output: Iterable[str]) -> No
 class NdjsonSink:
     """Stream events, one JSON object per line on `fd`, written as produced.
 
-    Lines that arrived in one read share one event: `{"type": "output", "seq": N,
-    "stream": ..., "lines": [...]}` where the k-th line has seq N+k; a lone line is
-    `{"type": "output", "seq": N, "stream": ..., "line": "..."}`.
+    The lines of one stream that arrived in one read are one block: `{"type": "output",
+    "first_seq": N, "stream": ..., "text": "..."}`, its lines joined by newlines (the k-th
+    has seq N+k). The runner server keeps and sends blocks as they come: a line is split
+    once, here.
     """
 
     def __init__(self, fd: int) -> None:
@@ -307,10 +308,8 @@ class NdjsonSink:
             return
         first = self.seq + 1
         self.seq += len(lines)
-        if len(lines) == 1:
-            self.event({"type": "output", "seq": first, "stream": stream, "line": lines[0]})
-        else:
-            self.event({"type": "output", "seq": first, "stream": stream, "lines": lines})
+        text = "\n".join(lines)
+        self.event({"type": "output", "first_seq": first, "stream": stream, "text": text})
 
 
 class BoundedOutput:

@@ -139,11 +139,11 @@ def output_lines(events: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
     for event in events:
         if event["type"] != "output":
             continue
-        assert ("line" in event) != ("lines" in event), event
-        lines = event["lines"] if "lines" in event else [event["line"]]
-        assert lines and all(isinstance(line, str) for line in lines), event
+        assert set(event) == {"type", "first_seq", "stream", "text"}, event
+        assert isinstance(event["text"], str), event
+        lines = event["text"].split("\n")
         assert event["stream"] in ("stdout", "stderr"), event
-        found += [(event["seq"] + i, event["stream"], line) for i, line in enumerate(lines)]
+        found += [(event["first_seq"] + i, event["stream"], line) for i, line in enumerate(lines)]
     return found
 
 
@@ -237,7 +237,7 @@ class EventReader:
         def has(event: dict[str, Any]) -> bool:
             if event["type"] != "output":
                 return False
-            return any(text in line for line in event.get("lines", [event.get("line", "")]))
+            return text in event["text"]
 
         return self.until(has, timeout)
 

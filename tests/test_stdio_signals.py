@@ -335,7 +335,7 @@ def test_escalation_after_the_grace_period(
     head = "canceled" if trigger == "cancel" else "timed out after 1 s"
     assert events[-1]["error_msg"] == f"{head}: {expected}"
     if "SIGTERM" in ignored:
-        assert any(e.get("line") == "got SIGTERM" for e in events)
+        assert any(line == "got SIGTERM" for _, _, line in check_stream(events))
     assert proc.returncode == EXIT_TOOL_FAILED
     assert_gone(marker)
 

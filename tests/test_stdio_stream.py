@@ -66,8 +66,8 @@ def req(**fields: Any) -> dict[str, Any]:
 
 
 def test_events_order_and_gap_free_seq_across_batches(tool_env, tmp_path):
-    """5,000 lines written in a few large writes arrive batched ("lines"), mixed with
-    single-line events; seq counts every line, from 1, without gaps."""
+    """5,000 lines written in a few large writes arrive as blocks of many lines, mixed
+    with single-line blocks; seq counts every line, from 1, without gaps."""
     body = (
         "import os, sys\n"
         "os.write(1, b'first\\n')\n"
@@ -81,7 +81,7 @@ def test_events_order_and_gap_free_seq_across_batches(tool_env, tmp_path):
     assert_no_traceback(result)
     lines = check_stream(result.events)
     outputs = [e for e in result.events if e["type"] == "output"]
-    assert any("lines" in e and len(e["lines"]) > 1 for e in outputs)  # batched
+    assert any("\n" in e["text"] for e in outputs)  # batched
     assert len(lines) == 5002
     out = [line for _, stream, line in lines if stream == "stdout"]
     err = [line for _, stream, line in lines if stream == "stderr"]
@@ -112,7 +112,7 @@ def test_a_lone_line_is_written_at_once(tool_env, tmp_path):
     try:
         reader = EventReader(proc)
         event = reader.until_line("hello", timeout=20)
-        assert event == {"type": "output", "seq": 1, "stream": "stdout", "line": "hello"}
+        assert event == {"type": "output", "first_seq": 1, "stream": "stdout", "text": "hello"}
         wait_for_pids(f"sleep {seconds}", timeout=10)  # the tool is still running
         os.kill(proc.pid, signal.SIGINT)
         events = reader.rest(timeout=30)
@@ -149,7 +149,7 @@ def test_stdout_and_stderr_interleaved_in_order(tool_env, tmp_path, stream):
         lines = check_stream(result.events)
         assert [(s, line) for _, s, line in lines] == [(s, f"{s} line {i}") for s, i in expected]
         # Each line was alone in its pipe when read: none waited to fill a batch.
-        assert all("line" in e for e in result.events if e["type"] == "output")
+        assert all("\n" not in e["text"] for e in result.events if e["type"] == "output")
     else:
         response = result.response
         check_response(response)
@@ -429,8 +429,8 @@ def test_million_lines_stream_mode_bounded(tool_env, tmp_path):
                 last = event
                 continue
             assert event["stream"] == "stdout"
-            lines = event["lines"] if "lines" in event else [event["line"]]
-            assert event["seq"] == count + 1  # gap-free across batches
+            lines = event["text"].split("\n")
+            assert event["first_seq"] == count + 1  # gap-free across batches
             for line in lines:
                 count += 1
                 assert line == LINE.format(count)
