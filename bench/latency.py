@@ -104,7 +104,7 @@ def sse_latencies(backend: Backend, deployment: str) -> list[float]:
                     break
             elif line.startswith("data: ") and event == "message":
                 arrived = time.time()
-                for text in json.loads(line[6:])["lines"]:
+                for text in json.loads(line[6:])["text"].split("\n"):
                     value = latency_ms(text, arrived)
                     if value is not None:
                         found.append(value)

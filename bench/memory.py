@@ -63,7 +63,7 @@ def follow(url: str, run_id: int) -> dict[str, object]:
                     batch = json.loads(line[6:])
                     if batch["seq"] != lines + 1:
                         return {"lines": lines, "error": f"seq {batch['seq']} after {lines}"}
-                    lines += len(batch["lines"])
+                    lines += batch["text"].count("\n") + 1
     except httpx.HTTPError as exc:
         return {"lines": lines, "error": repr(exc)}
     return {"lines": lines, "error": "the stream ended without an end event"}

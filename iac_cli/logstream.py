@@ -1,10 +1,11 @@
 """A run's live log as Server-Sent Events, resumed after a dropped connection.
 
-The backend sends ``id: <last seq>`` + ``data: {"seq": <first seq>, "lines": [...]}`` per
-batch of lines, ``event: status`` when the run's status changes, and ``event: end`` once the
-run has ended and every line was sent. ``LogStream`` reconnects with ``Last-Event-ID: <last
-seq received>`` whenever the connection drops, and trims anything at or below that seq, so
-the caller sees every line exactly once and in order.
+The backend sends ``id: <last seq>`` + ``data: {"seq": <first seq>, "text": "..."}`` per
+block of lines (joined by newlines, as stored), ``event: status`` when the run's status
+changes, and ``event: end`` once the run has ended and every line was sent. ``LogStream``
+reconnects with ``Last-Event-ID: <last seq received>`` whenever the connection drops, and
+trims anything at or below that seq, so the caller sees every line exactly once and in
+order.
 """
 
 from __future__ import annotations
@@ -27,12 +28,25 @@ GIVE_UP_AFTER = 60.0
 
 @dataclass(frozen=True)
 class Lines:
+    """A block of consecutive lines of the log, joined by newlines."""
+
     first_seq: int
-    lines: tuple[str, ...]
+    text: str
 
     @property
     def last_seq(self) -> int:
-        return self.first_seq + len(self.lines) - 1
+        return self.first_seq + self.text.count("\n")
+
+    def after(self, seq: int) -> Lines | None:
+        """The part of this block after line `seq` (None when nothing is left)."""
+        if self.last_seq <= seq:
+            return None
+        if self.first_seq > seq:
+            return self
+        cut = -1
+        for _ in range(seq + 1 - self.first_seq):
+            cut = self.text.index("\n", cut + 1)
+        return Lines(seq + 1, self.text[cut + 1 :])
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ def decode(event: str, data: str) -> Event | None:
     if event == "end":
         return End()
     if event == "message":
-        return Lines(int(payload["seq"]), tuple(str(line) for line in payload["lines"]))
+        return Lines(int(payload["seq"]), str(payload["text"]))
     return None  # an event type this client does not know yet
 
 
@@ -132,15 +146,6 @@ class LogStream:
         self.opener = opener
         self.reconnects = 0
 
-    def _fresh(self, batch: Lines) -> Lines | None:
-        """The part of ``batch`` not yet handed out (a resumed stream may overlap)."""
-        if batch.last_seq <= self.last_seq:
-            return None
-        if batch.first_seq > self.last_seq:
-            return batch
-        skip = self.last_seq + 1 - batch.first_seq
-        return Lines(self.last_seq + 1, batch.lines[skip:])
-
     def __iter__(self) -> Iterator[Event]:
         return self.events()
 
@@ -154,7 +159,7 @@ class LogStream:
                 for event in events:
                     failing_since, delay = None, 0.1
                     if isinstance(event, Lines):
-                        fresh = self._fresh(event)
+                        fresh = event.after(self.last_seq)  # a resumed stream may overlap
                         if fresh is None:
                             continue
                         self.last_seq = fresh.last_seq

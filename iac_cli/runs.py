@@ -415,7 +415,7 @@ def logs(state: State, run_id: int, follow: bool, as_json: bool) -> int:
     try:
         for event in LogStream(state.api, run_id):
             if isinstance(event, Lines):
-                lines = [state.output.clean(line) for line in event.lines]
+                lines = state.output.clean(event.text).split("\n")
                 item: dict[str, Any] = {"seq": event.first_seq, "lines": lines}
             elif isinstance(event, Status):
                 item = {"status": event.status}

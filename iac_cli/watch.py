@@ -126,7 +126,7 @@ def follow_run(
         with closing(stream.events()) as events:
             for event in events:
                 if isinstance(event, Lines):
-                    output.log("".join(line + "\n" for line in event.lines), sink)
+                    output.log(event.text + "\n", sink)
                 elif isinstance(event, Status):
                     if event.status == "queued":
                         requeued = True  # back in the queue (e.g. its runner was full)

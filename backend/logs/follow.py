@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from backend.db import Database
-from backend.logs.hub import LogBatch, LogHub, Subscription
+from backend.logs.batch import LogBatch
+from backend.logs.hub import LogHub, Subscription
 from backend.models import TERMINAL_STATUSES, Run
 from backend.store import logs as log_store
 
@@ -68,11 +69,11 @@ async def follow(
                 if not chunks:
                     break
                 for chunk in chunks:
-                    first, lines = log_store.lines_after(chunk, sent)
-                    if lines:
-                        yield LogBatch(first, tuple(lines))
+                    part = chunk.after(sent)
+                    if part is not None:
+                        yield part
                         last_sent = loop.time()
-                        sent = first + len(lines) - 1
+                        sent = part.last_seq
             for held in snapshot:
                 part = held.after(sent)
                 if part is not None:

@@ -13,26 +13,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from backend.logs.batch import LogBatch
+
 # A follower this many batches behind is dropped to the store (bounded memory per follower).
 QUEUE_BATCHES = 64
-
-
-@dataclass(frozen=True)
-class LogBatch:
-    first_seq: int
-    lines: tuple[str, ...]
-
-    @property
-    def last_seq(self) -> int:
-        return self.first_seq + len(self.lines) - 1
-
-    def after(self, seq: int) -> LogBatch | None:
-        """The part of this batch after line `seq` (None when nothing is left)."""
-        if self.last_seq <= seq:
-            return None
-        if self.first_seq > seq:
-            return self
-        return LogBatch(seq + 1, self.lines[seq + 1 - self.first_seq :])
 
 
 @dataclass

@@ -2,9 +2,10 @@
 chunks soon after, every write fenced by the execution's claim epoch.
 
 A runner sends blocks of consecutive lines ({first_seq, stream, text}, seqs of the step);
-the step's offset makes them the run's seqs. Lines the run already has (a re-attach
-resumes from the last stored line, so a batch may overlap) are dropped with
-`LogBatch.after`. Stored lines leave the buffer only once their transaction committed: a
+the step's offset makes them the run's seqs. Blocks are published and stored as they came
+(the blocks of one flush are one chunk); lines the run already has (a re-attach resumes
+from the last stored line, so a block may overlap) are cut off with `LogBatch.after`.
+Stored lines leave the buffer only once their transaction committed: a
 failed write (the database restarting) keeps them for the next flush, so no line is lost
 and none takes another's seq.
 """
@@ -20,7 +21,8 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import Database
-from backend.logs.hub import LogBatch, LogHub
+from backend.logs.batch import LogBatch
+from backend.logs.hub import LogHub
 from backend.store import executions
 from protos.iacrunner.v1 import runner_pb2 as pb
 
@@ -46,7 +48,7 @@ class LogWriter:
         self.epoch = epoch
         self.last_seq = last_seq  # last line received
         self.stored_seq = last_seq
-        self._lines: list[str] = []
+        self._blocks: list[LogBatch] = []  # received, not yet stored
         self._bytes = 0
         self._lock = asyncio.Lock()
         self._due = asyncio.Event()
@@ -59,25 +61,23 @@ class LogWriter:
         if self._fenced:
             raise executions.Fenced(f"run {self.run_id} was claimed again")
         for block in output.blocks:
-            batch = LogBatch(offset + block.first_seq, tuple(block.text.split("\n")))
-            fresh = batch.after(self.last_seq)
+            fresh = LogBatch.of(offset + block.first_seq, block.text).after(self.last_seq)
             if fresh is None:
                 continue  # already had them (re-attached from an earlier seq)
-            self.last_seq = fresh.last_seq
-            self._lines.extend(fresh.lines)
-            self._bytes += sum(map(len, fresh.lines))
-            self.hub.publish(self.run_id, fresh)
-        if len(self._lines) >= FLUSH_LINES or self._bytes >= FLUSH_BYTES:
+            self._keep(fresh)
+        if self.last_seq - self.stored_seq >= FLUSH_LINES or self._bytes >= FLUSH_BYTES:
             self._due.set()
+
+    def _keep(self, batch: LogBatch) -> None:
+        self.last_seq = batch.last_seq
+        self._blocks.append(batch)
+        self._bytes += len(batch.text)
+        self.hub.publish(self.run_id, batch)
 
     def note(self, text: str) -> None:
         """A line of the backend's own in the run's log (a phase or step header): stored and
         followed like the tool's lines, never masked (it holds no value of the run's)."""
-        batch = LogBatch(self.last_seq + 1, (PHASE_MARK + text,))
-        self.last_seq = batch.last_seq
-        self._lines.extend(batch.lines)
-        self._bytes += len(batch.lines[0])
-        self.hub.publish(self.run_id, batch)
+        self._keep(LogBatch.of(self.last_seq + 1, PHASE_MARK + " ".join(text.splitlines())))
 
     @property
     def backlogged(self) -> bool:
@@ -88,24 +88,27 @@ class LogWriter:
         transaction (the execution's bookkeeping between and after steps) and return its
         result. `executions.Fenced` when another backend claimed the run meanwhile."""
         async with self._lock:
-            if not self._lines and then is None:
+            if not self._blocks and then is None:
                 return None
-            lines = self._lines[:]
-            first = self.stored_seq + 1
+            blocks = self._blocks[:]
+            chunk = None
+            if blocks:  # consecutive blocks: one chunk, joined block by block
+                text = "\n".join(b.text for b in blocks)
+                chunk = LogBatch(blocks[0].first_seq, blocks[-1].last_seq, text)
             try:
                 async with self.db.session() as session:
-                    if lines:
-                        await executions.store_lines(session, self.run_id, self.epoch, first, lines)
+                    if chunk is not None:
+                        await executions.store_chunk(session, self.run_id, self.epoch, chunk)
                     else:
                         await executions.check_claim(session, self.run_id, self.epoch)
                     result = await then(session) if then is not None else None
             except executions.Fenced:
                 self._fenced = True
                 raise
-            if lines:
-                del self._lines[: len(lines)]
-                self._bytes = sum(map(len, self._lines))
-                self.stored_seq = first + len(lines) - 1
+            if chunk is not None:
+                del self._blocks[: len(blocks)]
+                self._bytes = sum(len(b.text) for b in self._blocks)
+                self.stored_seq = chunk.last_seq
                 self.hub.stored(self.run_id, self.stored_seq)
             return result
 

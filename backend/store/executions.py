@@ -17,6 +17,7 @@ from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import Cipher
+from backend.logs.batch import LogBatch
 from backend.models import (
     ConfigVersion,
     Deployment,
@@ -73,15 +74,12 @@ async def _still_mine(session: AsyncSession, run_id: int, epoch: int, **values: 
         raise Fenced(f"run {run_id} was claimed again since epoch {epoch}")
 
 
-async def store_lines(
-    session: AsyncSession, run_id: int, epoch: int, first_seq: int, lines: list[str]
-) -> None:
-    """Lines `first_seq`.. of the run's log, as one chunk (Fenced: not stored)."""
-    last = first_seq + len(lines) - 1
-    await _still_mine(session, run_id, epoch, last_seq=last, heartbeat_at=utcnow())
+async def store_chunk(session: AsyncSession, run_id: int, epoch: int, chunk: LogBatch) -> None:
+    """Consecutive lines of the run's log, as one chunk (Fenced: not stored)."""
+    await _still_mine(session, run_id, epoch, last_seq=chunk.last_seq, heartbeat_at=utcnow())
     await session.execute(
         insert(LOG_CHUNKS).values(
-            run_id=run_id, first_seq=first_seq, last_seq=last, data="\n".join(lines)
+            run_id=run_id, first_seq=chunk.first_seq, last_seq=chunk.last_seq, data=chunk.text
         )
     )
 

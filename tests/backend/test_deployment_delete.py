@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text
 
 from backend.app import create_app
 from backend.db import Database
+from backend.logs.batch import LogBatch
 from backend.models import (
     ConfigVersion,
     Deployment,
@@ -109,7 +110,7 @@ async def test_a_deleted_deployment_is_hidden_everywhere_and_restored_whole(
     )
     run_id, step = await start_run(db, "web", RunStatus.RUNNING, "r1", backend_id="test")
     async with db.session() as s:
-        await executions.store_lines(s, run_id, 0, 1, ["first line", "second line"])
+        await executions.store_chunk(s, run_id, 0, LogBatch.of(1, "first line\nsecond line"))
     await write_state(app, "web", tf_state(1))
     async with db.session() as s:
         (await runs.get_run(s, run_id)).status = RunStatus.SUCCEEDED.value
@@ -188,7 +189,7 @@ async def test_purging_takes_two_steps_and_removes_everything(
     await client.put(f"{API}/deployments/web/variables/region", json={"value": "eu"})
     run_id, _ = await start_run(db, "web", RunStatus.FAILED)
     async with db.session() as s:
-        await executions.store_lines(s, run_id, 0, 1, ["a line"])
+        await executions.store_chunk(s, run_id, 0, LogBatch.of(1, "a line"))
     purge = {"purge": "true"}
     live = await client.delete(f"{API}/deployments/web", params=purge)
     assert live.status_code == 409

@@ -208,7 +208,9 @@ def test_log_follow_streams_live_and_resumes_with_last_event_id(backend: Backend
         assert response.headers["content-type"].startswith("text/event-stream")
         for event, event_id, data in sse_events(response):
             if event == "message":
-                received += [(data["seq"] + i, text) for i, text in enumerate(data["lines"])]
+                received += [
+                    (data["seq"] + i, text) for i, text in enumerate(data["text"].split("\n"))
+                ]
                 last_id = event_id
                 if any("line-3" in text for _, text in received):
                     break
@@ -220,7 +222,9 @@ def test_log_follow_streams_live_and_resumes_with_last_event_id(backend: Backend
     ) as response:
         for event, _, data in sse_events(response):
             if event == "message":
-                received += [(data["seq"] + i, text) for i, text in enumerate(data["lines"])]
+                received += [
+                    (data["seq"] + i, text) for i, text in enumerate(data["text"].split("\n"))
+                ]
             elif event == "status":
                 statuses.append(data["status"])
             elif event == "end":

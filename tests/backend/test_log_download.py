@@ -13,6 +13,7 @@ import pytest
 
 from backend.api.routes.runs import LOG_PAGE_ROWS
 from backend.db import Database
+from backend.logs.batch import LogBatch
 from backend.models import RunStatus
 from backend.store import executions
 from tests.backend.conftest import API_TOKEN
@@ -35,7 +36,8 @@ async def store_lines(db: Database, run_id: int, sizes: list[int], first: int = 
     async with db.session() as session:
         for n in sizes:
             lines = [line(s) if s % 17 else "" for s in range(seq, seq + n)]  # some empty
-            await executions.store_lines(session, run_id, 0, seq, lines)
+            chunk = LogBatch(seq, seq + n - 1, "\n".join(lines))
+            await executions.store_chunk(session, run_id, 0, chunk)
             stored += lines
             seq += n
     return stored

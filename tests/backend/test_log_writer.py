@@ -12,7 +12,9 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 
 def published(hub: LogHub, run_id: int) -> list[tuple[int, str]]:
     _, batches = hub.subscribe(run_id)
-    return [(b.first_seq + i, text) for b in batches for i, text in enumerate(b.lines)]
+    found = [(b.first_seq + i, t) for b in batches for i, t in enumerate(b.text.split("\n"))]
+    assert all(b.last_seq == b.first_seq + b.text.count("\n") for b in batches)
+    return found
 
 
 def blocks(*items: tuple[int, str]) -> Any:
@@ -42,3 +44,18 @@ def test_blocks_lines_overlaps_and_step_offsets() -> None:
         (9, "h"),
     ]
     assert writer.last_seq == 9
+
+
+def test_a_block_is_cut_at_a_seq_on_its_line_boundaries() -> None:
+    from backend.logs.batch import LogBatch
+
+    block = LogBatch.of(5, "e\n\ng\nh")  # lines 5..8, line 6 empty
+    assert block.last_seq == 8
+    assert block.after(4) is block and block.upto(8) is block
+    assert block.after(8) is None and block.upto(4) is None
+    assert block.after(5) == LogBatch(6, 8, "\ng\nh")
+    assert block.after(6) == LogBatch(7, 8, "g\nh")
+    assert block.upto(6) == LogBatch(5, 6, "e\n")
+    assert block.upto(5) == LogBatch(5, 5, "e")
+    middle = block.after(5)
+    assert middle is not None and middle.upto(7) == LogBatch(6, 7, "\ng")

@@ -54,7 +54,7 @@ def test_reconnect_with_last_event_id_continues_the_seq(platform: Platform, tmp_
             for event in events:
                 if isinstance(event, Lines):
                     batches.append(event)
-                    if any("tick-3" in line for line in event.lines):
+                    if "tick-3" in event.text:
                         break
         assert batches and batches[0].first_seq == 1
         for before, after in zip(batches, batches[1:], strict=False):
@@ -77,7 +77,7 @@ def test_reconnect_with_last_event_id_continues_the_seq(platform: Platform, tmp_
         assert ended and statuses[-1] == "succeeded", statuses
     finally:
         api.close()
-    lines = [strip_ansi(line) for batch in batches for line in batch.lines]
+    lines = [strip_ansi(line) for batch in batches for line in batch.text.split("\n")]
     assert lines == stored_lines(platform, run_id)
     ticks = [line.rsplit("tick-", 1)[1] for line in lines if "(local-exec): tick-" in line]
     assert ticks == [str(i) for i in range(1, 31)]
@@ -96,11 +96,10 @@ def test_log_stream_resumes_through_dropped_connections(platform: Platform, tmp_
             cut_at = {"tick-3", "tick-10", "tick-20"}
             for event in stream:
                 if isinstance(event, Lines):
-                    seen += [strip_ansi(line) for line in event.lines]
-                    if any(line.endswith(tuple(cut_at)) for line in event.lines):
-                        cut_at = {
-                            c for c in cut_at if not any(line.endswith(c) for line in event.lines)
-                        }
+                    got = event.text.split("\n")
+                    seen += [strip_ansi(line) for line in got]
+                    if any(line.endswith(tuple(cut_at)) for line in got):
+                        cut_at = {c for c in cut_at if not any(line.endswith(c) for line in got)}
                         assert proxy.cut() >= 1
         finally:
             api.close()

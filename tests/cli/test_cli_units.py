@@ -121,10 +121,10 @@ def test_log_stream_trims_overlap_and_repeats_no_status() -> None:
     still gets each line once and each status change once."""
     connections: list[int] = []
     script: list[list[Event | Exception]] = [
-        [Status("running"), Lines(1, ("l1", "l2", "l3")), StreamDropped("cut")],
-        [Status("running"), Lines(2, ("l2", "l3", "l4")), httpx.ReadError("reset")],
+        [Status("running"), Lines(1, "l1\nl2\nl3"), StreamDropped("cut")],
+        [Status("running"), Lines(2, "l2\nl3\nl4"), httpx.ReadError("reset")],
         [ServerError("Bad Gateway (HTTP 502)")],
-        [Status("running"), Lines(5, ("l5",)), Status("succeeded"), End()],
+        [Status("running"), Lines(5, "l5"), Status("succeeded"), End()],
     ]
 
     def opener(_api: Api, _run_id: int, after: int) -> Iterator[Event]:
@@ -141,7 +141,7 @@ def test_log_stream_trims_overlap_and_repeats_no_status() -> None:
     finally:
         api.close()
     assert connections == [0, 3, 4, 4]
-    lines = [line for e in events if isinstance(e, Lines) for line in e.lines]
+    lines = [line for e in events if isinstance(e, Lines) for line in e.text.split("\n")]
     assert lines == ["l1", "l2", "l3", "l4", "l5"]
     assert [e.status for e in events if isinstance(e, Status)] == ["running", "succeeded"]
     assert isinstance(events[-1], End)

@@ -236,7 +236,9 @@ class Follower:
             for event, _, data in sse_events(response):
                 if event == "message":
                     first = int(data["seq"])
-                    self.received += [(first + i, t) for i, t in enumerate(data["lines"])]
+                    self.received += [
+                        (first + i, t) for i, t in enumerate(data["text"].split("\n"))
+                    ]
                 elif event == "status":
                     self.statuses.append(data["status"])
                 elif event == "end":

@@ -276,7 +276,7 @@ async def run_logs(
                 elif isinstance(item, StatusChange):
                     yield f"event: status\ndata: {json.dumps({'status': item.status})}\n\n"
                 else:
-                    data = json.dumps({"seq": item.first_seq, "lines": item.lines})
+                    data = json.dumps({"seq": item.first_seq, "text": item.text})
                     yield f"id: {item.last_seq}\ndata: {data}\n\n"
             yield "event: end\ndata: {}\n\n"
         finally:

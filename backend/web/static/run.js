@@ -2,8 +2,8 @@
  * approve/discard/cancel buttons, and the live log.
  *
  * The log is GET /api/v1/runs/{id}/logs?follow=true read with fetch() (EventSource cannot
- * send the Authorization header). Each message event carries {"seq": first, "lines": [...]}
- * with `id: <last seq>`; after a dropped connection the page reconnects with
+ * send the Authorization header). Each message event carries {"seq": first, "text": "..."}
+ * (a block of lines joined by newlines, as stored) with `id: <last seq>`; after a dropped connection the page reconnects with
  * `Last-Event-ID: <last seq shown>`, so the log resumes with no gap and no line twice. */
 "use strict";
 
@@ -276,7 +276,7 @@
   function onEvent(event) {
     if (event.type === "message") {
       const batch = JSON.parse(event.data);
-      appendBatch(batch.seq, batch.lines);
+      appendBatch(batch.seq, batch.text.split("\n"));
     } else if (event.type === "status") {
       const { status } = JSON.parse(event.data);
       if (run) {
