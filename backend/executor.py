@@ -231,9 +231,9 @@ class Executor:
     @staticmethod
     def _failure(execution: Execution, step: Step, result: pb.Result) -> StepFailed:
         outcome = result.outcome
-        if outcome in ("canceled", "killed") and execution.canceled:
+        if outcome in (pb.OUTCOME_CANCELED, pb.OUTCOME_KILLED) and execution.canceled:
             status = RunStatus.CANCELED
-        elif outcome == "timed_out":
+        elif outcome == pb.OUTCOME_TIMED_OUT:
             status = RunStatus.TIMED_OUT
         else:
             status = RunStatus.FAILED

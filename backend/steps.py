@@ -24,8 +24,8 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
 OVERRIDE_NAME = "zz_iac_backend_override.tf"
 # What these steps need of a runner (GetInfo's features): the plan's JSON written to a file
-# instead of the log, and the saved plan's digest checked before apply.
-RUNNER_FEATURES = frozenset({"stdout_file", "verify_sha256"})
+# instead of the log, the saved plan's digest checked before apply, and outcomes as enums.
+RUNNER_FEATURES = frozenset({"stdout_file", "verify_sha256", "typed_outcome"})
 PLAN_FILE = "tfplan"
 PLAN_JSON = "tfplan.json"
 # `plan -detailed-exitcode`: 0 no changes, 2 changes, anything else an error.

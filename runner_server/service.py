@@ -32,7 +32,22 @@ from runner_stdio.protocol import (
 log = logging.getLogger("iac_runner_server")
 
 # Reported in GetInfo: a backend sends runs that need them only to runners that have them.
-FEATURES = ["stdout_file", "verify_sha256"]
+FEATURES = ["stdout_file", "verify_sha256", "typed_outcome"]
+# iac-runner's outcome strings (its JSON is for people too) as the proto's enum.
+OUTCOMES: dict[str, pb.Outcome] = {
+    "succeeded": pb.OUTCOME_SUCCEEDED,
+    "failed": pb.OUTCOME_FAILED,
+    "canceled": pb.OUTCOME_CANCELED,
+    "timed_out": pb.OUTCOME_TIMED_OUT,
+    "killed": pb.OUTCOME_KILLED,
+    "refused": pb.OUTCOME_REFUSED,
+    "error": pb.OUTCOME_ERROR,
+}
+
+
+def outcome_name(outcome: pb.Outcome) -> str:
+    """`succeeded`, `timed_out`, ...: the enum as iac-runner and the metrics say it."""
+    return pb.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()
 
 
 # terraform writes the state it could not save here, in its working directory.
@@ -247,7 +262,7 @@ class RunnerService:
         await run.finish(result)
         self._release_slot()
         duration = time.monotonic() - run.started_monotonic
-        metrics.RUNS_FINISHED.labels(run.tool, run.command, result.outcome).inc()
+        metrics.RUNS_FINISHED.labels(run.tool, run.command, outcome_name(result.outcome)).inc()
         metrics.RUN_DURATION.labels(run.tool, run.command).observe(duration)
         metrics.LINES_STREAMED.inc(run.last_seq)
         log.info(
@@ -258,7 +273,7 @@ class RunnerService:
                     "tool": run.tool,
                     "command": run.command,
                     "duration_s": round(duration, 3),
-                    "outcome": result.outcome,
+                    "outcome": outcome_name(result.outcome),
                     "exit_code": result.exit_code,
                     "lines": run.last_seq,
                 }
@@ -358,7 +373,7 @@ class RunnerService:
                 error_msg=str(event.get("error_msg", "")),
                 started_at=str(event.get("started_at", run.started_at)),
                 ended_at=str(event.get("ended_at", now_iso())),
-                outcome=str(event.get("outcome", "")),
+                outcome=OUTCOMES.get(str(event.get("outcome", "")), pb.OUTCOME_UNSPECIFIED),
                 output_truncated=bool(event.get("output_truncated")),
                 tool_version=run.tool_version,
             )
@@ -375,7 +390,7 @@ class RunnerService:
             error_msg=problem,
             started_at=run.started_at,
             ended_at=now_iso(),
-            outcome="error",
+            outcome=pb.OUTCOME_ERROR,
             tool_version=run.tool_version,
         )
 
@@ -416,12 +431,12 @@ class RunnerService:
             raise RunnerError("not_found", f"no run {run_id!r} on this runner")
         return run
 
-    def cancel(self, run_id: str, *, force: bool) -> str:
+    def cancel(self, run_id: str, *, force: bool) -> pb.CancelStatus:
         run = self.get(run_id)
         if run.finished:
-            return "already_finished"
+            return pb.CANCEL_STATUS_ALREADY_FINISHED
         run.cancel(force=force)
-        return "canceling"
+        return pb.CANCEL_STATUS_CANCELING
 
     def info(self) -> pb.RunnerInfo:
         return pb.RunnerInfo(

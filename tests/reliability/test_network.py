@@ -198,7 +198,7 @@ def test_a_lasting_cut_fails_the_run_after_the_lost_timeout_and_new_runs_go_else
     finally:
         channel.close()
     result = events[-1].result
-    assert result.outcome == "canceled" and not result.success, result
+    assert result.outcome == pb.OUTCOME_CANCELED and not result.success, result
     log = "\n".join(line.text for e in events if e.HasField("output") for line in e.output.lines)
     assert "403" in log or "Forbidden" in log or "state is closed" in log, log[-3000:]
     state = backend.call("GET", "/deployments/cut/state", 200)

@@ -47,7 +47,7 @@ def test_version_streams_started_output_result(runner: RunnerProcess) -> None:
     text = "\n".join(line.text for line in lines_of(events))
     assert "Terraform v" in text
     result = result_of(events)
-    assert result.success and result.exit_code == 0 and result.outcome == "succeeded"
+    assert result.success and result.exit_code == 0 and result.outcome == pb.OUTCOME_SUCCEEDED
     assert result.last_seq == len(lines_of(events))
 
 
@@ -74,7 +74,7 @@ def test_tool_failure_is_a_result_not_an_error(fake_runner: RunnerProcess) -> No
     result = result_of(events)
     assert not result.success
     assert result.exit_code == 3
-    assert result.outcome == "failed"
+    assert result.outcome == pb.OUTCOME_FAILED
     assert "exited with code 3" in result.error_msg
 
 
@@ -307,7 +307,7 @@ def test_failed_result_carries_terraform_s_first_error_line(
         workspace=tar_gz({"main.tf": config.encode()}),
     )
     result = result_of(events)
-    assert not result.success and result.outcome == "failed"
+    assert not result.success and result.outcome == pb.OUTCOME_FAILED
     assert result.error_msg.startswith(f"terraform {command} exited with code 1: {error}")
 
 
@@ -515,3 +515,11 @@ def test_a_missing_workspace_root_is_created(fake_runner: RunnerProcess) -> None
     events = execute(fake_runner.stub(), tool="terraform", command="plan", work_dir="a/b")
     assert result_of(events).success
     assert _mode(fake_runner.workspace_root / "a" / "b") == 0o700
+
+
+def test_every_outcome_iac_runner_says_has_its_enum_value() -> None:
+    from runner_server.service import OUTCOMES, outcome_name
+
+    named = set(pb.Outcome.DESCRIPTOR.values_by_name) - {"OUTCOME_UNSPECIFIED"}
+    assert {pb.Outcome.Name(v) for v in OUTCOMES.values()} == named
+    assert all(outcome_name(value) == text for text, value in OUTCOMES.items())

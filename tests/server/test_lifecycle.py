@@ -67,18 +67,21 @@ def test_cancel_rpc_stops_terraform_gracefully_and_releases_the_lock(
     reader.start()
     wait_for(lambda: pids_matching(f"sleep {marker}"), timeout=30)
     reply = stub.Cancel(pb.CancelRequest(run_id="cancel-me"))
-    assert reply.status == "canceling"
+    assert reply.status == pb.CANCEL_STATUS_CANCELING
     reader.join(30)
     result = result_of(events)
     assert not result.success
-    assert result.outcome == "canceled"
+    assert result.outcome == pb.OUTCOME_CANCELED
     assert "SIGINT" in result.error_msg
     wait_for(lambda: not pids_matching(f"sleep {marker}"), timeout=10)
     assert not (runner.workspace_root / "long" / ".terraform.tfstate.lock.info").exists()
     # The state is consistent: terraform can read it and plan again.
     state = execute(stub, tool="terraform", command="state", work_dir="long", args=["list"])
     assert result_of(state).success
-    assert stub.Cancel(pb.CancelRequest(run_id="cancel-me")).status == "already_finished"
+    assert (
+        stub.Cancel(pb.CancelRequest(run_id="cancel-me")).status
+        == pb.CANCEL_STATUS_ALREADY_FINISHED
+    )
 
 
 def test_client_disconnect_cancels_by_default(fake_runner: RunnerProcess) -> None:
@@ -95,7 +98,7 @@ def test_client_disconnect_cancels_by_default(fake_runner: RunnerProcess) -> Non
     call.cancel()
     wait_for(lambda: not pids_matching(f"sleep {marker}"), timeout=15)
     result = result_of(list(stub.Attach(pb.AttachRequest(run_id="dc"))))
-    assert result.outcome == "canceled"
+    assert result.outcome == pb.OUTCOME_CANCELED
 
 
 def test_on_disconnect_continue_then_attach_returns_exactly_the_missing_lines(
@@ -136,7 +139,7 @@ def test_timeout_stops_the_run(fake_runner: RunnerProcess) -> None:
         fake_runner.stub(), tool="terraform", command="plan", args=["--sleep", marker], timeout=1
     )
     result = result_of(events)
-    assert result.outcome == "timed_out"
+    assert result.outcome == pb.OUTCOME_TIMED_OUT
     assert "timed out after 1 s" in result.error_msg
     wait_for(lambda: not pids_matching(f"sleep {marker}"), timeout=10)
 
@@ -167,7 +170,7 @@ def test_forced_cancel_kills_at_once(tool_env: dict[str, str], tmp_path: Path) -
         reader.join(15)
         assert not reader.is_alive()
         result = result_of(events)
-        assert result.outcome == "killed"
+        assert result.outcome == pb.OUTCOME_KILLED
         assert "SIGKILL" in result.error_msg
         wait_for(lambda: not pids_matching(f"sleep {marker}"), timeout=5)
     finally:
@@ -205,7 +208,7 @@ def test_full_runner_answers_resource_exhausted(fake_runner: RunnerProcess) -> N
     for i in range(2):
         stub.Cancel(pb.CancelRequest(run_id=f"busy{i}", force=True))
     for call in calls:
-        assert result_of(list(call)).outcome == "killed"
+        assert result_of(list(call)).outcome == pb.OUTCOME_KILLED
     wait_for(lambda: not pids_matching(f"sleep {marker}"))
     assert stub.GetInfo(pb.GetInfoRequest()).active == 0
 
@@ -246,7 +249,7 @@ def test_second_sigterm_cancels_active_runs(fake_env: dict[str, str], tmp_path: 
     wait_for(lambda: '"drain"' in server.log.read_text())
     server.proc.send_signal(signal.SIGTERM)
     events.extend(call)
-    assert result_of(events).outcome == "canceled"
+    assert result_of(events).outcome == pb.OUTCOME_CANCELED
     assert server.proc.wait(30) == 0
     wait_for(lambda: not pids_matching(f"sleep {marker}"))
 
@@ -273,7 +276,7 @@ def test_sigkill_of_iac_runner_still_gives_a_result_and_no_orphan(
         os.kill(pid, signal.SIGKILL)
     events.extend(call)
     result = result_of(events)
-    assert result.outcome == "error"
+    assert result.outcome == pb.OUTCOME_ERROR
     assert "iac-runner ended without a result (killed by SIGKILL)" in result.error_msg
     wait_for(lambda: not pids_matching(f"sleep {marker}"))
 

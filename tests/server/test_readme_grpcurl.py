@@ -58,8 +58,9 @@ def test_plan_and_cancel_blocks(
     assert "Terraform has been successfully initialized!" in out
     assert "1 to add, 0 to change, 0 to destroy." in out
     out = run_block("cancel", runner, tool_env, tmp_path)
-    assert '"status": "canceling"' in out
+    assert '"status": "CANCEL_STATUS_CANCELING"' in out
     assert "canceled: terraform stopped after SIGINT" in out
+    assert '"outcome": "OUTCOME_CANCELED"' in (tmp_path / "long-1.log").read_text()
 
 
 def test_token_block(fake_env: dict[str, str], tmp_path: Path) -> None:

@@ -11,8 +11,36 @@ class OnDisconnect(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CANCEL: _ClassVar[OnDisconnect]
     CONTINUE: _ClassVar[OnDisconnect]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_SUCCEEDED: _ClassVar[Outcome]
+    OUTCOME_FAILED: _ClassVar[Outcome]
+    OUTCOME_CANCELED: _ClassVar[Outcome]
+    OUTCOME_TIMED_OUT: _ClassVar[Outcome]
+    OUTCOME_KILLED: _ClassVar[Outcome]
+    OUTCOME_REFUSED: _ClassVar[Outcome]
+    OUTCOME_ERROR: _ClassVar[Outcome]
+
+class CancelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANCEL_STATUS_UNSPECIFIED: _ClassVar[CancelStatus]
+    CANCEL_STATUS_CANCELING: _ClassVar[CancelStatus]
+    CANCEL_STATUS_ALREADY_FINISHED: _ClassVar[CancelStatus]
 CANCEL: OnDisconnect
 CONTINUE: OnDisconnect
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_SUCCEEDED: Outcome
+OUTCOME_FAILED: Outcome
+OUTCOME_CANCELED: Outcome
+OUTCOME_TIMED_OUT: Outcome
+OUTCOME_KILLED: Outcome
+OUTCOME_REFUSED: Outcome
+OUTCOME_ERROR: Outcome
+CANCEL_STATUS_UNSPECIFIED: CancelStatus
+CANCEL_STATUS_CANCELING: CancelStatus
+CANCEL_STATUS_ALREADY_FINISHED: CancelStatus
 
 class ExecuteRequest(_message.Message):
     __slots__ = ("run_id", "tool", "work_dir", "command", "args", "env_vars", "timeout", "sensitive_env", "workspace", "collect", "cleanup", "on_disconnect", "tool_version", "packed_output", "mask_values", "state_channel", "stdout_file", "verify_sha256")
@@ -127,7 +155,7 @@ class Artifact(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("success", "exit_code", "error_msg", "started_at", "ended_at", "artifacts", "output_truncated", "outcome", "last_seq", "tool_version")
+    __slots__ = ("success", "exit_code", "error_msg", "started_at", "ended_at", "artifacts", "output_truncated", "last_seq", "tool_version", "outcome")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MSG_FIELD_NUMBER: _ClassVar[int]
@@ -135,9 +163,9 @@ class Result(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
-    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     success: bool
     exit_code: int
     error_msg: str
@@ -145,10 +173,10 @@ class Result(_message.Message):
     ended_at: str
     artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
     output_truncated: bool
-    outcome: str
     last_seq: int
     tool_version: str
-    def __init__(self, success: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error_msg: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., output_truncated: _Optional[bool] = ..., outcome: _Optional[str] = ..., last_seq: _Optional[int] = ..., tool_version: _Optional[str] = ...) -> None: ...
+    outcome: Outcome
+    def __init__(self, success: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error_msg: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., output_truncated: _Optional[bool] = ..., last_seq: _Optional[int] = ..., tool_version: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("run_id", "from_seq", "packed_output", "state_channel")
@@ -175,8 +203,8 @@ class CancelResponse(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    status: str
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    status: CancelStatus
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[CancelStatus, str]] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
