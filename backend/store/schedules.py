@@ -136,7 +136,7 @@ async def list_schedules(
     )
     if deployment is not None:
         query = query.where(Schedule.deployment_id == deployment.id)
-    return [(s, d) for s, d in (await session.execute(query)).tuples()]
+    return [(s, d) for s, d in (await session.execute(query)).all()]
 
 
 async def update_schedule(
