@@ -9,6 +9,7 @@ once keep both backends' passes busy with the same schedules at the same moment.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ async def make_due(url: str) -> None:
 def scheduled_runs(backend: Backend, deployment: str, schedule_id: int) -> list[dict[str, Any]]:
     runs = backend.call("GET", "/runs", 200, params={"deployment": deployment})
     return [r for r in runs if r["created_by"] == f"schedule {schedule_id}"]
+
+
+def queued_all(backend: Backend, schedules: dict[str, int], count: int) -> bool:
+    """Whether every schedule has queued `count` runs, and the parked ones their share."""
+    enough = all(len(scheduled_runs(backend, n, s)) >= count for n, s in schedules.items())
+    return enough and len(parked_runs(backend)) >= PARKED * count
 
 
 def parked_runs(backend: Backend) -> list[dict[str, Any]]:
@@ -75,9 +82,7 @@ def test_two_backend_processes_queue_one_run_per_due_time(
             parked[f"parked-{n}"] = made["id"]
         for round_ in range(1, ROUNDS + 1):
             asyncio.run(make_due(url))
-            for name, sid in schedules.items():
-                wait_for(lambda n=name, s=sid, r=round_: len(scheduled_runs(first, n, s)) >= r, 60)
-            wait_for(lambda r=round_: len(parked_runs(first)) >= PARKED * r, 60)
+            wait_for(partial(queued_all, first, schedules, round_), 60)
             for name, sid in schedules.items():
                 runs = scheduled_runs(first, name, sid)
                 assert len(runs) == round_, runs
