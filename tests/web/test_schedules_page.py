@@ -17,7 +17,7 @@ def test_the_schedules_page_lists_schedules_and_runs_one_now(
     backend = platform.backend
     for name, team in (("sched-a", "a"), ("sched-b", "b")):
         backend.deploy(name, {"main.tf": FAST_CONFIG}, labels={"team": team})
-    body = {"cron": "0 3 * * 1-5", "timezone": "Europe/Paris", "kind": "plan"}
+    body: dict[str, object] = {"cron": "0 3 * * 1-5", "timezone": "Europe/Paris", "kind": "plan"}
     plan = backend.call("POST", "/deployments/sched-a/schedules", 201, json=body)
     body = {"cron": "@weekly", "kind": "apply", "auto_approve": "no-destroy", "enabled": False}
     apply = backend.call("POST", "/deployments/sched-a/schedules", 201, json=body)
