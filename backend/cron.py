@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -107,8 +107,12 @@ def _times(cron: str, zone_name: str, after: datetime) -> Iterator[datetime]:
     """The due times strictly after `after`, in the zone."""
     if after.tzinfo is None:
         raise ValueError("naive datetime: use an aware UTC datetime")
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):  # checked when stored, since removed
+        raise Invalid(f"time zone {zone_name!r} is not in this system's zone database") from None
     # cronsim gives up (ends the iteration) after 50 years without a match.
-    for local in CronSim(_expand(cron), after.astimezone(ZoneInfo(zone_name))):
+    for local in CronSim(_expand(cron), after.astimezone(zone)):
         # A wall-clock time the autumn change repeats is read as its first occurrence,
         # which lies before `after` when `after` is in the repeated hour: it is past.
         if local.astimezone(UTC) > after:
@@ -128,7 +132,7 @@ def upcoming(cron: str, zone_name: str, since: datetime, count: int) -> list[dat
     schedule's zone."""
     out: list[datetime] = []
     for local in _times(cron, zone_name, since - timedelta(microseconds=1)):
-        out.append(local.astimezone(ZoneInfo(zone_name)))
+        out.append(local)
         if len(out) == count:
             break
     return out

@@ -231,18 +231,23 @@ async def fire(
     schedule = await session.get(Schedule, schedule_id)
     if deployment is None or schedule is None or deployment.deleted_at is not None:
         return None
+    disabled = ""
     try:
         following = cron.next_after(schedule.cron, schedule.timezone, now)
         values: dict[str, object] = {"next_run_at": following, "last_run_at": seen}
     except Invalid as exc:
-        # Stored before a change of the zone database, say: never due again as it is.
-        values = {"enabled": False, "last_skipped": f"{_when(seen)}: disabled: {exc}"}
+        # Its zone left the zone database since it was stored, say: never due again.
+        disabled = f"disabled: {exc}"
+        values = {"enabled": False, "last_skipped": f"{_when(seen)}: {disabled}"}
     claimed = await session.execute(
         update(Schedule)
         .where(
             Schedule.id == schedule_id,
             Schedule.next_run_at == seen,
             Schedule.enabled.is_(True),
+            # As read: the next due time above was computed from them.
+            Schedule.cron == schedule.cron,
+            Schedule.timezone == schedule.timezone,
         )
         .values(**values)
         .execution_options(synchronize_session=False)
@@ -250,14 +255,14 @@ async def fire(
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return None
     await session.refresh(schedule)  # as it is now that this transaction holds it
-    if not schedule.enabled:
-        return Fired(schedule_id, seen, skipped=schedule.last_skipped)
     actor = f"schedule {schedule_id}"
-    run_id, skipped = await _queue(
-        session, schedule, deployment, actor=actor, comment=f"due {seen.isoformat()}"
-    )
-    if skipped:
-        schedule.last_skipped = f"{_when(seen)}: {skipped}"
+    run_id, skipped = None, disabled
+    if not disabled:
+        run_id, skipped = await _queue(
+            session, schedule, deployment, actor=actor, comment=f"due {seen.isoformat()}"
+        )
+        if skipped:
+            schedule.last_skipped = f"{_when(seen)}: {skipped}"
     await audit.append(
         session,
         actor=actor,

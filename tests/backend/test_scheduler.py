@@ -380,3 +380,21 @@ def test_two_backends_ticking_the_same_instants_queue_one_run_per_due_time(db_ur
 
     for comments in asyncio.run(count()).values():
         assert len(comments) == len(set(comments)) == STEPS
+
+
+@pytest.mark.anyio
+async def test_a_schedule_whose_zone_left_the_database_is_disabled_with_the_reason(
+    database: Database, scheduler: Scheduler
+) -> None:
+    """A zone checked when stored that a later tzdata no longer has: no pass fails on it
+    again and again; it is disabled, and says why."""
+    await add_deployment(database, "web")
+    sid = await add_schedule(database, "web", kind="plan")
+    async with database.session() as s:
+        await s.execute(update(Schedule).where(Schedule.id == sid).values(timezone="Gone/Zone"))
+    [fired] = await scheduler.tick(at(1))
+    assert fired.run_id is None and "not in this system's zone database" in fired.skipped
+    row = await schedule_row(database, sid)
+    assert not row.enabled and row.last_skipped.startswith("2030-01-01 01:00 UTC: disabled: ")
+    assert await runs_of(database, sid) == []
+    assert await scheduler.tick(at(2)) == []

@@ -3,6 +3,7 @@ now), and every schedule the token may see, for the Schedules page."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -12,7 +13,7 @@ from backend.access import Role
 from backend.api.deps import DeploymentDep, SessionDep, TokenDep, needs, role_of, scope_of
 from backend.api.routing import CheckedRoute
 from backend.engine import Engine
-from backend.errors import Forbidden
+from backend.errors import Forbidden, Invalid
 from backend.models import Deployment, Schedule, ScheduleKind, utcnow
 from backend.schedule_schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate, TriggerOut
 from backend.store import deployments
@@ -31,7 +32,8 @@ UPCOMING = 3
 def schedule_out(row: Schedule, deployment: Deployment) -> ScheduleOut:
     upcoming = []
     if row.enabled:
-        upcoming = cron.upcoming(row.cron, row.timezone, row.next_run_at, UPCOMING)
+        with contextlib.suppress(Invalid):  # a zone gone from the database: none to show
+            upcoming = cron.upcoming(row.cron, row.timezone, row.next_run_at, UPCOMING)
     return ScheduleOut(
         id=row.id,
         deployment=deployment.name,
