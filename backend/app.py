@@ -22,16 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.api import errors
 from backend.api.deps import require_token
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import (
-    deployments,
-    health,
-    runners,
-    runs,
-    schedules,
-    state,
-    tokens,
-    variables,
-)
+from backend.api.routes import deployments, health, runners, runs, state, tokens, variables
+from backend.api.routes import schedules as schedule_routes
 from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
@@ -227,8 +219,8 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(tokens.router)
     api.include_router(tokens.me_router)
     api.include_router(audit_routes.router)
-    api.include_router(schedules.router)
-    api.include_router(schedules.all_router)
+    api.include_router(schedule_routes.router)
+    api.include_router(schedule_routes.all_router)
     # Every API route says which role it needs (backend.api.deps.needs): one without is a
     # bug that would leave it open to every token, so the app refuses to start.
     undeclared = [
