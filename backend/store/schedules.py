@@ -167,7 +167,9 @@ async def update_schedule(
             schedule.auto_approve = ApprovePolicy.NEVER.value  # only an apply has one
     if auto_approve is not None:
         schedule.auto_approve = auto_approve
-    check_approval(deployment, schedule.kind, schedule.auto_approve)
+    if kind is not None or auto_approve is not None or enabled:
+        # Not on disabling: a schedule four eyes now refuses can always be turned off.
+        check_approval(deployment, schedule.kind, schedule.auto_approve)
     if enabled is not None:
         retime |= enabled and not schedule.enabled
         schedule.enabled = enabled

@@ -129,6 +129,19 @@ async def test_four_eyes_and_unknown_names(client: httpx.AsyncClient) -> None:
     patched = await client.patch(f"{BASE}/prod/schedules/{sid}", json={"auto_approve": "always"})
     assert patched.status_code == 409
     assert (await client.get(f"{BASE}/prod/schedules/{sid}")).json()["auto_approve"] == "never"
+    # Four eyes turned on after an auto-approved apply schedule was made: it can be turned
+    # off, not on again as it is.
+    await new_deployment(client, "later")
+    sid2 = (
+        await create(client, "later", cron="0 3 * * *", kind="apply", auto_approve="always")
+    ).json()["id"]
+    four_eyes = {"require_other_approver": True, "auto_approve": "never"}
+    assert (await client.patch(f"{BASE}/later", json=four_eyes)).status_code == 200
+    url = f"{BASE}/later/schedules/{sid2}"
+    assert (await client.patch(url, json={"enabled": False})).status_code == 200
+    assert (await client.patch(url, json={"enabled": True})).status_code == 409
+    fixed = await client.patch(url, json={"enabled": True, "auto_approve": "never"})
+    assert fixed.status_code == 200 and fixed.json()["enabled"]
     missing = await create(client, "nope", cron="0 3 * * *")
     assert missing.status_code == 404 and "deployment 'nope' does not exist" in missing.text
     assert (await client.get(f"{BASE}/prod/schedules/999")).status_code == 404
