@@ -32,6 +32,7 @@ from backend.api.routes import (
     tokens,
     variables,
 )
+from backend.api.routes import schedules as schedule_routes
 from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
@@ -40,6 +41,7 @@ from backend.engine import Engine, EngineOptions
 from backend.logs.hub import LogHub
 from backend.models import Operation
 from backend.pool import RunnerPool
+from backend.scheduler import Scheduler
 from backend.store import audit
 from backend.store import deployments as deployment_store
 from backend.store import runners as runner_store
@@ -190,14 +192,17 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         app.state.engine = engine
         await engine.start()
         purger = asyncio.create_task(purge_loop(database, settings), name="purge-deleted")
+        scheduler = Scheduler(database, engine.wake, settings.schedule_interval)
+        scheduling = asyncio.create_task(scheduler.run(), name="scheduler")
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, scheduling):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.stop()
             await database.dispose()
 
@@ -225,6 +230,8 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(tokens.me_router)
     api.include_router(audit_routes.router)
     api.include_router(drift.router)
+    api.include_router(schedule_routes.router)
+    api.include_router(schedule_routes.all_router)
     # Every API route says which role it needs (backend.api.deps.needs): one without is a
     # bug that would leave it open to every token, so the app refuses to start.
     undeclared = [

@@ -199,6 +199,14 @@ class Settings(BaseSettings):
             "their retention (one also runs at start)."
         ),
     )
+    schedule_interval: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "IAC_SCHEDULE_INTERVAL: seconds between two passes of the scheduler, which queues "
+            "the runs of due schedules (every replica runs it; each due time queues one run)."
+        ),
+    )
     orphan_after: float = Field(
         default=30.0,
         gt=0,

@@ -23,6 +23,7 @@ from iac_cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from iac_cli.review import outputs, state_group
 from iac_cli.runners import runners
 from iac_cli.runs import INTERRUPTED, apply, destroy, logs, plan, runs
+from iac_cli.schedules import schedules
 from iac_cli.tokens import me, tokens
 from iac_cli.variables import variables
 
@@ -59,6 +60,7 @@ def app(ctx: click.Context, url: str | None, token: str | None, no_color: bool) 
 app.add_command(runners)
 app.add_command(deployments)
 app.add_command(variables)
+app.add_command(schedules)
 app.add_command(tokens)
 app.add_command(me)
 app.add_command(audit)

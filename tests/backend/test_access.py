@@ -67,6 +67,7 @@ class World:
             "version": "1",
             "version_id": "1",
             "token_id": str(self.spare_token),
+            "schedule_id": "1",
         }
         for key, value in values.items():
             path = path.replace("{" + key + "}", value)

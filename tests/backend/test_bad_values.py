@@ -82,9 +82,23 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/runs/{run_id}/discard"): {"comment": "ok"},
     ("POST", "/api/v1/runs/{run_id}/cancel"): {"comment": "ok"},
     ("POST", "/api/v1/deployments/{name}/state/unlock"): {"comment": "ok"},
+    ("POST", "/api/v1/deployments/{name}/schedules"): {
+        "cron": "0 3 * * *",
+        "timezone": "Europe/Paris",
+        "kind": "apply",
+        "auto_approve": "no-destroy",
+        "enabled": True,
+    },
+    ("PATCH", "/api/v1/deployments/{name}/schedules/{schedule_id}"): {
+        "cron": "0 4 * * *",
+        "timezone": "UTC",
+        "kind": "plan",
+        "auto_approve": "never",
+        "enabled": False,
+    },
 }
 PATH_VALUES = {"name": "web", "key": "greeting", "run_id": "1", "version": "1", "token_id": "1"}
-PATH_VALUES |= {"version_id": "1", "deployment": "web"}
+PATH_VALUES |= {"version_id": "1", "deployment": "web", "schedule_id": "1"}
 
 
 def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

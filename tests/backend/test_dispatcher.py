@@ -196,6 +196,6 @@ async def test_a_runner_too_old_for_the_plan_review_gets_no_run(
     assert harness.claims == []
     run = await harness.run(created.json()["id"])
     assert (
-        "runs a recent enough iac-runner-server (old: without stdout_file, typed_outcome, verify_sha256)"
-        in run.wait_reason
+        "runs a recent enough iac-runner-server "
+        "(old: without stdout_file, typed_outcome, verify_sha256)" in run.wait_reason
     )
