@@ -6,6 +6,7 @@ the history, the fleet view's order, and drift cleared by an apply."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from tests.backend.conftest import ENCRYPTION_KEY
 from tests.backend.platform import Backend, start_backend
+from tests.conftest import wait_for
 from tests.procs import RunnerProcess, start_runner
 
 # Reads "the real world": another state file's outputs, outside the configuration.
@@ -126,3 +128,48 @@ def test_a_drift_check_is_not_queued_twice(backend: Backend) -> None:
     again = backend.client.post("/deployments/idle/drift")
     assert again.status_code == 409
     assert f"run {first['id']}" in again.json()["detail"]
+
+
+def test_a_drift_schedule_checks_when_due(tool_env: dict[str, str], tmp_path: Path) -> None:
+    """A schedule of kind drift, due (its due time put in the past in the database, as if
+    the backend had been down over it): one drift check is queued, runs, and sets the
+    deployment's verdict."""
+    db = tmp_path / "iac.db"
+    runner = start_runner(tmp_path, tool_env, name="r1")
+    backend = start_backend(
+        tmp_path, tool_env, f"sqlite:///{db}", ENCRYPTION_KEY=ENCRYPTION_KEY,
+        IAC_SCHEDULE_INTERVAL="0.2",
+    )  # fmt: skip
+    try:
+        backend.register("r1", runner.address)
+        world = tmp_path / "world.tfstate"
+        world.write_text(world_state("blue"))
+        backend.deploy("web", {"main.tf": CONFIG})
+        body = {"value": str(world), "category": "terraform"}
+        backend.call("PUT", "/deployments/web/variables/world", 201, json=body)
+        applied = backend.start("web", "apply", auto_approve="always")
+        assert backend.wait(applied["id"], "succeeded", "failed")["status"] == "succeeded"
+        world.write_text(world_state("red"))
+        schedule = backend.call(
+            "POST", "/deployments/web/schedules", 201, json={"cron": "0 3 * * *", "kind": "drift"}
+        )
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE schedules SET next_run_at = '2000-01-01 03:00:00.000000'")
+
+        def checked() -> dict[str, Any] | None:
+            runs = backend.call("GET", "/runs?deployment=web", 200)
+            drift_runs = [r for r in runs if r["operation"] == "drift"]
+            return drift_runs[0] if drift_runs else None
+
+        found = wait_for(checked, timeout=30)
+        assert isinstance(found, dict)
+        run = found
+        assert run["created_by"] == f"schedule {schedule['id']}"
+        assert backend.wait(run["id"], "succeeded", "failed")["status"] == "succeeded"
+        assert backend.call("GET", "/deployments/web/drift", 200)["status"] == "drifted"
+        shown = backend.call("GET", f"/deployments/web/schedules/{schedule['id']}", 200)
+        assert shown["next_run_at"] > run["created_at"]  # the next one, not a missed one
+        assert len(backend.call("GET", "/runs?deployment=web", 200)) == 2
+    finally:
+        backend.stop()
+        runner.stop()
