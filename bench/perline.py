@@ -51,7 +51,12 @@ class PerLineRunner(pb_grpc.RunnerServicer):  # type: ignore[misc]
                 yield pb.ExecuteEvent(output=pb.Output(lines=[line]))
         code = await proc.wait()
         yield pb.ExecuteEvent(
-            result=pb.Result(success=code == 0, exit_code=code, outcome="done", last_seq=seq)
+            result=pb.Result(
+                success=code == 0,
+                exit_code=code,
+                outcome=pb.OUTCOME_SUCCEEDED if code == 0 else pb.OUTCOME_FAILED,
+                last_seq=seq,
+            )
         )
 
 

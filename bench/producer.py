@@ -12,6 +12,7 @@ deployment's env variables whatever arguments terraform would be given:
   BENCH_DELAY   seconds to wait before the first line (default 0)
   BENCH_STAMP   "1": each line starts with time.time() at its write, for latency figures
   BENCH_FAST    "1": exec `yes <line> | head -n BENCH_LINES` instead (a fast C producer)
+  BENCH_CPU_FILE  a file to which plan/apply append the CPU seconds they took, one line
 
 An argument `-out=FILE` makes it write FILE, as `terraform plan -out` does. It exits 0
 (with -detailed-exitcode that means "no changes"). Imports only the standard library.
@@ -60,6 +61,10 @@ def main(argv: list[str]) -> int:
         write(1, (head.ljust(pad, "x") + "\n").encode())
         if every:
             time.sleep(every)
+    if env.get("BENCH_CPU_FILE"):
+        spent = os.times()
+        with open(env["BENCH_CPU_FILE"], "a") as f:
+            f.write(f"{spent.user + spent.system}\n")
     return 0
 
 

@@ -14,16 +14,23 @@ Also reported, for information:
   per line (no iac-runner, no JSON), measured over `per_line_lines` lines: the per-message
   cost of Python gRPC that batching avoids;
 - a fast producer: `yes <99 bytes> | head -n lines` (a C producer that fills the pipe
-  with big writes), through the same runner server, against its own pipe baseline.
+  with big writes), through the same runner server, against its own pipe baseline;
+- CPU seconds per 1,000,000 lines of each process on the path (the producer, iac-runner,
+  the runner server, the client; the pipe's reader): where the time of the two cores goes.
+  Read from /proc: the runner server's own time, and its reaped children's (iac-runner,
+  which reaped the producer), less the producer's own, which it reports itself.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -39,6 +46,45 @@ from bench.common import (
 )
 
 TARGET = 0.5
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of process `pid`, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime) / TICK, (cutime + cstime) / TICK
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stream_cpu(
+    server_pid: int, stub: Any, env_vars: dict[str, str], expected: int
+) -> tuple[float, int, dict[str, float]]:
+    """`stream_rate`, with the CPU seconds each process took: the runner server's own, the
+    producer's (as it reports it), iac-runner's (the server's reaped children less the
+    producer) and this client's."""
+    server0, kids0 = process_cpu(server_pid)
+    client0 = time.process_time()
+    report = Path(env_vars["BENCH_CPU_FILE"])
+    report.unlink(missing_ok=True)
+    rate, messages = stream_rate(stub, env_vars, expected)
+    client = time.process_time() - client0
+    server1, kids1 = process_cpu(server_pid)
+    producer = float(report.read_text().split()[-1])
+    spent = {
+        "server": server1 - server0,
+        "iac-runner": kids1 - kids0 - producer,
+        "producer": producer,
+        "client": client,
+    }
+    return rate, messages, spent
 
 
 def stream_rate(
@@ -71,30 +117,59 @@ def stream_rate(
     return received / elapsed, messages
 
 
-def pipe_rate(ctx: Context, env_vars: dict[str, str], expected: int) -> float:
+def pipe_rate(
+    ctx: Context, env_vars: dict[str, str], expected: int
+) -> tuple[float, dict[str, float]]:
+    """Lines/s of the baseline, and the CPU seconds of its producer and its reader."""
+    producer0, reader0 = children_cpu(), time.process_time()
     count, seconds = pipe_lines([ctx.producer, "plan"], {**ctx.env, **env_vars}, ctx.tmp)
+    cpu = {"producer": children_cpu() - producer0, "reader": time.process_time() - reader0}
     if count != expected:
         raise RuntimeError(f"pipe baseline read {count}/{expected} lines")
-    return count / seconds
+    return count / seconds, cpu
 
 
 def paired(
-    ctx: Context, stub: Any, env_vars: dict[str, str], n: int, line_messages: bool = False
+    ctx: Context,
+    server_pid: int,
+    stub: Any,
+    env_vars: dict[str, str],
+    n: int,
+    line_messages: bool = False,
 ) -> dict[str, Any]:
     """Baseline and project (and, with `line_messages`, the project sending one Line
-    message per line) measured alternately; medians and every sample."""
+    message per line) measured alternately; medians and every sample, and the median CPU
+    seconds per 1,000,000 lines of each process."""
     pipe: list[float] = []
     relay: list[float] = []
     lines: list[float] = []
     messages: list[int] = []
+    cpu: dict[str, list[float]] = {}
+    measure_cpu = "BENCH_FAST" not in env_vars  # `yes | head` reports nothing
+    env_vars = {**env_vars, "BENCH_CPU_FILE": str(ctx.tmp / "producer-cpu")}
     for _ in range(ctx.sizes.repeat):
-        pipe.append(pipe_rate(ctx, env_vars, n))
-        rate, count = stream_rate(stub, env_vars, n)
+        rate, pipe_cpu = pipe_rate(ctx, env_vars, n)
+        pipe.append(rate)
+        if measure_cpu:
+            rate, count, relay_cpu = stream_cpu(server_pid, stub, env_vars, n)
+            spent = {
+                "pipe: producer": pipe_cpu["producer"],
+                "pipe: reader": pipe_cpu["reader"],
+                "producer": relay_cpu["producer"],
+                "iac-runner": relay_cpu["iac-runner"],
+                "runner server": relay_cpu["server"],
+                "client": relay_cpu["client"],
+            }
+            for name, seconds in spent.items():
+                cpu.setdefault(name, []).append(seconds * 1_000_000 / n)
+        else:
+            rate, count = stream_rate(stub, env_vars, n)
         relay.append(rate)
         messages.append(count)
         if line_messages:
             lines.append(stream_rate(stub, env_vars, n, packed=False)[0])
     return {
+        "cpu_s_per_1m_lines": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
         "pipe": statistics.median(pipe),
         "relay": statistics.median(relay),
         "line_messages": statistics.median(lines) if lines else 0.0,
@@ -132,9 +207,11 @@ def run(ctx: Context) -> list[Row]:
         with server.channel() as channel:
             stub = runner_stub(channel)
             log(f"relay: {n:,} lines, producer -> pipe vs runner server, x{ctx.sizes.repeat}")
-            slow = paired(ctx, stub, {"BENCH_LINES": str(n)}, n, line_messages=True)
+            pid = server.proc.pid
+            slow = paired(ctx, pid, stub, {"BENCH_LINES": str(n)}, n, line_messages=True)
+            log(f"relay: CPU s per 1,000,000 lines: {slow['cpu_s_per_1m_lines']}")
             log(f"relay: fast producer (yes | head -n {n})")
-            fast = paired(ctx, stub, {"BENCH_LINES": str(n), "BENCH_FAST": "1"}, n)
+            fast = paired(ctx, pid, stub, {"BENCH_LINES": str(n), "BENCH_FAST": "1"}, n)
     finally:
         server.stop()
     per_line_n = ctx.sizes.per_line_lines
