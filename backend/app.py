@@ -22,13 +22,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.api import errors
 from backend.api.deps import require_token
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import deployments, health, runners, runs, state, tokens, variables
+from backend.api.routes import (
+    deployments,
+    health,
+    notifications,
+    runners,
+    runs,
+    state,
+    tokens,
+    variables,
+)
 from backend.api.routing import API_PREFIX
 from backend.config import Settings
 from backend.crypto import Cipher, check_encryption
 from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
 from backend.logs.hub import LogHub
+from backend.notify.deliver import Notifier, NotifyOptions
 from backend.pool import RunnerPool
 from backend.store import audit
 from backend.store import deployments as deployment_store
@@ -180,14 +190,20 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         app.state.engine = engine
         await engine.start()
         purger = asyncio.create_task(purge_loop(database, settings), name="purge-deleted")
+        notifier = Notifier(
+            database, cipher, NotifyOptions.of(settings, engine_options(settings).backend_id)
+        )
+        app.state.notifier = notifier
+        notifying = asyncio.create_task(notifier.run(), name="notify")
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (notifying, purger):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.stop()
             await database.dispose()
 
@@ -214,6 +230,7 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(tokens.router)
     api.include_router(tokens.me_router)
     api.include_router(audit_routes.router)
+    api.include_router(notifications.router)
     # Every API route says which role it needs (backend.api.deps.needs): one without is a
     # bug that would leave it open to every token, so the app refuses to start.
     undeclared = [
