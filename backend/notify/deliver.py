@@ -71,11 +71,31 @@ def _scrub(text: str, *secrets: str) -> str:
     return " ".join(text.split())
 
 
+async def _post(
+    client: httpx.AsyncClient, pinned: guard.Pinned, data: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """The answer's status and the start of its body (a refusal's reason)."""
+    async with client.stream(
+        "POST",
+        pinned.url,
+        content=data,
+        headers={**headers, **pinned.headers},
+        extensions=pinned.extensions,
+    ) as response:
+        shown = b""
+        async for chunk in response.aiter_bytes():
+            shown += chunk
+            if len(shown) >= SHOWN_BODY_BYTES:
+                break
+        return response.status_code, shown[:SHOWN_BODY_BYTES]
+
+
 async def send(
     due: Due, options: NotifyOptions, *, verify: ssl.SSLContext | bool = True
 ) -> Outcome:
-    """One attempt: the request and what came of it (never raises). `verify`: how the
-    server's certificate is checked (the system's CAs)."""
+    """One attempt: the request and what came of it (never raises). The host's addresses
+    are tried in turn until one accepts the connection. `verify`: how the server's
+    certificate is checked (default: the system's CAs)."""
     if due.problem:
         return Outcome(None, 0, due.problem)
     started = time.monotonic()
@@ -83,34 +103,26 @@ async def send(
     hidden = [due.url]  # from any error text
     try:
         async with asyncio.timeout(options.timeout):
-            pinned = await guard.check(due.url, options.policy)
-            hidden += [pinned.url, pinned.url.split("/", 3)[-1]]
+            addresses = await guard.check_all(due.url, options.policy)
+            hidden += [p.url for p in addresses] + [addresses[0].url.split("/", 3)[-1]]
             timestamp = int(time.time())
             data = payloads.body(due.kind, due.payload, due.delivery_id, options.public_url)
             headers = payloads.headers(due.event, due.delivery_id, timestamp, data, due.secret)
-            async with (
-                httpx.AsyncClient(
-                    follow_redirects=False, trust_env=False, timeout=options.timeout, verify=verify
-                ) as client,
-                client.stream(
-                    "POST",
-                    pinned.url,
-                    content=data,
-                    headers={**headers, **pinned.headers},
-                    extensions=pinned.extensions,
-                ) as response,
-            ):
-                status = response.status_code
-                shown = b""
-                async for chunk in response.aiter_bytes():
-                    shown += chunk
-                    if len(shown) >= SHOWN_BODY_BYTES:
+            async with httpx.AsyncClient(
+                follow_redirects=False, trust_env=False, timeout=options.timeout, verify=verify
+            ) as client:
+                for pinned in addresses:
+                    try:
+                        status, shown = await _post(client, pinned, data, headers)
                         break
+                    except httpx.ConnectError:
+                        if pinned is addresses[-1]:
+                            raise
         error = ""
-        if 300 <= status < 400:
+        if status is not None and 300 <= status < 400:
             error = f"HTTP {status}: a redirect, which notifications do not follow"
-        elif not 200 <= status < 300:
-            text = shown[:SHOWN_BODY_BYTES].decode("utf-8", "replace")
+        elif status is not None and not 200 <= status < 300:
+            text = shown.decode("utf-8", "replace")
             error = f"HTTP {status}" + (f": {text}" if text.strip() else "")
     except guard.Refused as exc:
         error = f"refused: {exc}"

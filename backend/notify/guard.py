@@ -223,9 +223,9 @@ def pin(target: Target, ip: IP) -> Pinned:
     )
 
 
-async def check(url: str, policy: Policy) -> Pinned:
-    """Where a request to `url` goes, once its host passed the guard (Invalid: a malformed
-    URL; Refused: a host that may not be reached)."""
+async def check_all(url: str, policy: Policy) -> list[Pinned]:
+    """Where a request to `url` may go, one request per address of its host, once every
+    address passed the guard (Invalid: a malformed URL; Refused: a host that may not be
+    reached)."""
     target = parse_url(url)
-    addresses = await resolve(target, policy)
-    return pin(target, addresses[0])
+    return [pin(target, ip) for ip in await resolve(target, policy)]

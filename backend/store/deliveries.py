@@ -117,7 +117,7 @@ async def load(session: AsyncSession, cipher: Cipher, ids: list[int], until: dat
         .order_by(Delivery.id)
     )
     out = []
-    for delivery, event, destination in rows.tuples():
+    for delivery, event, destination in rows:
         url, secret, problem = "", None, ""
         try:
             url = cipher.decrypt(destination.url_encrypted)
