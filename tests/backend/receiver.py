@@ -40,6 +40,10 @@ def signature_ok(secret: str, received: Received) -> bool:
     return hmac.compare_digest("sha256=" + expected, received.headers.get("x-iac-signature", ""))
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128  # several backends send at once (http.server's default: 5)
+
+
 class Receiver:
     def __init__(self, statuses: Iterable[int] = (), *, port: int = 0) -> None:
         self._script = list(statuses)
@@ -65,7 +69,7 @@ class Receiver:
                 answer = b"ok" if status < 300 else b"receiver says no"
                 self.send_response(status)
                 if 300 <= status < 400:
-                    self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/x")
+                    self.send_header("Location", f"http://127.0.0.1:{receiver.port}/x")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
@@ -73,7 +77,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_port
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
