@@ -235,13 +235,15 @@ async def test_an_outcome_counts_only_while_the_claim_holds(bare: Database) -> N
     async with bare.session() as session:
         ids, until = await deliveries.claim(session, "second", 30, BATCH)
         (second,) = await deliveries.load(session, cipher, ids, until)
-    done = {"max_attempts": 5, "base": 1.0, "cap": 10.0}
-    async with bare.session() as session:
-        late = await deliveries.finish(session, first, Outcome(200, 5), "first", **done)
-        assert late is None  # its attempt is kept, its outcome is not
-        assert await deliveries.finish(session, second, Outcome(200, 5), "second", **done) == (
-            "delivered"
+
+    async def finish(due: deliveries.Due, backend_id: str) -> str | None:
+        return await deliveries.finish(
+            session, due, Outcome(200, 5), backend_id, max_attempts=5, base=1.0, cap=10.0
         )
+
+    async with bare.session() as session:
+        assert await finish(first, "first") is None  # its attempt is kept, its outcome is not
+        assert await finish(second, "second") == "delivered"
     async with bare.session() as session:
         row = await session.scalar(select(NotificationDelivery))
         assert row is not None and row.status == "delivered" and row.attempts == 1
