@@ -125,7 +125,8 @@ async def get_destination(
 async def update_destination(
     destination_id: IdPath, body: DestinationUpdate, session: SessionDep, token: TokenDep
 ) -> DestinationOut:
-    """Turn it on or off, or change its events (a disabled one's deliveries wait)."""
+    """Turn it on or off, or change its events. A disabled destination gets no new events,
+    and what it had pending waits until it is enabled again."""
     view = await store.update_destination(
         session, destination_id, scope_of(token), enabled=body.enabled, events=body.events
     )
