@@ -58,7 +58,7 @@ def test_a_real_run_sends_its_events(
     db_url: str, tool_env: dict[str, str], tmp_path: Path, receiver: Receiver
 ) -> None:
     runner: RunnerProcess = start_runner(tmp_path, tool_env, name="r1")
-    backend = start_backend(tmp_path, tool_env, db_url, **NOTIFY_ENV)
+    backend = start_backend(tmp_path, {**tool_env, **NOTIFY_ENV}, db_url)
     try:
         backend.register("r1", runner.address)
         hook = backend.call("POST", API, 201, json={"name": "hook", "url": receiver.url()})
@@ -130,7 +130,7 @@ def test_undelivered_events_are_sent_after_a_restart(
     db_url: str, tool_env: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()  # where the receiver will be, once it is up
-    backend = start_backend(tmp_path, tool_env, db_url, **NOTIFY_ENV)
+    backend = start_backend(tmp_path, {**tool_env, **NOTIFY_ENV}, db_url)
     try:
         url = f"http://127.0.0.1:{port}/hook"
         made = backend.call("POST", API, 201, json={"name": "later", "url": url})
@@ -148,7 +148,7 @@ def test_undelivered_events_are_sent_after_a_restart(
     finally:
         backend.stop(signal.SIGKILL)
     with Receiver(port=port) as receiver:
-        backend = start_backend(tmp_path, tool_env, db_url, **NOTIFY_ENV)
+        backend = start_backend(tmp_path, {**tool_env, **NOTIFY_ENV}, db_url)
         try:
             got = receiver.wait(lambda r: len(r) >= 4, timeout=30)
             assert len({r.delivery for r in got}) == 4
@@ -165,8 +165,8 @@ def test_two_backends_on_postgresql_deliver_each_event_once(
     pg_server: PgServer, tool_env: dict[str, str], tmp_path: Path, receiver: Receiver
 ) -> None:
     url = pg_server.create_database()
-    first = start_backend(tmp_path, tool_env, url, name="b1", **NOTIFY_ENV)
-    second = start_backend(tmp_path, tool_env, url, name="b2", **NOTIFY_ENV)
+    first = start_backend(tmp_path, {**tool_env, **NOTIFY_ENV}, url, name="b1")
+    second = start_backend(tmp_path, {**tool_env, **NOTIFY_ENV}, url, name="b2")
     try:
         made = first.call("POST", API, 201, json={"name": "both", "url": receiver.url()})
         first.deploy("web", {"main.tf": CONFIG})
