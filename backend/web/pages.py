@@ -1,5 +1,6 @@
-"""The web UI's pages: runs overview, run page (live log), runners, audit log, login, and the API
-docs (Swagger UI served from the swagger-ui-bundle-v2 package's files: no CDN).
+"""The web UI's pages: runs overview, run page (live log), runners, notifications, audit log,
+login, and the API docs (Swagger UI served from the swagger-ui-bundle-v2 package's files:
+no CDN).
 
 Each page is a server-rendered shell with no data in it, so it is served without a token;
 its script calls the API with ``Authorization: Bearer`` and sends the user to ``/login``
@@ -92,6 +93,11 @@ async def run_page(request: Request, run_id: int) -> HTMLResponse:
 @router.get("/runners", response_class=HTMLResponse)
 async def runners_page(request: Request) -> HTMLResponse:
     return _page(request, "runners.html", page="runners")
+
+
+@router.get("/notifications", response_class=HTMLResponse)
+async def notifications_page(request: Request) -> HTMLResponse:
+    return _page(request, "notifications.html", page="notifications")
 
 
 @router.get("/audit", response_class=HTMLResponse)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.web.conftest import Platform
 
-PAGES = ["/", "/runs/1", "/runners", "/login"]
+PAGES = ["/", "/runs/1", "/runners", "/notifications", "/login"]
 
 
 @pytest.mark.parametrize("path", PAGES)
