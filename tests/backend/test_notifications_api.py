@@ -16,10 +16,12 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from backend.access import Role
-from backend.app import create_app
+from backend.app import create_app, prepare
 from backend.config import Settings
+from backend.crypto import SecretsUnreadable
 from backend.db import Database
 from backend.models import DeliveryAttempt, NotificationDelivery, NotificationDestination
+from backend.store import notifications as store
 from tests.backend.conftest import API_TOKEN, make_settings
 from tests.backend.helpers import new_deployment, upload
 from tests.backend.receiver import Receiver, signature_ok
@@ -278,3 +280,23 @@ async def test_the_events_of_runs_reach_the_destinations_that_want_them(
     assert ended["run"]["status"] == "canceled"
     recorded = await deliveries(client, everything["id"]) + await deliveries(client, ending["id"])
     assert {r.delivery for r in got} == {d["id"] for d in recorded}
+
+
+async def test_destinations_need_the_encryption_key(db_url: str, tmp_path: Path) -> None:
+    keyless = make_settings(
+        db_url, tmp_path / "keyless", encryption_key=None, notify_allow="127.0.0.1"
+    )
+    app = create_app(keyless)
+    async with app.router.lifespan_context(app), client_of(app) as client:
+        response = await client.post(API, json={"name": "x", "url": "http://127.0.0.1:9/"})
+        assert response.status_code == 422, response.text
+        assert "storing a notification URL needs ENCRYPTION_KEY" in response.json()["detail"]
+    database, cipher = await prepare(make_settings(db_url, tmp_path / "keyed"))
+    try:
+        async with database.session() as session:
+            spec = store.DestinationSpec("x", "webhook", "http://127.0.0.1:9/", "127.0.0.1:9")
+            await store.create_destination(session, cipher, spec)
+    finally:
+        await database.dispose()
+    with pytest.raises(SecretsUnreadable, match="encrypted notification destinations"):
+        await prepare(keyless)
