@@ -158,7 +158,7 @@ async def test_without_the_allowlist_loopback_is_refused_at_save(
     async with app.router.lifespan_context(app), client_of(app) as client:
         for url, reason in [
             ("http://127.0.0.1:9/", "127.0.0.1 a loopback address"),
-            ("http://localhost:9/", "localhost resolves to 127.0.0.1, a loopback address"),
+            ("http://localhost:9/", "a loopback address"),
             ("http://169.254.169.254/", "a link-local address"),
         ]:
             response = await client.post(API, json={"name": "x", "url": url})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ def test_a_url_taken_apart() -> None:
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [
-        ("http://localhost:9/x", "localhost resolves to 127.0.0.1, a loopback address"),
+        ("http://localhost:9/x", "a loopback address"),
         ("http://127.0.0.1:9/x", "127.0.0.1 a loopback address"),
         ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 a link-local address"),
         ("http://[::ffff:169.254.169.254]/", "a link-local address"),
@@ -227,5 +228,5 @@ async def test_https_goes_to_the_checked_address_named_as_the_host(
     by_address = await send(due(f"https://127.0.0.1:{port}/hook"), options, verify=client)
     assert "certificate verify failed" in by_address.error, by_address
     refused = await send(due(f"https://localhost:{port}/hook"), NotifyOptions("b1", "x", NOBODY))
-    assert refused.error.startswith("refused: localhost resolves to 127.0.0.1, a loopback")
+    assert re.match(r"refused: localhost resolves to (127\.0\.0\.1|::1), a loopback", refused.error)
     assert len(seen) == 1, "a refused destination is never sent anything"
