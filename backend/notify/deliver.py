@@ -134,6 +134,10 @@ async def send(
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # unforeseen: still an attempt that failed, and recorded
+        error = f"unexpected {type(exc).__name__}: {exc}"
+        # No traceback: its messages could quote the URL; this one is scrubbed.
+        log.error("delivery %d: %s", due.delivery_id, _scrub(error, *hidden))
     duration = int((time.monotonic() - started) * 1000)
     return Outcome(status, duration, _scrub(error, *hidden))
 
