@@ -26,6 +26,7 @@ from backend.api.routes import (
     deployments,
     drift,
     health,
+    notifications,
     runners,
     runs,
     state,
@@ -40,6 +41,7 @@ from backend.db import Database, migrate
 from backend.engine import Engine, EngineOptions
 from backend.logs.hub import LogHub
 from backend.models import Operation
+from backend.notify.deliver import Notifier, NotifyOptions
 from backend.pool import RunnerPool
 from backend.scheduler import Scheduler
 from backend.store import audit
@@ -194,12 +196,15 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
         purger = asyncio.create_task(purge_loop(database, settings), name="purge-deleted")
         scheduler = Scheduler(database, engine.wake, settings.schedule_interval)
         scheduling = asyncio.create_task(scheduler.run(), name="scheduler")
+        notifier = Notifier(database, cipher, NotifyOptions.of(settings, engine.options.backend_id))
+        app.state.notifier = notifier
+        notifying = asyncio.create_task(notifier.run(), name="notify")
         if settings.api_token is None:
             log.warning("IAC_API_TOKEN is not set: no API token is bootstrapped")
         try:
             yield
         finally:
-            for task in (purger, scheduling):
+            for task in (notifying, purger, scheduling):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -232,6 +237,7 @@ def create_app(settings: Settings | None = None, *, migrated: bool = False) -> F
     api.include_router(drift.router)
     api.include_router(schedule_routes.router)
     api.include_router(schedule_routes.all_router)
+    api.include_router(notifications.router)
     # Every API route says which role it needs (backend.api.deps.needs): one without is a
     # bug that would leave it open to every token, so the app refuses to start.
     undeclared = [

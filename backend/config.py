@@ -216,6 +216,62 @@ class Settings(BaseSettings):
         ),
     )
 
+    notify_allow: str = Field(
+        default="",
+        description=(
+            "IAC_NOTIFY_ALLOW: comma-separated hosts and CIDRs (e.g. 'hooks.internal, "
+            "10.1.2.0/24, 127.0.0.1') a notification may be sent to although they are "
+            "internal; every other loopback, link-local, private or reserved address is "
+            "refused."
+        ),
+    )
+    notify_allow_private: bool = Field(
+        default=False,
+        description=(
+            "IAC_NOTIFY_ALLOW_PRIVATE: permit notifications to private ranges (10/8, "
+            "172.16/12, 192.168/16, 100.64/10, fc00::/7); loopback, link-local (the cloud "
+            "metadata address) and the rest stay refused unless in IAC_NOTIFY_ALLOW."
+        ),
+    )
+    notify_poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "IAC_NOTIFY_POLL_INTERVAL: seconds between two looks for due notifications "
+            "(each backend delivers; a delivery is claimed by one)."
+        ),
+    )
+    notify_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description=(
+            "IAC_NOTIFY_TIMEOUT: seconds one delivery attempt may take, name resolution, "
+            "connection and answer included."
+        ),
+    )
+    notify_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description=(
+            "IAC_NOTIFY_MAX_ATTEMPTS: attempts of one delivery before it is marked failed."
+        ),
+    )
+    notify_backoff: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "IAC_NOTIFY_BACKOFF: seconds before the second attempt of a delivery; each "
+            "further one waits twice as long as the one before, up to IAC_NOTIFY_BACKOFF_MAX."
+        ),
+    )
+    notify_backoff_max: float = Field(
+        default=900.0,
+        gt=0,
+        description="IAC_NOTIFY_BACKOFF_MAX: the longest wait between two attempts, seconds.",
+    )
+
     @field_validator("encryption_key")
     @classmethod
     def _key_is_fernet(cls, value: SecretStr | None) -> SecretStr | None:
@@ -232,6 +288,14 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
+        return value
+
+    @field_validator("notify_allow")
+    @classmethod
+    def _notify_allow_parses(cls, value: str) -> str:
+        from backend.notify.guard import Policy  # small: ipaddress and the URL rules
+
+        Policy.of(value)  # a ValueError names the entry
         return value
 
     @field_validator("public_url")

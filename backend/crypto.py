@@ -1,4 +1,5 @@
-"""Encryption at rest for secrets (sensitive variables, runner tokens and TLS keys).
+"""Encryption at rest for secrets (sensitive variables, runner tokens and TLS keys,
+notification URLs and signing secrets).
 
 Owns the Fernet key handling: parsing ``ENCRYPTION_KEY`` (one key, or several separated by
 commas for rotation: the first encrypts, all decrypt) and the start-up check that refuses to
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import Invalid
-from backend.models import RetiredSecret, Runner, Variable
+from backend.models import NotificationDestination, RetiredSecret, Runner, Variable
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -141,6 +142,9 @@ async def check_encryption(session: AsyncSession, cipher: Cipher) -> None:
         value = await session.scalar(select(column).where(column.is_not(None)).limit(1))
         if value is not None:
             samples.append(("runner credentials", value))
+    destination = await session.scalar(select(NotificationDestination.url_encrypted).limit(1))
+    if destination is not None:
+        samples.append(("notification destinations", destination))
     if not samples:
         return
     what = samples[0][0]

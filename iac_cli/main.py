@@ -20,6 +20,7 @@ from iac_cli.context import State
 from iac_cli.deployments import deployments
 from iac_cli.drift import drift
 from iac_cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
+from iac_cli.notifications import notifications
 from iac_cli.review import outputs, state_group
 from iac_cli.runners import runners
 from iac_cli.runs import INTERRUPTED, apply, destroy, logs, plan, runs
@@ -64,6 +65,7 @@ app.add_command(schedules)
 app.add_command(tokens)
 app.add_command(me)
 app.add_command(audit)
+app.add_command(notifications)
 app.add_command(plan)
 app.add_command(apply)
 app.add_command(destroy)

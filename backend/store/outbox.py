@@ -105,6 +105,9 @@ async def run_payload(session: AsyncSession, run_id: int) -> tuple[int, dict[str
             select(Run, Deployment.name)
             .join(Deployment, Deployment.id == Run.deployment_id)
             .where(Run.id == run_id)
+            # The status changes are Core UPDATEs (run_transitions.move): a Run this session
+            # loaded before would otherwise be read as it was then.
+            .execution_options(populate_existing=True)
         )
     ).one()
     run, name = row

@@ -1,6 +1,6 @@
-"""The web UI's pages: runs overview, run page (live log), runners, schedules, drift, audit
-log, login, and the API docs (Swagger UI served from the swagger-ui-bundle-v2 package's
-files: no CDN).
+"""The web UI's pages: runs overview, run page (live log), runners, schedules, drift,
+notifications, audit log, login, and the API docs (Swagger UI served from the
+swagger-ui-bundle-v2 package's files: no CDN).
 
 Each page is a server-rendered shell with no data in it, so it is served without a token;
 its script calls the API with ``Authorization: Bearer`` and sends the user to ``/login``
@@ -103,6 +103,11 @@ async def drift_page(request: Request) -> HTMLResponse:
 @router.get("/schedules", response_class=HTMLResponse)
 async def schedules_page(request: Request) -> HTMLResponse:
     return _page(request, "schedules.html", page="schedules")
+
+
+@router.get("/notifications", response_class=HTMLResponse)
+async def notifications_page(request: Request) -> HTMLResponse:
+    return _page(request, "notifications.html", page="notifications")
 
 
 @router.get("/audit", response_class=HTMLResponse)

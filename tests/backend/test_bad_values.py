@@ -96,9 +96,21 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "auto_approve": "never",
         "enabled": False,
     },
+    ("POST", "/api/v1/notifications/destinations"): {
+        "name": "n-new",
+        "url": "https://93.184.215.14/hook",
+        "kind": "webhook",
+        "events": ["run.failed"],
+        "deployment": "web",
+        "secret": "s" * 20,
+    },
+    ("PATCH", "/api/v1/notifications/destinations/{destination_id}"): {
+        "enabled": False,
+        "events": ["run.failed"],
+    },
 }
 PATH_VALUES = {"name": "web", "key": "greeting", "run_id": "1", "version": "1", "token_id": "1"}
-PATH_VALUES |= {"version_id": "1", "deployment": "web", "schedule_id": "1"}
+PATH_VALUES |= {"version_id": "1", "deployment": "web", "schedule_id": "1", "destination_id": "1"}
 
 
 def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +214,7 @@ async def test_bad_json_values_in_every_field_of_every_route_are_422(
     # Nothing was created by any of them.
     assert [d["name"] for d in (await client.get("/api/v1/deployments")).json()] == ["web"]
     assert (await client.get("/api/v1/runners")).json() == []
+    assert (await client.get("/api/v1/notifications/destinations")).json() == []
     assert len((await client.get("/api/v1/runs")).json()) == 1
     assert [t["name"] for t in (await client.get("/api/v1/tokens")).json()] == [
         "bootstrap (IAC_API_TOKEN)"

@@ -10,7 +10,7 @@ import pytest
 
 from tests.web.conftest import Platform
 
-PAGES = ["/", "/runs/1", "/runners", "/schedules", "/drift", "/login"]
+PAGES = ["/", "/runs/1", "/runners", "/schedules", "/drift", "/notifications", "/login"]
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -1,0 +1,124 @@
+"""`iac notifications` as a subprocess against a backend process (no runner: the test
+event and queued runs are what is sent) and a real receiver on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.backend.platform import start_backend
+from tests.backend.receiver import Receiver, signature_ok
+from tests.cli.conftest import Platform, assert_one_line_error, json_of, session_tool_env
+from tests.conftest import wait_for
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def notify_platform(
+    tf_cli_config: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    tmp = tmp_path_factory.mktemp("cli-notify")
+    env = {
+        **session_tool_env(tf_cli_config),
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "IAC_NOTIFY_ALLOW": "127.0.0.1",
+        "IAC_NOTIFY_POLL_INTERVAL": "0.05",
+    }
+    backend = start_backend(tmp, env, f"sqlite:///{tmp / 'db' / 'iac.db'}")
+    home = tmp / "home"
+    home.mkdir()
+    try:
+        yield Platform(backend, {}, home)
+    finally:
+        backend.stop()
+
+
+def test_add_list_test_deliveries_disable_remove(
+    notify_platform: Platform, receiver: Receiver, tmp_path: Path
+) -> None:
+    iac = notify_platform.iac
+    added = iac("notifications", "add", "ops", "--url", receiver.url("/ops/credential")).ok()
+    lines = added.stdout.splitlines()
+    assert re.fullmatch(
+        rf"added webhook destination ops \(id \d+\) to 127\.0\.0\.1:{receiver.port} for every "
+        "deployment, events: all",
+        lines[0],
+    ), lines
+    secret = lines[1]
+    assert len(secret) >= 32 and "not shown again" in added.stderr
+    chat = iac(
+        "notifications", "add", "chat", "--kind", "slack", "--url", receiver.url("/chat"),
+        "--event", "run.failed", "--event", "run.succeeded", "--json",
+    )  # fmt: skip
+    assert json_of(chat)["events"] == ["run.succeeded", "run.failed"]
+    assert json_of(chat)["secret"] is None
+
+    listed = iac("notifications", "list").ok().stdout
+    assert "ops" in listed and "chat" in listed and "run.succeeded,run.failed" in listed
+    assert "credential" not in listed and secret not in listed
+    rows = json_of(iac("notifications", "list", "--json"))
+    assert [r["name"] for r in rows] == ["chat", "ops"]
+
+    sent = iac("notifications", "test", "ops").ok().stdout
+    assert sent.startswith("test notification queued for ops: delivery ")
+    (got,) = receiver.wait(lambda r: len(r) == 1)
+    assert got.path == "/ops/credential" and signature_ok(secret, got)
+    assert got.json()["message"].startswith("a test notification from iac-runner")
+    done = wait_for(
+        lambda: [
+            d
+            for d in json_of(iac("notifications", "deliveries", "ops", "--json"))
+            if d["status"] == "delivered"
+        ]
+    )
+    assert isinstance(done, list) and done[0]["event"] == "test"
+    table = iac("notifications", "deliveries", "ops").ok().stdout
+    assert "test" in table and "delivered" in table and "200" in table
+
+    assert iac("notifications", "disable", "ops").ok().stdout == (
+        "disabled notification destination ops\n"
+    )
+    assert_one_line_error(iac("notifications", "test", "ops"), 2, "is disabled", "(HTTP 409)")
+    iac("notifications", "enable", "ops").ok()
+    assert iac("notifications", "remove", "chat").ok().stdout.startswith("removed")
+    assert [r["name"] for r in json_of(iac("notifications", "list", "--json"))] == ["ops"]
+    # Nothing the CLI printed holds the URL's path.
+    assert not any("credential" in text for text in notify_platform.transcript)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["remove", "nope"], ["no notification destination named 'nope'"]),
+        (["test", "999"], ["no notification destination named '999'"]),
+        (
+            ["add", "x", "--url", "http://169.254.169.254/latest"],
+            ["169.254.169.254 a link-local address", "(HTTP 400)"],
+        ),
+        (["add", "x", "--url", "http://localhost:1/"], []),  # allowed: 127.0.0.1 is
+        (["add", "y", "--url", "ftp://127.0.0.1/"], ["must be http:// or https://", "(HTTP 422)"]),
+        (["add", "z", "--url", "http://127.0.0.1/", "--secret", "short"], ["16 to 256"]),
+        (["add", "w", "--url", "http://127.0.0.1/", "--deployment", "nope"], ["does not exist"]),
+    ],
+)
+def test_bad_input_is_one_line(
+    notify_platform: Platform, args: list[str], fragments: list[str]
+) -> None:
+    result = notify_platform.iac("notifications", *args)
+    if not fragments:
+        result.ok()
+        notify_platform.iac("notifications", "remove", args[1]).ok()
+        return
+    assert_one_line_error(result, 2, *fragments)
+    listed = notify_platform.iac("notifications", "list", "--json").ok().stdout
+    assert not {r["name"] for r in json.loads(listed or "[]")} & {"x", "y", "z", "w"}
