@@ -66,12 +66,17 @@ def counts_text(changes: dict[str, Any] | None) -> str:
 
 
 def _drifted(payload: dict[str, Any]) -> list[str]:
-    """The drifted resources' addresses the payload names, if any (drift events)."""
+    """What drifted, as a drift event names it: resource addresses (with terraform's
+    action) and outputs."""
     drift = payload.get("drift")
-    found = payload.get("addresses")
-    if found is None and isinstance(drift, dict):
-        found = drift.get("addresses") or drift.get("resources")
-    return [str(a) for a in found] if isinstance(found, list) else []
+    if not isinstance(drift, dict):
+        return []
+    found = [
+        f"{r['address']} ({r.get('action', 'drifted')})"
+        for r in drift.get("resources") or []
+        if isinstance(r, dict) and "address" in r
+    ]
+    return found + [f"output.{name}" for name in drift.get("outputs") or []]
 
 
 def slack_message(payload: dict[str, Any], delivery_id: int, public_url: str) -> dict[str, Any]:
@@ -100,7 +105,10 @@ def slack_message(payload: dict[str, Any], delivery_id: int, public_url: str) ->
         fields.append(f"*Run*\n<{url}|#{run['id']}> ({_escape(run.get('operation', ''))})")
     if run.get("status"):
         fields.append(f"*Status*\n{_escape(str(run['status']).replace('_', ' '))}")
-    changes = counts_text(run.get("changes"))
+    drift = _part(payload, "drift")
+    if drift.get("reason"):
+        fields.append(f"*Why*\n{_escape(str(drift['reason']))}")
+    changes = counts_text(run.get("changes")) if "drift" not in payload else ""
     if changes:
         fields.append(f"*Changes*\n{changes}")
         text += f" ({changes})"

@@ -173,3 +173,75 @@ def test_a_drift_schedule_checks_when_due(tool_env: dict[str, str], tmp_path: Pa
     finally:
         backend.stop()
         runner.stop()
+
+
+def test_drift_events_are_sent_when_the_verdict_changes(
+    tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A webhook subscribed to every event, and a Slack destination to the drift ones:
+    drift.detected once per new drift (not again for the same), drift.check_failed when
+    checks start failing, signed, naming what drifted and never a value; the checks' runs
+    send no run.* event."""
+    from tests.backend.receiver import Receiver, signature_ok
+    from tests.backend.test_notifications_e2e import NOTIFY_ENV
+
+    world = tmp_path / "world.tfstate"
+    world.write_text(world_state("blue-Secretish-1"))
+    runner = start_runner(tmp_path, tool_env, name="r1")
+    backend = start_backend(tmp_path, {**tool_env, **NOTIFY_ENV}, f"sqlite:///{tmp_path}/a.db")
+    try:
+        with Receiver() as receiver:
+            backend.register("r1", runner.address)
+            everything = [
+                "run.created", "run.awaiting_approval", "run.succeeded", "run.failed",
+                "run.canceled", "drift.detected", "drift.check_failed",
+            ]  # fmt: skip
+            hook = backend.call(
+                "POST", "/notifications/destinations", 201,
+                json={"name": "hook", "url": receiver.url(), "events": everything},
+            )  # fmt: skip
+            backend.call(
+                "POST", "/notifications/destinations", 201,
+                json={
+                    "name": "chat", "url": receiver.url("/services/T/B/x"), "kind": "slack",
+                    "events": ["drift.detected", "drift.check_failed"],
+                },
+            )  # fmt: skip
+            backend.deploy("web", {"main.tf": CONFIG})
+            body = {"value": str(world), "category": "terraform"}
+            backend.call("PUT", "/deployments/web/variables/world", 201, json=body)
+            applied = backend.start("web", "apply", auto_approve="always")
+            assert backend.wait(applied["id"], "succeeded", "failed")["status"] == "succeeded"
+            receiver.wait(lambda r: len(r) == 2, timeout=30)  # the apply's created, succeeded
+
+            check(backend, "web")  # in sync: nothing to say
+            world.write_text(world_state("red-Secretish-2"))
+            drifted = check(backend, "web")
+            check(backend, "web")  # the same drift: said once
+            world.write_text("not json")
+            failed = check(backend, "web")
+            got = receiver.wait(lambda r: len(r) == 6, timeout=30)
+            hooks = [r for r in got if r.path == "/hook"]
+            assert [r.headers["x-iac-event"] for r in hooks] == [
+                "run.created", "run.succeeded", "drift.detected", "drift.check_failed"
+            ]  # fmt: skip
+            detected, broken = hooks[2].json(), hooks[3].json()
+            assert all(signature_ok(hook["secret"], r) for r in hooks)
+            assert detected["run"]["id"] == drifted["id"]
+            assert detected["drift"] == {
+                "status": "drifted",
+                "resources": [],
+                "outputs": ["colour"],
+            }
+            assert detected["url"] == f"{backend.url}/runs/{drifted['id']}"
+            assert broken["run"]["id"] == failed["id"]
+            assert broken["drift"]["status"] == "check_failed" and broken["drift"]["reason"]
+            chats = [r.json() for r in got if r.path == "/services/T/B/x"]
+            assert "web" in chats[0]["text"] and "drifted" in chats[0]["text"]
+            assert "output.colour" in json.dumps(chats[0]["blocks"])
+            assert "Why" in json.dumps(chats[1]["blocks"])
+            for received in got:  # what the world holds is a value: never sent
+                assert b"Secretish" not in received.body
+    finally:
+        backend.stop()
+        runner.stop()
