@@ -248,8 +248,7 @@ class Stack:
                         elif line.startswith("data: "):
                             data = json.loads(line[6:])
                             if event == "message":
-                                for text in data["lines"]:
-                                    print(text, flush=True)
+                                print(data["text"], flush=True)
                             elif event == "status":
                                 status = data["status"]
                         elif line == "":

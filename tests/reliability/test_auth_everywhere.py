@@ -131,7 +131,7 @@ def _api_routes() -> list[tuple[str, str]]:
 
 def _fill(path: str, platform: Platform) -> str:
     values = {"name": "a", "run_id": platform.run_a["id"], "version": 1, "key": "x"}
-    values |= {"version_id": 1, "token_id": 1}
+    values |= {"version_id": 1, "token_id": 1, "schedule_id": 1, "destination_id": 1}
     return path.format(**values)
 
 
