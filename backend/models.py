@@ -450,7 +450,10 @@ class Schedule(Base):
     last_run_id: Mapped[int | None]
     # Why the last due time queued nothing (a run of this schedule was still queued).
     last_skipped: Mapped[str] = mapped_column(Text, default="")
+    # The token that created or last changed it: its runs are that token's (four eyes
+    # compares the id), and they are queued only while it may still start them.
     created_by: Mapped[str | None] = mapped_column(String(128))
+    created_by_token: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -23,8 +23,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import cron
+from backend.access import Role, Scope
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import (
+    ApiToken,
     ApprovePolicy,
     Deployment,
     Operation,
@@ -81,6 +83,7 @@ async def create_schedule(
     auto_approve: str = ApprovePolicy.NEVER.value,
     enabled: bool = True,
     created_by: str | None = None,
+    created_by_token: int | None = None,
     now: datetime | None = None,
 ) -> Schedule:
     expr = cron.check_cron(cron_expr)
@@ -104,6 +107,7 @@ async def create_schedule(
         next_run_at=cron.next_after(expr, zone, now or utcnow()),
         last_skipped="",
         created_by=created_by,
+        created_by_token=created_by_token,
     )
     session.add(row)
     await session.flush()
@@ -149,12 +153,15 @@ async def update_schedule(
     kind: str | None = None,
     auto_approve: str | None = None,
     enabled: bool | None = None,
+    changed_by: tuple[str, int] | None = None,
     now: datetime | None = None,
 ) -> Schedule:
     """Change what is given (None: unchanged). A new expression or zone, or enabling a
     disabled schedule, sets the next due time from now: the times it was off are not made
-    up for."""
+    up for. The token that changes it (`changed_by`: name, id) owns it from then on."""
     retime = False
+    if changed_by is not None:
+        schedule.created_by, schedule.created_by_token = changed_by
     if cron_expr is not None:
         retime |= (expr := cron.check_cron(cron_expr)) != schedule.cron
         schedule.cron = expr
@@ -258,11 +265,12 @@ async def fire(
         return None
     await session.refresh(schedule)  # as it is now that this transaction holds it
     actor = f"schedule {schedule_id}"
-    run_id, skipped = None, disabled
-    if not disabled:
+    run_id, skipped = None, disabled or await owner_refusal(session, schedule, deployment, now)
+    if not skipped:
         run_id, skipped = await _queue(
-            session, schedule, deployment, actor=actor, comment=f"due {seen.isoformat()}"
-        )
+            session, schedule, deployment, actor=actor, comment=f"due {seen.isoformat()}",
+            actor_id=schedule.created_by_token,
+        )  # fmt: skip
         if skipped:
             schedule.last_skipped = f"{_when(seen)}: {skipped}"
     await audit.append(
@@ -274,6 +282,29 @@ async def fire(
     )
     await session.flush()
     return Fired(schedule_id, seen, run_id, skipped)
+
+
+async def owner_refusal(
+    session: AsyncSession, schedule: Schedule, deployment: Deployment, now: datetime
+) -> str:
+    """Why the token that owns the schedule may no longer start its runs ("" if it may):
+    revoked, expired, of a lower role than the schedule's kind needs, or scoped away from
+    the deployment. A schedule acts for its owner, never beyond what the owner may do."""
+    if schedule.created_by_token is None:
+        return ""
+    token = await session.get(ApiToken, schedule.created_by_token)
+    owner = f"its owner, token {schedule.created_by!r},"
+    fix = "an operator who may run it takes it over by changing it (PATCH)"
+    if token is None or token.revoked:
+        return f"{owner} was revoked; {fix}"
+    if token.expires_at is not None and token.expires_at <= now:
+        return f"{owner} expired; {fix}"
+    needed = Role.OPERATOR if schedule.kind == ScheduleKind.APPLY.value else Role.PLANNER
+    if not Role(token.role).includes(needed):
+        return f"{owner} is a {token.role}, and a {schedule.kind} run needs {needed}; {fix}"
+    if not Scope.of(token.scope).covers(deployment.name, deployment.labels):
+        return f"{owner} no longer has deployment {deployment.name!r} in its scope; {fix}"
+    return ""
 
 
 async def _queue(

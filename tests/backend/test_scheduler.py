@@ -398,3 +398,72 @@ async def test_a_schedule_whose_zone_left_the_database_is_disabled_with_the_reas
     assert not row.enabled and row.last_skipped.startswith("2030-01-01 01:00 UTC: disabled: ")
     assert await runs_of(database, sid) == []
     assert await scheduler.tick(at(2)) == []
+
+
+async def new_token(db: Database, name: str, role: str, scope: object = None) -> int:
+    from backend.store import tokens
+
+    async with db.session() as s:
+        row, _ = await tokens.create_token(s, name, role=role, scope=scope)  # type: ignore[arg-type]
+        return row.id
+
+
+@pytest.mark.anyio
+async def test_a_schedule_acts_for_its_owner_and_never_beyond(
+    database: Database, scheduler: Scheduler
+) -> None:
+    """A scheduled run is its owner's (four eyes: the owner may not approve it), and a
+    due time queues nothing once the owner may no longer start it (revoked, demoted,
+    scoped away): a skip says why, until an operator who may takes the schedule over."""
+    from backend.models import ApiToken, Deployment
+
+    await add_deployment(database, "prod", require_other_approver=True)
+    alice = await new_token(database, "alice", "operator")
+    bob = await new_token(database, "bob", "operator")
+    applies = await add_schedule(
+        database, "prod", kind="apply", created_by="alice", created_by_token=alice
+    )
+    plans = await add_schedule(
+        database, "prod", cron="30 * * * *", kind="plan", created_by="bob", created_by_token=bob
+    )
+    fired = {f.schedule_id: f for f in await scheduler.tick(at(1))}
+    (run,) = await runs_of(database, applies)
+    assert fired[applies].run_id == run.id and run.created_by_token == alice
+    from backend.store import run_transitions
+
+    async with database.session() as s:  # alice's run, as if alice had started it
+        run_row = await s.get(Run, run.id)
+        assert run_row is not None
+        run_row.status = RunStatus.AWAITING_APPROVAL.value
+    with pytest.raises(Conflict, match="requires another approver"):
+        async with database.session() as s:
+            await run_transitions.approve(s, run.id, actor="alice", actor_id=alice, plan_ttl=3600)
+    await end_queued_runs(database)
+    async with database.session() as s:
+        await s.execute(update(Run).values(status=RunStatus.SUCCEEDED.value))
+        await s.execute(update(ApiToken).where(ApiToken.id == alice).values(revoked=True))
+        await s.execute(update(ApiToken).where(ApiToken.id == bob).values(role="viewer"))
+    fired = {f.schedule_id: f for f in await scheduler.tick(at(2))}
+    assert fired[applies].run_id is None and "'alice', was revoked" in fired[applies].skipped
+    assert fired[plans].run_id is None
+    assert "'bob', is a viewer, and a plan run needs planner" in fired[plans].skipped
+    # A scope that no longer covers the deployment: the same.
+    async with database.session() as s:
+        await s.execute(
+            update(ApiToken)
+            .where(ApiToken.id == bob)
+            .values(role="operator", scope={"names": ["dev-*"]})
+        )
+    fired = {f.schedule_id: f for f in await scheduler.tick(at(3))}
+    assert "no longer has deployment 'prod' in its scope" in fired[plans].skipped
+    # Another operator takes it over by changing it: it runs, as theirs.
+    carol = await new_token(database, "carol", "operator")
+    async with database.session() as s:
+        dep = await s.scalar(select(Deployment).where(Deployment.name == "prod"))
+        assert dep is not None
+        row = await s.get(Schedule, plans)
+        assert row is not None
+        await schedules.update_schedule(s, dep, row, changed_by=("carol", carol), now=at(3))
+    fired = {f.schedule_id: f for f in await scheduler.tick(at(4))}
+    assert fired[plans].run_id is not None
+    assert (await runs_of(database, plans))[-1].created_by_token == carol

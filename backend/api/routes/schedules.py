@@ -76,6 +76,7 @@ async def create_schedule(
         auto_approve=body.auto_approve,
         enabled=body.enabled,
         created_by=token.name,
+        created_by_token=token.id,
     )
     return schedule_out(row, deployment)
 
@@ -95,10 +96,15 @@ async def get_schedule(
 
 @router.patch("/{schedule_id}", **needs(Role.OPERATOR))
 async def update_schedule(
-    schedule_id: ScheduleId, body: ScheduleUpdate, deployment: DeploymentDep, session: SessionDep
+    schedule_id: ScheduleId,
+    body: ScheduleUpdate,
+    deployment: DeploymentDep,
+    session: SessionDep,
+    token: TokenDep,
 ) -> ScheduleOut:
     """Change what is given. A new expression or zone, or enabling, sets the next due time
-    from now."""
+    from now. The token that changes a schedule owns it from then on: its runs are that
+    token's, and are queued only while that token may start them."""
     row = await store.get_schedule(session, deployment, schedule_id, for_update=True)
     row = await store.update_schedule(
         session,
@@ -109,6 +115,7 @@ async def update_schedule(
         kind=body.kind,
         auto_approve=body.auto_approve,
         enabled=body.enabled,
+        changed_by=(token.name, token.id),
     )
     return schedule_out(row, deployment)
 

@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("last_run_id", sa.Integer(), nullable=True),
         sa.Column("last_skipped", sa.Text(), nullable=False),
         sa.Column("created_by", sa.String(128), nullable=True),
+        sa.Column("created_by_token", sa.Integer(), nullable=True),
         sa.Column("created_at", WHEN, nullable=False),
         _fk("schedules", "deployment_id", "deployments"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_schedules")),
