@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.models import Deployment, DriftCheck, DriftStatus, NotifyEvent, Run, utcnow
@@ -50,13 +50,16 @@ async def record(
     session: AsyncSession, run: Run, status: DriftStatus, detail: dict[str, Any]
 ) -> None:
     """The check of `run` ended with `status`: its history entry, the deployment's status
-    (unless a newer check is recorded already) and the events the change calls for."""
-    previous = await session.scalar(
-        select(DriftCheck)
-        .where(DriftCheck.deployment_id == run.deployment_id)
-        .order_by(DriftCheck.id.desc())
-        .limit(1)
+    (unless a newer check is recorded already) and the events the change calls for,
+    compared with the deployment's verdict as it stands (its row locked: checks ending at
+    once are recorded one after the other)."""
+    deployment = await session.scalar(
+        select(Deployment)
+        .where(Deployment.id == run.deployment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
+    assert deployment is not None
     now = utcnow()
     session.add(
         DriftCheck(
@@ -67,22 +70,22 @@ async def record(
             detail=detail,
         )
     )
-    result = await session.execute(
+    current = deployment.drift_run_id
+    if current is not None and current > run.id:
+        await _keep_recent(session, run.deployment_id)
+        return  # a newer check's verdict stands
+    was = DriftStatus(deployment.drift_status)
+    before = {}
+    if current is not None:
+        before = (await latest_details(session, [current])).get(current, {})
+    await session.execute(
         update(Deployment)
-        .where(
-            Deployment.id == run.deployment_id,
-            or_(Deployment.drift_run_id.is_(None), Deployment.drift_run_id < run.id),
-        )
+        .where(Deployment.id == run.deployment_id)
         .values(drift_status=status.value, drift_checked_at=now, drift_run_id=run.id)
     )
     await _keep_recent(session, run.deployment_id)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return  # a newer check's verdict stands
-    was = DriftStatus(previous.status) if previous is not None else DriftStatus.UNKNOWN
     if status == DriftStatus.DRIFTED and (
-        was != DriftStatus.DRIFTED
-        or previous is None
-        or _fingerprint(previous.detail) != _fingerprint(detail)
+        was != DriftStatus.DRIFTED or _fingerprint(before) != _fingerprint(detail)
     ):
         await _emit(session, NotifyEvent.DRIFT_DETECTED, run, status, detail)
     elif status == DriftStatus.CHECK_FAILED and was != DriftStatus.CHECK_FAILED:

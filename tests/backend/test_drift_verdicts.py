@@ -120,3 +120,26 @@ async def test_the_fleet_puts_what_needs_someone_first(
     ]
     assert fleet[0]["detail"]["outputs"] == ["o"]
     assert fleet[1]["detail"]["reason"] == "x"
+
+
+async def test_checks_ending_out_of_order_notify_by_the_verdict_that_stands(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Checks a < b < c: b says in_sync, a ends late saying drifted (history only), then c
+    says drifted: the deployment went from in_sync to drifted, which is news."""
+    await new_deployment(client, "web")
+    assert (await upload(client, "web")).status_code == 201
+    async with db.session() as s:
+        s.add(
+            NotificationDestination(
+                name="all", kind="webhook", url_encrypted=b"-", url_host="-", events=EVERY_EVENT
+            )
+        )
+    a, b, c = [await drift_run(db) for _ in range(3)]
+    await verdict(db, b, DriftStatus.IN_SYNC)
+    await verdict(db, a, DriftStatus.DRIFTED, outputs=["colour"])
+    assert await events(db) == []
+    state = (await client.get("/api/v1/deployments/web/drift")).json()
+    assert state["status"] == "in_sync" and state["run_id"] == b.id
+    await verdict(db, c, DriftStatus.DRIFTED, outputs=["colour"])
+    assert await events(db) == ["drift.detected"]

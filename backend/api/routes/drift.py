@@ -3,7 +3,9 @@ one deployment's status with its recent checks, and starting a check now."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
 from sqlalchemy import select
 
 from backend.access import Role
@@ -58,10 +60,18 @@ async def deployment_drift(deployment: DeploymentDep, session: SessionDep) -> Dr
     "/deployments/{name}/drift", status_code=status.HTTP_201_CREATED, **needs(Role.PLANNER)
 )
 async def check_drift(
-    deployment: DeploymentDep, session: SessionDep, request: Request, token: TokenDep
+    name: Annotated[str, Path(description="Deployment name.")],
+    session: SessionDep,
+    request: Request,
+    token: TokenDep,
 ) -> RunOut:
     """Queue a drift check (a `plan -refresh-only` run) now, unless one is waiting or
     running already (409 names it)."""
+    # Its row locked: a delete waits (then refuses: an active run), and two requests at
+    # once queue one check.
+    deployment = await deployments.get_deployment(
+        session, name, for_update=True, scope=scope_of(token)
+    )
     pending = await session.scalar(
         select(Run.id).where(
             Run.deployment_id == deployment.id,
