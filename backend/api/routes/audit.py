@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from backend.access import Role
 from backend.api.deps import SessionDep, needs
 from backend.api.routing import CheckedRoute
-from backend.schemas import AuditOut, AuditVerdict
+from backend.schemas.audit import AuditOut, AuditVerdict
 from backend.store import audit
 from backend.store.validation import MAX_ID
 

@@ -25,7 +25,12 @@ from backend.archive import Limits
 from backend.config import Settings
 from backend.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from backend.models import Deployment
-from backend.schemas import ConfigVersionOut, DeploymentCreate, DeploymentOut, DeploymentUpdate
+from backend.schemas.deployments import (
+    ConfigVersionOut,
+    DeploymentCreate,
+    DeploymentOut,
+    DeploymentUpdate,
+)
 from backend.store import configs, deployments
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], route_class=CheckedRoute)

@@ -14,7 +14,8 @@ from backend.api.routes.runs import engine_of, one_run_out
 from backend.api.routing import CheckedRoute
 from backend.errors import Conflict
 from backend.models import ACTIVE_STATUSES, Deployment, Operation, Run
-from backend.schemas import DriftCheckOut, DriftOut, RunOut
+from backend.schemas.drift import DriftCheckOut, DriftOut
+from backend.schemas.runs import RunOut
 from backend.store import deployments
 from backend.store import drift as drift_store
 from backend.store import runs as run_store

@@ -11,7 +11,7 @@ from backend.api.deps import CipherDep, SessionDep, needs
 from backend.api.routing import CheckedRoute
 from backend.models import Runner
 from backend.pool import view_of
-from backend.schemas import EffectiveLabel, RunnerCreate, RunnerOut
+from backend.schemas.runners import EffectiveLabel, RunnerCreate, RunnerOut
 from backend.store import runners
 
 router = APIRouter(prefix="/runners", tags=["runners"], route_class=CheckedRoute)

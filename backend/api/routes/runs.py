@@ -29,7 +29,7 @@ from backend.engine import Engine
 from backend.errors import Forbidden, Invalid, NotFound
 from backend.logs.follow import KeepAlive, StatusChange, follow
 from backend.models import ApprovePolicy, Run, RunStatus
-from backend.schemas import Decision, PlanOut, RunCreate, RunEventOut, RunOut
+from backend.schemas.runs import Decision, PlanOut, RunCreate, RunEventOut, RunOut
 from backend.store import deployments, runlist
 from backend.store import logs as log_store
 from backend.store import runs as run_store

@@ -15,7 +15,7 @@ from backend.api.routing import CheckedRoute
 from backend.engine import Engine
 from backend.errors import Forbidden, Invalid
 from backend.models import Deployment, Schedule, ScheduleKind, utcnow
-from backend.schedule_schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate, TriggerOut
+from backend.schemas.schedules import ScheduleCreate, ScheduleOut, ScheduleUpdate, TriggerOut
 from backend.store import deployments
 from backend.store import schedules as store
 from backend.store.validation import MAX_ID

@@ -19,14 +19,8 @@ from backend.api.routing import CheckedRoute
 from backend.crypto import Cipher
 from backend.errors import Conflict, Forbidden
 from backend.models import STATE_ACCESS_STATUSES, Deployment, Run
-from backend.schemas import (
-    Decision,
-    OutputOut,
-    ResourceOut,
-    StateLockOut,
-    StateOut,
-    StateVersionOut,
-)
+from backend.schemas.runs import Decision
+from backend.schemas.state import OutputOut, ResourceOut, StateLockOut, StateOut, StateVersionOut
 from backend.store import state, variables
 
 api_router = APIRouter(prefix="/deployments/{name}", tags=["state"], route_class=CheckedRoute)

@@ -16,7 +16,7 @@ from backend.api.deps import IdPath, SessionDep, TokenDep, needs, role_of, scope
 from backend.api.routing import CheckedRoute
 from backend.errors import Conflict, Forbidden
 from backend.models import utcnow
-from backend.schemas import MeOut, TokenCreate, TokenCreated, TokenOut
+from backend.schemas.tokens import MeOut, TokenCreate, TokenCreated, TokenOut
 from backend.store import tokens
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], route_class=CheckedRoute)

@@ -10,7 +10,7 @@ from backend.access import Role
 from backend.api.deps import CipherDep, DeploymentDep, SessionDep, TokenDep, needs, role_of
 from backend.api.routing import CheckedRoute
 from backend.models import Variable
-from backend.schemas import VariableOut, VariableSet
+from backend.schemas.deployments import VariableOut, VariableSet
 from backend.store import variables
 
 router = APIRouter(

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.schemas import ApprovePolicyName
+from backend.schemas.common import ApprovePolicyName
 
 ScheduleKindName = Literal["drift", "plan", "apply"]
 CRON = (
