@@ -28,10 +28,7 @@ class LogBatch:
             return None
         if self.first_seq > seq:
             return self
-        cut = -1
-        for _ in range(seq + 1 - self.first_seq):
-            cut = self.text.index("\n", cut + 1)
-        return LogBatch(seq + 1, self.last_seq, self.text[cut + 1 :])
+        return LogBatch(seq + 1, self.last_seq, self.text[self._end_of(seq) + 1 :])
 
     def upto(self, seq: int) -> LogBatch | None:
         """The part of this block up to line `seq` (None when nothing is left)."""
@@ -39,7 +36,11 @@ class LogBatch:
             return None
         if self.last_seq <= seq:
             return self
+        return LogBatch(self.first_seq, seq, self.text[: self._end_of(seq)])
+
+    def _end_of(self, seq: int) -> int:
+        """Where line `seq` (one of this block's but its last) ends: its newline's index."""
         cut = -1
         for _ in range(seq + 1 - self.first_seq):
             cut = self.text.index("\n", cut + 1)
-        return LogBatch(self.first_seq, seq, self.text[:cut])
+        return cut

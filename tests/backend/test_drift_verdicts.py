@@ -32,6 +32,18 @@ EVERY_EVENT = [
 ]
 
 
+async def listened_deployment(client: httpx.AsyncClient, db: Database) -> None:
+    """Deployment web, with a configuration, and a destination that wants every event."""
+    await new_deployment(client, "web")
+    assert (await upload(client, "web")).status_code == 201
+    async with db.session() as s:
+        s.add(
+            NotificationDestination(
+                name="all", kind="webhook", url_encrypted=b"-", url_host="-", events=EVERY_EVENT
+            )
+        )
+
+
 async def drift_run(db: Database, name: str = "web") -> Run:
     async with db.session() as s:
         dep = await deployments.get_deployment(s, name)
@@ -52,14 +64,7 @@ async def events(db: Database) -> list[str]:
 
 
 async def test_verdicts_history_and_events(client: httpx.AsyncClient, db: Database) -> None:
-    await new_deployment(client, "web")
-    assert (await upload(client, "web")).status_code == 201
-    async with db.session() as s:
-        s.add(
-            NotificationDestination(
-                name="all", kind="webhook", url_encrypted=b"-", url_host="-", events=EVERY_EVENT
-            )
-        )
+    await listened_deployment(client, db)
     first, second, third = [await drift_run(db) for _ in range(3)]
     assert await events(db) == []  # a drift check's run sends no run.* event
 
@@ -127,14 +132,7 @@ async def test_checks_ending_out_of_order_notify_by_the_verdict_that_stands(
 ) -> None:
     """Checks a < b < c: b says in_sync, a ends late saying drifted (history only), then c
     says drifted: the deployment went from in_sync to drifted, which is news."""
-    await new_deployment(client, "web")
-    assert (await upload(client, "web")).status_code == 201
-    async with db.session() as s:
-        s.add(
-            NotificationDestination(
-                name="all", kind="webhook", url_encrypted=b"-", url_host="-", events=EVERY_EVENT
-            )
-        )
+    await listened_deployment(client, db)
     a, b, c = [await drift_run(db) for _ in range(3)]
     await verdict(db, b, DriftStatus.IN_SYNC)
     await verdict(db, a, DriftStatus.DRIFTED, outputs=["colour"])
