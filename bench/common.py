@@ -131,13 +131,18 @@ QUEUED_LIMIT = 30.0  # seconds a run of an idle pool may stay queued before we g
 
 
 def wait_run(
-    backend: Backend, run_id: int, timeout: float = 600, interval: float = 0.02
+    backend: Backend,
+    run_id: int,
+    timeout: float = 600,
+    interval: float = 0.02,
+    stop_at: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Poll the run until it ends; fail if it is still queued after QUEUED_LIMIT s."""
+    """Poll the run until it ends (or reaches a status of `stop_at`); fail if it is still
+    queued after QUEUED_LIMIT s."""
     start = time.monotonic()
     while True:
         run = backend.run(run_id)
-        if run["status"] in TERMINAL:
+        if run["status"] in TERMINAL or run["status"] in stop_at:
             return run
         waited = time.monotonic() - start
         if run["status"] == "queued" and waited > QUEUED_LIMIT:

@@ -45,7 +45,7 @@ from bench.common import (
     stop_process,
 )
 
-TARGET = 0.5
+TARGET = 0.7
 
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from bench import concurrency, dispatch, latency, memory, overhead, relay, scaling
+from bench import concurrency, dispatch, first_line, latency, memory, overhead, relay, scaling
 from bench.common import ROOT, SCALES, Context, Row, Sizes, clean_env, log, table_lines
 
 # name -> (figure, module); run in this order (scaling reuses dispatch's point).
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "concurrency": ("5", concurrency),
     "dispatch": ("6", dispatch),
     "scaling": ("7", scaling),
+    "first_line": ("8", first_line),
 }
 DEFAULT_JSON = ROOT / "bench" / "results.json"
 

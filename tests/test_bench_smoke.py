@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = {"1", "2a", "2b", "2c", "3a", "3b", "4", "5", "6", "7"}
+FIGURES = {"1", "2a", "2b", "2c", "3a", "3b", "4", "5", "6", "7", "8"}
 
 
 def postgres_reachable() -> bool:
