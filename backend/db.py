@@ -135,7 +135,7 @@ class InlineConnection(aiosqlite.Connection):
 
     It replaces aiosqlite's queue to its worker (``_tx``), the same internal that
     SQLAlchemy's own aiosqlite adapter reaches into (it sets the isolation level through
-    ``_tx`` and ``_conn``); aiosqlite is pinned, and tests/backend/test_db.py checks
+    ``_tx`` and ``_conn``); aiosqlite is pinned, and tests/backend/store/test_db.py checks
     these internals, so an upgrade that changes them fails there, not in production.
     """
 

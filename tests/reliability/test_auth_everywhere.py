@@ -6,7 +6,7 @@ reverse), and another run's state credentials read from its terraform's environm
 (what a hostile configuration of one deployment can see), used against another run,
 against the API and against the runner. mTLS with a client certificate of
 another CA, an expired one of the right CA, and none. Nothing gets through, and nothing
-changes. (tests/server/test_auth.py and tests/backend/test_auth_health.py cover the
+changes. (tests/runner_server/test_auth.py and tests/backend/api/test_auth_health.py cover the
 basic cases; this adds the cross-credential ones and the full method/route lists.)
 """
 

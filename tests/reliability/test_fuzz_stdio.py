@@ -132,7 +132,7 @@ def test_iac_runner_answers_every_input_once_without_a_traceback(
     )
     if proc.returncode == 3:
         # Valid, but refused by the OS at exec: one argument over Linux's 128 KiB (as
-        # tests/test_stdio_protocol.py::test_tool_that_cannot_be_started_is_an_internal_error
+        # tests/runner_stdio/test_protocol.py::test_tool_that_cannot_be_started_is_an_internal_error
         # documents). Still one clear answer.
         assert b"could not run terraform: [Errno 7] Argument list too long" in proc.stdout
     assert proc.stdout.endswith(b"\n")

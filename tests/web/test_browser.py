@@ -575,7 +575,7 @@ def test_the_audit_page_shows_who_did_what_to_an_admin_only(platform: Platform, 
 def test_the_drift_page_checks_and_shows_what_drifted(
     platform: Platform, page: Page, tmp_path: Path
 ) -> None:
-    from tests.backend.test_drift import CONFIG, world_state
+    from tests.backend.engine.test_drift import CONFIG, world_state
 
     world = tmp_path / "world.tfstate"
     world.write_text(world_state("blue"))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import pids_alive, pids_matching, wait_for
-from tests.test_stdio_helpers import (
+from tests.runner_stdio.helpers import (
     EXIT_OK,
     EXIT_TOOL_FAILED,
     LOCK_INFO,

@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from backend.access import Role
 from backend.config import Settings
+from tests.backend.api.test_access import make_token
 from tests.backend.conftest import make_settings
 from tests.backend.helpers import new_deployment, upload
-from tests.backend.test_access import make_token
 
 pytestmark = pytest.mark.anyio
 BASE = "/api/v1/deployments"

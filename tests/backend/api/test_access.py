@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from backend.access import Role, Scope
 from backend.db import Database
 from backend.models import RunStatus
+from tests.backend.api.test_bad_values import VALID_BODIES, json_operations
 from tests.backend.helpers import new_deployment, start_run, upload
-from tests.backend.test_bad_values import VALID_BODIES, json_operations
 
 pytestmark = pytest.mark.anyio
 ROLES = list(Role)

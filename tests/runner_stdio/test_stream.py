@@ -19,7 +19,7 @@ import pytest
 
 from runner_stdio.output import LineSplitter, mask_forms
 from tests.conftest import IAC_RUNNER, pids_matching
-from tests.test_stdio_helpers import (
+from tests.runner_stdio.helpers import (
     EXIT_OK,
     EXIT_TOOL_FAILED,
     EventReader,

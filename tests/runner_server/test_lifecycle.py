@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.iacrunner.v1 import runner_pb2 as pb
 from tests.conftest import OFFLINE_CONFIG, pids_alive, pids_matching, wait_for
 from tests.procs import RunnerProcess, execute, lines_of, result_of, start_runner
-from tests.test_stdio_helpers import unique_seconds
+from tests.runner_stdio.helpers import unique_seconds
 
 LONG_CONFIG = """\
 resource "terraform_data" "slow" {

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.backend.test_drift import CONFIG, world_state
-from tests.cli.conftest import Platform
+from tests.backend.engine.test_drift import CONFIG, world_state
+from tests.iac_cli.conftest import Platform
 
 
 def test_drift_check_fleet_and_history(platform: Platform, tmp_path: Path) -> None:

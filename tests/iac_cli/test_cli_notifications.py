@@ -13,8 +13,8 @@ from cryptography.fernet import Fernet
 
 from tests.backend.platform import start_backend
 from tests.backend.receiver import Receiver, signature_ok
-from tests.cli.conftest import Platform, assert_one_line_error, json_of, session_tool_env
 from tests.conftest import wait_for
+from tests.iac_cli.conftest import Platform, assert_one_line_error, json_of, session_tool_env
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import IAC_RUNNER, pids_matching
 from tests.procs import free_port
-from tests.test_stdio_helpers import (
+from tests.runner_stdio.helpers import (
     EXIT_INTERNAL,
     EXIT_INVALID,
     EXIT_OK,

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from tests.backend.platform import TOKEN
-from tests.cli.conftest import IAC, Platform, assert_one_line_error, json_of
 from tests.conftest import OFFLINE_CONFIG, wait_for
+from tests.iac_cli.conftest import IAC, Platform, assert_one_line_error, json_of
 from tests.procs import start_runner
 
 SECRET = "s3cr3t-VALUE-never-shown-7f3a"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.cli.conftest import Platform, assert_one_line_error, json_of
 from tests.conftest import OFFLINE_CONFIG
+from tests.iac_cli.conftest import Platform, assert_one_line_error, json_of
 
 
 def test_schedules_add_list_disable_enable_trigger_remove(

@@ -12,8 +12,8 @@ from iac_cli.config import Config
 from iac_cli.logstream import End, Lines, LogStream, Status, open_events
 from iac_cli.output import strip_ansi
 from tests.backend.platform import TOKEN
-from tests.cli.conftest import Platform, json_of
-from tests.cli.proxy import cutting_proxy
+from tests.iac_cli.conftest import Platform, json_of
+from tests.iac_cli.proxy import cutting_proxy
 
 # About 30 lines over 3 s: the run is still writing while the tests cut its stream.
 TICKER_CONFIG = """\

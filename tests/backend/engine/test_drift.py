@@ -182,8 +182,8 @@ def test_drift_events_are_sent_when_the_verdict_changes(
     drift.detected once per new drift (not again for the same), drift.check_failed when
     checks start failing, signed, naming what drifted and never a value; the checks' runs
     send no run.* event."""
+    from tests.backend.notify.test_notifications_e2e import NOTIFY_ENV
     from tests.backend.receiver import Receiver, signature_ok
-    from tests.backend.test_notifications_e2e import NOTIFY_ENV
 
     world = tmp_path / "world.tfstate"
     world.write_text(world_state("blue-Secretish-1"))

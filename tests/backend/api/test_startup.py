@@ -23,7 +23,7 @@ from tests.backend.conftest import API_TOKEN, make_settings
 from tests.conftest import IAC_BACKEND, wait_for
 from tests.procs import free_port, start_runner
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 pytestmark = pytest.mark.anyio
 
@@ -170,7 +170,7 @@ def test_cli_migrate_then_serve(db_url: str, tmp_path: Path) -> None:
 
 
 def test_generate_encryption_key_script(tmp_path: Path) -> None:
-    script = str(Path(__file__).resolve().parents[2] / "generate-encryption-key.sh")
+    script = str(Path(__file__).resolve().parents[3] / "generate-encryption-key.sh")
     printed = subprocess.run([script], capture_output=True, text=True, check=True).stdout.strip()
     Fernet(printed.encode())
     env_file = tmp_path / ".env"

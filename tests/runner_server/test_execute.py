@@ -25,7 +25,7 @@ from tests.procs import (
     result_of,
     start_runner,
 )
-from tests.test_stdio_protocol import FAILING_CONFIGS
+from tests.runner_stdio.test_protocol import FAILING_CONFIGS
 
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
@@ -372,7 +372,7 @@ def test_work_dirs_are_0700_and_what_a_run_writes_0600(
     }
 
     # iac-runner on its own: what the tool writes is private too.
-    from tests.test_stdio_helpers import run_runner
+    from tests.runner_stdio.helpers import run_runner
 
     stdio_work = tmp_path / "stdio"
     (stdio_work / "mod").mkdir(parents=True)
@@ -496,7 +496,7 @@ def test_bad_timeouts_are_refused_alike_on_grpc_and_stdio(
 ) -> None:
     """A timeout over the maximum was a failed result on gRPC and a refusal on stdio:
     both refuse now, with one message."""
-    from tests.test_stdio_helpers import EXIT_INVALID, run_runner
+    from tests.runner_stdio.helpers import EXIT_INVALID, run_runner
 
     with pytest.raises(grpc.RpcError) as info:
         execute(one_fake_runner.stub(), tool="terraform", command="version", timeout=timeout)

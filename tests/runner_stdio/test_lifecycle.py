@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_stdio_helpers import (
+from tests.runner_stdio.helpers import (
     EXIT_OK,
     LOCK_INFO,
     assert_no_traceback,

@@ -22,10 +22,10 @@ from backend.crypto import SecretsUnreadable
 from backend.db import Database
 from backend.models import DeliveryAttempt, NotificationDelivery, NotificationDestination
 from backend.store import notifications as store
+from tests.backend.api.test_access import make_token
 from tests.backend.conftest import API_TOKEN, make_settings
 from tests.backend.helpers import new_deployment, upload
 from tests.backend.receiver import Receiver, signature_ok
-from tests.backend.test_access import make_token
 
 pytestmark = pytest.mark.anyio
 PUBLIC = "https://iac.example.com"
