@@ -15,11 +15,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 
 from backend.db import Database
 from backend.executor import Execution
-from backend.models import utcnow
 from backend.store import executions
 from backend.store.executions import Orphan
 
@@ -48,9 +46,8 @@ class Recovery:
         self.orphan_after = orphan_after
 
     async def adopt_orphans(self) -> int:
-        stale = utcnow() - timedelta(seconds=self.orphan_after)
         async with self.db.session() as session:
-            found = await executions.orphans(session, self.backend_id, stale)
+            found = await executions.orphans(session, self.backend_id, self.orphan_after)
         adopted = 0
         for orphan in found:
             if orphan.run_id in self.running:

@@ -3,7 +3,6 @@ versions, list and show them, delete (kept until purged), restore and purge them
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,9 @@ import click
 from iac_cli.archive import PackedConfig, pack_directory
 from iac_cli.client import Api, seg
 from iac_cli.context import KeyValue, State, json_option, labels_option, pass_state, to_labels
-from iac_cli.errors import EXIT_USAGE, CliError, UsageError
+from iac_cli.errors import EXIT_USAGE, CliError
 from iac_cli.output import run_duration, run_waited, show_labels, show_time
+from iac_cli.prompts import confirm
 
 dir_option = click.option(
     "--dir",
@@ -234,19 +234,6 @@ def show(state: State, name: str, as_json: bool) -> None:
         )
 
 
-def confirm(name: str, explanation: str, action: str) -> None:
-    """Ask the person at the terminal to type the deployment's name; anything else stops."""
-    if not sys.stdin.isatty():
-        raise UsageError(
-            f"stdin is not a terminal, so nobody can confirm: pass --force to {action} "
-            f"deployment {name} without confirmation"
-        )
-    click.echo(explanation, err=True)
-    typed = click.prompt(f"Type {name} to {action} it", default="", show_default=False, err=True)
-    if typed.strip() != name:
-        raise CliError(f"confirmation did not match: deployment {name} was not {action}d")
-
-
 @deployments.command("delete")
 @click.argument("name")
 @click.option(
@@ -270,6 +257,7 @@ def delete(state: State, name: str, force: bool, purge: bool, as_json: bool) -> 
     if purge:
         if not force:
             confirm(
+                "deployment",
                 name,
                 f"Purging removes the deleted deployment {name} for good, with its state "
                 "versions, runs, logs, variables and configuration versions. It cannot be "
@@ -293,6 +281,7 @@ def delete(state: State, name: str, force: bool, purge: bool, as_json: bool) -> 
                 EXIT_USAGE,
             )
         confirm(
+            "deployment",
             name,
             f"Deleting deployment {name} hides it with its state versions, runs, logs, "
             "variables and configuration versions. The backend keeps them for its retention "

@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from iac_cli.context import State, json_option, pass_state
-from iac_cli.errors import EXIT_USAGE, CliError
+from iac_cli.errors import EXIT_USAGE, CliError, UsageError
 from iac_cli.output import show_time
+from iac_cli.prompts import confirm, from_stdin
 
 API = "/notifications/destinations"
 EVENTS = (
@@ -98,7 +99,14 @@ def list_destinations(state: State, as_json: bool) -> None:
 
 @notifications.command("add")
 @click.argument("name")
-@click.option("--url", required=True, help="Where events are POSTed (http or https).")
+@click.option(
+    "--url",
+    required=True,
+    envvar="IAC_DESTINATION_URL",
+    show_envvar=True,
+    help="Where events are POSTed (http or https); '-' reads it from stdin. A Slack URL is "
+    "a credential: give it by stdin or the environment, not on the command line.",
+)
 @click.option(
     "--kind",
     type=click.Choice(["webhook", "slack"]),
@@ -117,7 +125,10 @@ def list_destinations(state: State, as_json: bool) -> None:
 @click.option("--deployment", help="Only this deployment's events (default: every deployment).")
 @click.option(
     "--secret",
-    help="A webhook's signing secret, 16+ characters (default: a random one, printed once).",
+    envvar="IAC_DESTINATION_SECRET",
+    show_envvar=True,
+    help="A webhook's signing secret, 16+ characters, '-' to read it from stdin (default: "
+    "a random one, printed once).",
 )
 @json_option
 @pass_state
@@ -132,6 +143,10 @@ def add_destination(
     as_json: bool,
 ) -> None:
     """Add the destination NAME. A webhook's signing secret is printed this once."""
+    if url == "-" and secret == "-":
+        raise UsageError("only one of --url and --secret can be read from stdin ('-')")
+    url = from_stdin(url, "the URL") or ""
+    secret = from_stdin(secret, "the signing secret")
     body: dict[str, Any] = {"name": name, "url": url, "kind": kind}
     if events:
         body["events"] = list(events)
@@ -154,11 +169,36 @@ def add_destination(
 
 @notifications.command("remove")
 @click.argument("name_or_id", metavar="NAME-or-ID")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="No confirmation, and remove it even with deliveries waiting to be sent.",
+)
 @pass_state
-def remove_destination(state: State, name_or_id: str) -> None:
-    """Remove a destination with its deliveries."""
+def remove_destination(state: State, name_or_id: str, force: bool) -> None:
+    """Remove a destination with its deliveries and their history. Asks you to type its
+    name on a terminal; needs --force when stdin is not a terminal or deliveries wait to
+    be sent (`iac notifications disable` keeps them instead)."""
     row = find(state, name_or_id)
-    state.api.request("DELETE", f"{API}/{row['id']}")
+    if not force:
+        pending = int(row["deliveries"].get("pending", 0))
+        if pending:
+            raise CliError(
+                f"notification destination {row['name']} has {pending} deliveries waiting "
+                f"to be sent: disable it to keep them (iac notifications disable "
+                f"{row['name']}), or remove it with --force",
+                EXIT_USAGE,
+            )
+        confirm(
+            "notification destination",
+            row["name"],
+            f"Removing notification destination {row['name']} drops its configuration "
+            "(URL, signing secret) and the record of what was delivered to it; it cannot be "
+            "undone. `iac notifications disable` stops it and keeps both.",
+            "remove",
+        )
+    params = {"force": "true"} if force else None
+    state.api.request("DELETE", f"{API}/{row['id']}", params=params)
     state.output.result(f"removed notification destination {row['name']}")
 
 

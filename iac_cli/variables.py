@@ -5,12 +5,11 @@ A sensitive value is sent once and never shown again: not by the API, not by thi
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from iac_cli.client import seg
 from iac_cli.context import State, json_option, pass_state
+from iac_cli.prompts import from_stdin
 
 env_option = click.option(
     "--env",
@@ -42,8 +41,7 @@ def set_variable(
 ) -> None:
     """Set KEY to VALUE on deployment NAME. A VALUE of '-' is read from stdin (keeps a
     secret out of the shell's history)."""
-    if value == "-":
-        value = sys.stdin.read().removesuffix("\n")
+    value = from_stdin(value, "the value") or ""
     body = {"value": value, "sensitive": sensitive, "category": category(is_env)}
     row = state.api.json("PUT", f"/deployments/{seg(name)}/variables/{seg(key)}", json=body)
     if as_json:

@@ -25,14 +25,33 @@ from backend.store.validation import check_text
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_URL_CHARS = 2048
+MAX_HOST_CHARS = 253  # a DNS name's longest (RFC 1035), so host and port fit in 255
+RESOLVE_SECONDS = 10.0
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-# What IAC_NOTIFY_ALLOW_PRIVATE permits: the private ranges of a network, nothing that is
-# the backend's own host (loopback) or its cloud's (link-local metadata).
+# What IAC_NOTIFY_ALLOW_PRIVATE permits: the private ranges of a network (fec0::/10: the
+# deprecated IPv6 site-local one), nothing that is the backend's own host (loopback) or
+# its cloud's (metadata).
 PRIVATE = tuple(
     ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+        "fec0::/10",
+    )
 )
+# Cloud metadata and host services outside link-local, which no allowlist entry opens
+# (link-local itself is never allowed either): AWS's IPv6 instance metadata, Alibaba
+# Cloud's metadata, Azure's WireServer.
+METADATA = tuple(
+    ipaddress.ip_network(n) for n in ("fd00:ec2::254/128", "100.100.100.200/32", "168.63.129.16/32")
+)
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052, and the
+# local-use one of RFC 8215) and the deprecated IPv4-compatible form (::a.b.c.d).
+NAT64 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96"))
 
 
 class Refused(Exception):
@@ -92,36 +111,70 @@ def parse_url(url: str) -> Target:
         host = host.encode("idna").decode("ascii").lower()
     except UnicodeError:
         raise Invalid(f"the destination URL's host {host!r} is not a valid host name") from None
+    if len(host) > MAX_HOST_CHARS:
+        raise Invalid(
+            f"the destination URL's host is {len(host)} characters: a host name has at "
+            f"most {MAX_HOST_CHARS}"
+        )
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     return Target(scheme, host, port or DEFAULT_PORTS[scheme], path, port is not None)
 
 
-def _unmapped(ip: IP) -> IP:
-    """An IPv4 address written as IPv6 (::ffff:127.0.0.1) is checked as the IPv4 one."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+def _forms(ip: IP) -> list[IP]:
+    """The address and every IPv4 address it carries: an IPv6 address that a translator,
+    tunnel or dual stack delivers to an IPv4 host (::ffff:127.0.0.1, 64:ff9b::7f00:1,
+    2002:7f00:1::, Teredo) reaches that host, so each form is checked."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return [ip]
+    if ip.ipv4_mapped is not None:  # only a way of writing the IPv4 address
+        return [ip.ipv4_mapped]
+    if not ip.is_unspecified and not ip.is_loopback and any(ip in n for n in NAT64):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    forms: list[IP] = [ip]
+    if ip.sixtofour is not None:
+        forms.append(ip.sixtofour)
+    if ip.teredo is not None:
+        forms.extend(ip.teredo)
+    return forms
 
 
-def classify(ip: IP) -> str | None:
-    """Why notifications may not reach `ip` by default (None: a public address)."""
-    ip = _unmapped(ip)
+def _never(ip: IP) -> str | None:
+    """Why `ip` is refused whatever the operator allowed: it is no receiver's address."""
     if ip.is_unspecified:
-        return "an unspecified address"
-    if ip.is_loopback:
-        return "a loopback address"
+        return "an unspecified address (it reaches the backend's own host)"
     if ip.is_link_local:
         return "a link-local address (where the cloud metadata service answers)"
-    if ip.is_multicast:
-        return "a multicast address"
+    if any(ip in n for n in METADATA if n.version == ip.version):
+        return "a cloud metadata address"
+    if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "a multicast or broadcast address"
+    return None
+
+
+def _classify_one(ip: IP) -> str | None:
+    why = _never(ip)
+    if why is not None:
+        return why
+    if ip.is_loopback:
+        return "a loopback address"
     if any(ip in network for network in PRIVATE if network.version == ip.version):
         return "a private address"
     if ip.is_reserved:
         return "a reserved address"
     if not ip.is_global:
         return "not a public address"
+    return None
+
+
+def classify(ip: IP) -> str | None:
+    """Why notifications may not reach `ip` by default (None: a public address): the
+    first refusal among its forms."""
+    for form in _forms(ip):
+        why = _classify_one(form)
+        if why is not None:
+            return why
     return None
 
 
@@ -156,30 +209,40 @@ class Policy:
         )
 
     def refusal(self, host: str, ip: IP) -> str | None:
-        """Why `host` may not be reached at `ip` (None: it may)."""
+        """Why `host` may not be reached at `ip` (None: it may). Each form of the address
+        must pass: the metadata and link-local ones never do; the others when the host or
+        the form is allowed, or when the form is public (private ones too with
+        allow_private)."""
+        for form in _forms(ip):
+            why = _never(form)
+            if why is not None:
+                return why
         if host in self.hosts:
             return None
-        for candidate in {ip, _unmapped(ip)}:
-            if any(candidate in n for n in self.networks if n.version == candidate.version):
-                return None
-        why = classify(ip)
-        if why == "a private address" and self.allow_private:
-            return None
-        return why
+        for form in _forms(ip):
+            if any(form in n for n in self.networks if n.version == form.version):
+                continue
+            why = _classify_one(form)
+            if why is not None and not (why == "a private address" and self.allow_private):
+                return why
+        return None
 
 
-async def resolve(target: Target, policy: Policy) -> list[IP]:
+async def resolve(target: Target, policy: Policy, timeout: float = RESOLVE_SECONDS) -> list[IP]:
     """Every address of the target's host, each checked: Refused names the first one that
-    may not be reached (or says the host does not resolve)."""
+    may not be reached (or says the host does not resolve, or not within `timeout`)."""
     literal = target.literal
     if literal is not None:
         addresses: list[IP] = [literal]
     else:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
+            async with asyncio.timeout(timeout):
+                infos = await loop.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+        except TimeoutError:
+            raise Refused(f"host {target.host!r} did not resolve within {timeout:g} s") from None
         except (OSError, UnicodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise Refused(f"host {target.host!r} does not resolve: {reason}") from None

@@ -12,7 +12,7 @@ finds its write refused, and a delivered delivery is never claimed again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exists, or_, select, update
@@ -27,6 +27,7 @@ from backend.models import (
     NotificationEvent,
     utcnow,
 )
+from backend.store.clock import db_now
 
 Delivery = NotificationDelivery
 PENDING = DeliveryStatus.PENDING.value
@@ -59,7 +60,8 @@ class Outcome:
         return not self.error and self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _claimable(now: datetime) -> list[Any]:
+def _claimable(session: AsyncSession) -> list[Any]:
+    now = db_now(session)
     return [
         Delivery.status == PENDING,
         Delivery.next_attempt_at <= now,
@@ -83,28 +85,30 @@ async def claim(
     session: AsyncSession, backend_id: str, lease: float, limit: int
 ) -> tuple[list[int], datetime]:
     """Claim up to `limit` due deliveries of enabled destinations, oldest due first; their
-    ids and the end of the lease."""
-    now = utcnow()
-    until = now + timedelta(seconds=lease)
+    ids and the end of the lease (on the database's clock, as every backend reads it)."""
     candidates = list(
         await session.scalars(
             select(Delivery.id)
             .join(NotificationDestination, NotificationDestination.id == Delivery.destination_id)
-            .where(*_claimable(now), NotificationDestination.enabled.is_(True))
+            .where(*_claimable(session), NotificationDestination.enabled.is_(True))
             .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
         )
     )
     if not candidates:
-        return [], until
-    claimed = await session.scalars(
-        update(Delivery)
-        .where(Delivery.id.in_(candidates), *_claimable(now))
-        .values(claimed_by=backend_id, claimed_until=until)
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    return sorted(claimed), until
+        return [], utcnow()
+    claimed = (
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(candidates), *_claimable(session))
+            .values(claimed_by=backend_id, claimed_until=db_now(session, lease))
+            .returning(Delivery.id, Delivery.claimed_until)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    if not claimed:
+        return [], utcnow()
+    return sorted(row.id for row in claimed), claimed[0].claimed_until
 
 
 async def load(session: AsyncSession, cipher: Cipher, ids: list[int], until: datetime) -> list[Due]:
@@ -177,7 +181,7 @@ async def finish(
         values |= {"status": status}
     else:
         status = PENDING
-        values |= {"next_attempt_at": now + timedelta(seconds=backoff(attempts, base, cap))}
+        values |= {"next_attempt_at": db_now(session, backoff(attempts, base, cap))}
     result = await session.execute(
         update(Delivery)
         .where(

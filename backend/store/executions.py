@@ -31,6 +31,7 @@ from backend.models import (
 )
 from backend.store import approval, drift, outbox, run_transitions
 from backend.store import variables as variable_store
+from backend.store.clock import db_now
 from backend.store.runs import add_event, get_run
 from backend.store.variables import RunEnvironment
 
@@ -76,7 +77,7 @@ async def _still_mine(session: AsyncSession, run_id: int, epoch: int, **values: 
 
 async def store_chunk(session: AsyncSession, run_id: int, epoch: int, chunk: LogBatch) -> None:
     """Consecutive lines of the run's log, as one chunk (Fenced: not stored)."""
-    await _still_mine(session, run_id, epoch, last_seq=chunk.last_seq, heartbeat_at=utcnow())
+    await _still_mine(session, run_id, epoch, last_seq=chunk.last_seq, heartbeat_at=db_now(session))
     await session.execute(
         insert(LOG_CHUNKS).values(
             run_id=run_id, first_seq=chunk.first_seq, last_seq=chunk.last_seq, data=chunk.text
@@ -86,7 +87,7 @@ async def store_chunk(session: AsyncSession, run_id: int, epoch: int, chunk: Log
 
 async def check_claim(session: AsyncSession, run_id: int, epoch: int) -> None:
     """Fenced unless the run is still claimed in `epoch` (and marks it alive)."""
-    await _still_mine(session, run_id, epoch, heartbeat_at=utcnow())
+    await _still_mine(session, run_id, epoch, heartbeat_at=db_now(session))
 
 
 class StepStart(Enum):
@@ -186,7 +187,7 @@ async def heartbeat(session: AsyncSession, backend_id: str, run_ids: list[int]) 
     await session.execute(
         update(RUNS)
         .where(R.id.in_(run_ids), R.claimed_by == backend_id)
-        .values(heartbeat_at=utcnow())
+        .values(heartbeat_at=db_now(session))
     )
 
 
@@ -199,16 +200,17 @@ class Orphan:
     epoch: int
 
 
-async def orphans(session: AsyncSession, backend_id: str, stale_before: datetime) -> list[Orphan]:
+async def orphans(session: AsyncSession, backend_id: str, stale_after: float) -> list[Orphan]:
     """Executing runs this backend claimed (it restarted) or whose executor's heartbeat
-    is older than `stale_before` (another backend died or hangs)."""
+    is over `stale_after` seconds old on the database's clock (another backend died or
+    hangs)."""
     rows = await session.execute(
         select(R.id, R.claimed_by, R.heartbeat_at, R.runner_id, R.epoch).where(
             R.status.in_(EXECUTING),
             R.claimed_by.is_not(None),
             or_(
                 R.claimed_by == backend_id,
-                R.heartbeat_at < stale_before,
+                R.heartbeat_at < db_now(session, -stale_after),
                 R.heartbeat_at.is_(None),
             ),
         )
@@ -222,7 +224,7 @@ async def adopt(session: AsyncSession, orphan: Orphan, backend_id: str) -> int |
     result = await session.execute(
         update(RUNS)
         .where(R.id == orphan.run_id, R.epoch == orphan.epoch, R.claimed_by == orphan.claimed_by)
-        .values(claimed_by=backend_id, heartbeat_at=utcnow(), epoch=epoch)
+        .values(claimed_by=backend_id, heartbeat_at=db_now(session), epoch=epoch)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None

@@ -207,10 +207,31 @@ async def update_destination(
     return view
 
 
-async def delete_destination(session: AsyncSession, destination_id: int, scope: Scope) -> None:
-    """Remove a destination with its deliveries and their attempts (configuration: nothing
-    else refers to it)."""
+async def delete_destination(
+    session: AsyncSession, destination_id: int, scope: Scope, *, force: bool = False
+) -> None:
+    """Remove a destination with its deliveries and their attempts. Refused (Conflict)
+    while deliveries wait to be sent, unless `force`: disabling it keeps them instead."""
     view = await get_destination(session, destination_id, scope)
+    # Locked first: an event recorded meanwhile waits, then finds it gone.
+    await session.execute(
+        select(NotificationDestination.id)
+        .where(NotificationDestination.id == destination_id)
+        .with_for_update()
+    )
+    pending = await session.scalar(
+        select(func.count()).where(
+            NotificationDelivery.destination_id == destination_id,
+            NotificationDelivery.status == DeliveryStatus.PENDING.value,
+        )
+    )
+    if pending and not force:
+        raise Conflict(
+            f"notification destination {view.row.name!r} has {pending} "
+            f"{'delivery' if pending == 1 else 'deliveries'} waiting to be sent, which "
+            "removing it would drop: disable it to keep them (enabled=false), or remove it "
+            "with force=true"
+        )
     await session.delete(view.row)
     await session.flush()
 

@@ -42,12 +42,18 @@ async def subscribers(
     any_: bool = False,
 ) -> list[int]:
     """The enabled destinations subscribed to `kind`: global ones and the deployment's
-    (`any_`: of any deployment, for a first cheap check before the event is built)."""
+    (`any_`: of any deployment, for a first cheap check before the event is built, which
+    locks nothing)."""
     query = select(
         NotificationDestination.id,
         NotificationDestination.events,
         NotificationDestination.deployment_id,
     ).where(NotificationDestination.enabled.is_(True))
+    if not any_:
+        # FOR KEY SHARE on PostgreSQL: a destination being deleted meanwhile is either
+        # waited for and skipped, or kept until this transaction ends, so its delivery
+        # never breaks the foreign key, and with it the status change that caused it.
+        query = query.with_for_update(read=True, key_share=True)
     return [
         id_
         for id_, events, owner in await session.execute(query)

@@ -15,6 +15,7 @@ from tests.backend.platform import start_backend
 from tests.backend.receiver import Receiver, signature_ok
 from tests.conftest import wait_for
 from tests.iac_cli.conftest import Platform, assert_one_line_error, json_of, session_tool_env
+from tests.iac_cli.test_cli_e2e import on_terminal
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_add_list_test_deliveries_disable_remove(
     )
     assert_one_line_error(iac("notifications", "test", "ops"), 2, "is disabled", "(HTTP 409)")
     iac("notifications", "enable", "ops").ok()
-    assert iac("notifications", "remove", "chat").ok().stdout.startswith("removed")
+    assert iac("notifications", "remove", "chat", "--force").ok().stdout.startswith("removed")
     assert [r["name"] for r in json_of(iac("notifications", "list", "--json"))] == ["ops"]
     # Nothing the CLI printed holds the URL's path.
     assert not any("credential" in text for text in notify_platform.transcript)
@@ -117,8 +118,79 @@ def test_bad_input_is_one_line(
     result = notify_platform.iac("notifications", *args)
     if not fragments:
         result.ok()
-        notify_platform.iac("notifications", "remove", args[1]).ok()
+        notify_platform.iac("notifications", "remove", args[1], "--force").ok()
         return
     assert_one_line_error(result, 2, *fragments)
     listed = notify_platform.iac("notifications", "list", "--json").ok().stdout
     assert not {r["name"] for r in json.loads(listed or "[]")} & {"x", "y", "z", "w"}
+
+
+def test_a_credential_url_and_secret_come_from_stdin_or_the_environment(
+    notify_platform: Platform, receiver: Receiver
+) -> None:
+    """A Slack URL and a signing secret are credentials: never needed on the command line,
+    where `ps` and the shell's history would show them."""
+    iac = notify_platform.iac
+    url = receiver.url("/services/T0/B0/credential-from-stdin")
+    from_stdin = iac("notifications", "add", "piped", "--url", "-", input=url + "\n").ok()
+    assert from_stdin.stdout.startswith("added webhook destination piped")
+    own = "a-secret-that-was-piped-in"
+    iac("notifications", "add", "signed", "--url", url, "--secret", "-", input=own).ok()
+    env = notify_platform.env(IAC_DESTINATION_URL=url, IAC_DESTINATION_SECRET=own + "-env")
+    by_env = iac("notifications", "add", "by-env", "--json", env=env).ok()
+    assert json_of(by_env)["url_host"] == f"127.0.0.1:{receiver.port}"
+    assert json_of(by_env)["secret"] == own + "-env"
+    for name in ("signed", "by-env"):
+        iac("notifications", "test", name).ok()
+    path = "/services/T0/B0/credential-from-stdin"
+    sent = receiver.wait(lambda r: len([x for x in r if x.path == path]) >= 2)
+    secrets = {"signed": own, "by-env": own + "-env"}
+    for got in (r for r in sent if r.path == path):
+        assert signature_ok(secrets[got.json()["destination"]["name"]], got)
+    assert_one_line_error(
+        iac("notifications", "add", "both", "--url", "-", "--secret", "-", input="x"),
+        2,
+        "only one of --url and --secret can be read from stdin",
+    )
+    assert_one_line_error(
+        iac("notifications", "add", "empty", "--url", "-", input=""), 2, "stdin", "was empty"
+    )
+    assert "IAC_DESTINATION_URL" in iac("notifications", "add", "--help").ok().stdout
+    for name in ("piped", "signed", "by-env"):
+        iac("notifications", "remove", name, "--force").ok()
+    assert not any("credential-from-stdin" in text for text in notify_platform.transcript)
+
+
+def test_remove_is_confirmed_and_keeps_what_waits_without_force(
+    notify_platform: Platform,
+) -> None:
+    iac = notify_platform.iac
+    iac("notifications", "add", "gone", "--url", "http://127.0.0.1:9/nobody").ok()
+    assert_one_line_error(
+        iac("notifications", "remove", "gone"), 2, "stdin is not a terminal", "--force"
+    )
+    code, screen = on_terminal(
+        notify_platform, "notifications", "remove", "gone", answer="gnoe", expect="Type gone"
+    )
+    assert code == 1 and "confirmation did not match" in screen, screen
+    assert "iac notifications disable" in screen
+    # A delivery waiting (nobody listens on port 9): removing would drop it.
+    iac("notifications", "test", "gone").ok()
+    assert_one_line_error(
+        iac("notifications", "remove", "gone"),
+        2,
+        "has 1 deliveries waiting to be sent",
+        "iac notifications disable gone",
+    )
+    names = [r["name"] for r in json_of(iac("notifications", "list", "--json"))]
+    assert "gone" in names
+    code, screen = on_terminal(notify_platform, "notifications", "add", "typed", "--url",
+                               "http://127.0.0.1:9/x", answer=None, expect="added")  # fmt: skip
+    assert code == 0, screen
+    code, screen = on_terminal(
+        notify_platform, "notifications", "remove", "typed", answer="typed", expect="Type typed"
+    )
+    assert code == 0 and "removed notification destination typed" in screen, screen
+    iac("notifications", "remove", "gone", "--force").ok()
+    names = [r["name"] for r in json_of(iac("notifications", "list", "--json"))]
+    assert "gone" not in names and "typed" not in names

@@ -24,7 +24,10 @@ from backend.api.deps import (
     scope_of,
 )
 from backend.api.routing import CheckedRoute
-from backend.api.schemas_notifications import (
+from backend.errors import Conflict, Forbidden
+from backend.models import NotifyEvent
+from backend.notify import guard
+from backend.schemas.notifications import (
     AttemptOut,
     DeliveryOut,
     DestinationCreate,
@@ -33,9 +36,6 @@ from backend.api.schemas_notifications import (
     DestinationUpdate,
     SentTest,
 )
-from backend.errors import Conflict, Forbidden
-from backend.models import NotifyEvent
-from backend.notify import guard
 from backend.store import deployments, outbox
 from backend.store import notifications as store
 from backend.store.notifications import DestinationSpec, DestinationView
@@ -76,6 +76,14 @@ async def create_destination(
 ) -> DestinationCreated:
     """A destination for every deployment's events (unscoped admins) or one deployment's.
     Its URL must resolve to addresses notifications may reach (400 says why not)."""
+    # Resolved before the request reads the database: a slow name server holds no
+    # transaction open.
+    target = guard.parse_url(body.url)
+    policy = guard.Policy.of(settings.notify_allow, settings.notify_allow_private)
+    try:
+        await guard.resolve(target, policy, timeout=settings.notify_timeout)
+    except guard.Refused as exc:
+        raise HTTPException(400, f"destination URL refused: {exc}") from None
     scope = scope_of(token)
     deployment_id = None
     deployment_name = None
@@ -88,12 +96,6 @@ async def create_destination(
     else:
         found = await deployments.get_deployment(session, body.deployment, scope=scope)
         deployment_id, deployment_name = found.id, found.name
-    target = guard.parse_url(body.url)
-    policy = guard.Policy.of(settings.notify_allow, settings.notify_allow_private)
-    try:
-        await guard.resolve(target, policy)
-    except guard.Refused as exc:
-        raise HTTPException(400, f"destination URL refused: {exc}") from None
     spec = DestinationSpec(
         name=body.name,
         kind=body.kind,
@@ -136,9 +138,17 @@ async def update_destination(
 @router.delete(
     "/destinations/{destination_id}", status_code=status.HTTP_204_NO_CONTENT, **needs(Role.ADMIN)
 )
-async def delete_destination(destination_id: IdPath, session: SessionDep, token: TokenDep) -> None:
-    """Remove it with its deliveries and their attempts."""
-    await store.delete_destination(session, destination_id, scope_of(token))
+async def delete_destination(
+    destination_id: IdPath,
+    session: SessionDep,
+    token: TokenDep,
+    force: Annotated[
+        bool, Query(description="Remove it although deliveries still wait to be sent.")
+    ] = False,
+) -> None:
+    """Remove it with its deliveries and their attempts: refused (409) while deliveries
+    wait to be sent, unless force=true (disable it to keep them)."""
+    await store.delete_destination(session, destination_id, scope_of(token), force=force)
 
 
 @router.post(

@@ -138,6 +138,14 @@ async def test_the_secret_is_shown_once_and_the_url_never(
         ({"url": "http://169.254.169.254/latest"}, 400, "169.254.169.254 a link-local address"),
         ({"url": "http://[::1]:9/"}, 400, "::1 a loopback address"),
         ({"url": "http://10.1.1.1/"}, 400, "a private address"),
+        ({"url": "http://[64:ff9b::a9fe:a9fe]/"}, 400, "a link-local address"),
+        ({"url": "http://[fd00:ec2::254]/"}, 400, "a cloud metadata address"),
+        ({"url": "http://100.100.100.200/"}, 400, "a cloud metadata address"),
+        (
+            {"url": f"http://{'a' * 60}.{'b' * 60}.{'c' * 60}.{'d' * 60}.{'e' * 60}/"},
+            422,
+            "host is 304 characters",
+        ),
         ({"deployment": "nope"}, 404, "deployment 'nope' does not exist"),
     ],
 )
@@ -247,6 +255,26 @@ async def test_a_test_is_delivered_signed_and_listed_with_its_attempt(
     async with db.session() as s:
         assert await s.scalar(select(func.count()).select_from(NotificationDelivery)) == 0
         assert await s.scalar(select(func.count()).select_from(DeliveryAttempt)) == 0
+
+
+async def test_removing_a_destination_with_deliveries_waiting_needs_force(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Its waiting deliveries would never be sent: refused, with the way to keep them,
+    until force=true says so."""
+    created = await add(client, "down", "http://127.0.0.1:9/nobody-listens")
+    assert (await client.post(f"{API}/{created['id']}/test")).status_code == 202
+    refused = await client.delete(f"{API}/{created['id']}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"] == (
+        "notification destination 'down' has 1 delivery waiting to be sent, which removing "
+        "it would drop: disable it to keep them (enabled=false), or remove it with force=true"
+    )
+    assert (await client.get(f"{API}/{created['id']}")).json()["deliveries"]["pending"] == 1
+    forced = await client.delete(f"{API}/{created['id']}", params={"force": "true"})
+    assert forced.status_code == 204, forced.text
+    async with db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(NotificationDelivery)) == 0
 
 
 async def test_the_events_of_runs_reach_the_destinations_that_want_them(

@@ -36,7 +36,21 @@ NOBODY = guard.Policy()
         ("fe80::1", "a link-local address"),
         ("0.0.0.0", "an unspecified address"),
         ("::", "an unspecified address"),
-        ("224.0.0.1", "a multicast address"),
+        ("224.0.0.1", "a multicast or broadcast address"),
+        ("255.255.255.255", "a multicast or broadcast address"),
+        ("fd00:ec2::254", "a cloud metadata address"),
+        ("100.100.100.200", "a cloud metadata address"),
+        ("168.63.129.16", "a cloud metadata address"),
+        ("fec0::1", "a private address"),
+        # IPv4 addresses carried in IPv6 ones: the IPv4 host is what they reach.
+        ("64:ff9b::7f00:1", "a loopback address"),
+        ("64:ff9b::a9fe:a9fe", "a link-local address"),
+        ("64:ff9b:1::a00:1", "a private address"),
+        ("::127.0.0.1", "a loopback address"),
+        ("2002:7f00:1::1", "a loopback address"),
+        ("2002:a9fe:a9fe::1", "a link-local address"),
+        ("2002:a00:1::1", "a private address"),
+        ("64:ff9b::808:808", None),
         ("10.1.2.3", "a private address"),
         ("172.16.0.1", "a private address"),
         ("192.168.1.1", "a private address"),
@@ -72,6 +86,33 @@ def test_the_allowlist_and_allow_private() -> None:
     # Never the backend's own host or its cloud's metadata without the allowlist.
     assert private.refusal("x", ip("127.0.0.1")) == "a loopback address"
     assert (private.refusal("x", ip("169.254.169.254")) or "").startswith("a link-local")
+    assert private.refusal("x", ip("2002:a00:1::1")) is None  # 6to4 of 10.0.0.1
+    assert policy.refusal("x", ip("64:ff9b::7f00:1")) is None  # NAT64 of 127.0.0.1
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",
+        "169.254.170.2",
+        "fe80::1",
+        "fd00:ec2::254",
+        "100.100.100.200",
+        "168.63.129.16",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",
+        "2002:a9fe:a9fe::1",
+        "0.0.0.0",
+        "::",
+        "224.0.0.1",
+    ],
+)
+def test_metadata_and_unspecified_addresses_are_never_allowed(address: str) -> None:
+    """No allowlist opens them: not every address, not the host's own name, not
+    IAC_NOTIFY_ALLOW_PRIVATE (a name rebound to one of them reaches nothing)."""
+    everything = guard.Policy.of("0.0.0.0/0, ::/0, hooks.internal", allow_private=True)
+    assert everything.refusal("hooks.internal", ipaddress.ip_address(address)) is not None
+    assert everything.refusal("x", ipaddress.ip_address("10.1.2.3")) is None
     with pytest.raises(ValueError, match="'http://x' is neither"):
         guard.Policy.of("http://x")
 
