@@ -5,15 +5,16 @@ port, keeping every request it gets and answering each with the next status of i
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,31 @@ class Received:
         return int(self.headers["x-iac-delivery"])
 
 
+def documented_code(path: Path, heading: str) -> str:
+    """The first Python block under `heading` in `path`."""
+    text = path.read_text()
+    section = text[text.index(heading) :]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _documented_verifier() -> Callable[..., bool]:
+    """The `verified` function the README gives receivers, run as it is written there."""
+    namespace: dict[str, Any] = {}
+    code = documented_code(ROOT / "README.md", "## Notifications")
+    exec(compile(code, "README.md (Notifications)", "exec"), namespace)
+    return cast(Callable[..., bool], namespace["verified"])
+
+
+VERIFIED = _documented_verifier()
+
+
 def signature_ok(secret: str, received: Received) -> bool:
-    """The check docs/notifications.md tells receivers to make."""
-    timestamp = received.headers["x-iac-timestamp"]
-    expected = hmac.new(
-        secret.encode(), timestamp.encode() + b"." + received.body, hashlib.sha256
-    ).hexdigest()
-    return hmac.compare_digest("sha256=" + expected, received.headers.get("x-iac-signature", ""))
+    """The check the README (and docs/notifications.md) tell receivers to make."""
+    headers = {
+        "X-Iac-Timestamp": received.headers["x-iac-timestamp"],
+        "X-Iac-Signature": received.headers.get("x-iac-signature", ""),
+    }
+    return bool(VERIFIED(secret, headers, received.body))
 
 
 class Server(ThreadingHTTPServer):

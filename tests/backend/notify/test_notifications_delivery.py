@@ -285,3 +285,27 @@ def test_a_slack_message_reads_as_a_sentence() -> None:
         {**payload, "event": "run.awaiting_approval"}, 1, "https://iac.example.com"
     )
     assert awaiting["text"].startswith(":hourglass_flowing_sand: web: apply run 7 awaits approval")
+
+
+def test_the_documented_signature_check_refuses_forgeries_and_replays() -> None:
+    """The README's `verified`, as written there (docs/notifications.md gives the same)."""
+    import hashlib
+    import hmac
+    import time
+
+    from tests.backend.receiver import ROOT, VERIFIED, documented_code
+
+    assert documented_code(ROOT / "docs/notifications.md", "Verify a request") == (
+        documented_code(ROOT / "README.md", "## Notifications")
+    )
+    body = b'{"event":"test"}'
+
+    def signed(secret: str, at: int) -> dict[str, str]:
+        mac = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+        return {"X-Iac-Timestamp": str(at), "X-Iac-Signature": f"sha256={mac}"}
+
+    now = int(time.time())
+    assert VERIFIED("s" * 32, signed("s" * 32, now), body)
+    assert not VERIFIED("s" * 32, signed("t" * 32, now), body)  # another key
+    assert not VERIFIED("s" * 32, signed("s" * 32, now), body + b" ")  # another body
+    assert not VERIFIED("s" * 32, signed("s" * 32, now - 3600), body)  # an old request
