@@ -9,7 +9,7 @@ import click
 
 from iac_cli.context import State, json_option, pass_state
 from iac_cli.output import show_time
-from iac_cli.runs import follow_and_report
+from iac_cli.start import follow_and_report
 
 EXIT_DRIFTED = 2  # as terraform's -detailed-exitcode says "changes"
 STYLES = {"drifted": "red", "check_failed": "yellow", "in_sync": "green"}

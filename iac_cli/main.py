@@ -23,8 +23,9 @@ from iac_cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from iac_cli.notifications import notifications
 from iac_cli.review import outputs, state_group
 from iac_cli.runners import runners
-from iac_cli.runs import INTERRUPTED, apply, destroy, logs, plan, runs
+from iac_cli.runs import logs, runs
 from iac_cli.schedules import schedules
+from iac_cli.start import INTERRUPTED, apply, destroy, plan
 from iac_cli.tokens import me, tokens
 from iac_cli.variables import variables
 
