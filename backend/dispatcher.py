@@ -13,7 +13,8 @@ the claim is made, in one transaction, `backend.store.queue.claim`):
    dispatch for it.
 4. Across deployments, when a slot frees, the highest priority goes first, then the
    oldest. Priority never reorders the runs of one deployment.
-5. A run no runner can take waits with a reason (`wait_reason`).
+5. A run no runner can take waits with a reason (`wait_reason`), and keeps no other run
+   waiting: a pass reads a bounded part of the queue (see PASS_ROWS), never all of it.
 6. A runner never gets more than its `max_concurrent` from this backend's view: its own
    runs there plus the others it reported; a runner that refused a run as full gets
    nothing more until its load changes.
@@ -28,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from backend import metrics
 from backend.db import Database
 from backend.errors import Invalid
@@ -40,10 +43,13 @@ from backend.tool_versions import Constraint, parse_constraint, required_version
 
 log = logging.getLogger("iac.backend.dispatcher")
 
-# A dispatch pass looks at the first PASS_ROWS waiting runs (highest priority first) while
-# some runner has a free slot, else only at runs with no wait reason yet; at the first
-# FULL_PASS_ROWS again at least every REASONS_INTERVAL seconds (so every reason's kind
-# follows the pool, and a run stuck behind PASS_ROWS unplaceable ones still gets placed).
+# A dispatch pass reads a part of the queue bounded whatever its length: the first
+# PASS_ROWS runs never looked at (a new run that can start starts at once, however many
+# that cannot wait before it); the first PASS_ROWS in queue order while some runner has a
+# free slot (the highest priority takes it); and, at least every REASONS_INTERVAL seconds,
+# the FULL_PASS_ROWS after where the previous such pass stopped, from the start again
+# after the end: every waiting run is looked at again (its reason follows the pool, a run
+# that became placeable deep in the queue is placed) within queue / FULL_PASS_ROWS of them.
 PASS_ROWS = 64
 FULL_PASS_ROWS = 500
 REASONS_INTERVAL = 2.0
@@ -81,6 +87,7 @@ class Dispatcher:
         self._row_locks = db.engine.dialect.name == "postgresql"
         self._required: dict[int, str | None] = {}  # config version id -> required_version
         self._last_full_pass = 0.0
+        self._resume: tuple[int, int] | None = None  # where the next full pass reads from
 
     async def run(self) -> None:
         """Dispatch passes until cancelled: on a wake-up, a pool change, or every interval."""
@@ -107,11 +114,7 @@ class Dispatcher:
             v.status == RunnerStatus.HEALTHY.value and v.free > 0 for v in self.pool.views.values()
         )
         async with self.db.session() as session:
-            rows = await queue.candidates(
-                session,
-                limit=FULL_PASS_ROWS if full else PASS_ROWS,
-                new_only=not full and not free,
-            )
+            rows = await self._read(session, full, free)
             if not rows:
                 if full:
                     self._last_full_pass = now
@@ -171,6 +174,18 @@ class Dispatcher:
             metrics.QUEUE_DEPTH.labels(labels or "none").set(n)
         await self._record_waits(rows, waits)
         return placed
+
+    async def _read(self, session: AsyncSession, full: bool, free: bool) -> list[Candidate]:
+        """The runs this pass looks at, in queue order (see PASS_ROWS)."""
+        found = {r.id: r for r in await queue.candidates(session, limit=PASS_ROWS, new_only=True)}
+        if free or full:
+            found.update((r.id, r) for r in await queue.candidates(session, limit=PASS_ROWS))
+        if full:
+            window = await queue.candidates(session, limit=FULL_PASS_ROWS, after=self._resume)
+            found.update((r.id, r) for r in window)
+            end = len(window) == FULL_PASS_ROWS
+            self._resume = (window[-1].priority, window[-1].id) if end else None
+        return sorted(found.values(), key=lambda r: (-r.priority, r.id))
 
     @staticmethod
     def _blocked(row: Candidate, held: dict[int, tuple[int, str]]) -> str:

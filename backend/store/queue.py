@@ -41,6 +41,7 @@ class Candidate:
     """A run waiting for a runner, with what placing it needs."""
 
     id: int
+    priority: int
     status: str
     operation: str
     config_version_id: int
@@ -57,9 +58,16 @@ class Candidate:
         return Phase.PLAN if self.status == RunStatus.QUEUED.value else Phase.APPLY
 
 
-async def candidates(session: AsyncSession, *, limit: int, new_only: bool) -> list[Candidate]:
-    """Up to `limit` waiting runs, highest priority first, then oldest (by id, the order
-    they were queued in); with `new_only`, only those without a wait reason yet."""
+async def candidates(
+    session: AsyncSession,
+    *,
+    limit: int,
+    new_only: bool = False,
+    after: tuple[int, int] | None = None,
+) -> list[Candidate]:
+    """Up to `limit` waiting runs in queue order: highest priority first, then oldest (by
+    id, the order they were queued in). With `new_only`, only those without a wait reason
+    yet; with `after` (a run's (priority, id)), only those behind that run."""
     head = (
         select(func.min(_OLDER.id))
         .where(_OLDER.deployment_id == R.deployment_id, _OLDER.status == RunStatus.QUEUED.value)
@@ -68,6 +76,7 @@ async def candidates(session: AsyncSession, *, limit: int, new_only: bool) -> li
     query = (
         select(
             R.id,
+            R.priority,
             R.status,
             R.operation,
             R.config_version_id,
@@ -86,14 +95,17 @@ async def candidates(session: AsyncSession, *, limit: int, new_only: bool) -> li
     )
     if new_only:
         query = query.where(R.wait_reason == "")
+    if after is not None:
+        priority, run_id = after
+        query = query.where((R.priority < priority) | ((R.priority == priority) & (R.id > run_id)))
     rows = (await session.execute(query)).all()
     return [
         Candidate(
-            *row[:7],
+            *row[:8],
             required_labels=row.required_labels or {},
             tool=row.tool,
             version_constraint=row.version_constraint,
-            head=row[10] if row.status == RunStatus.QUEUED.value else None,
+            head=row[11] if row.status == RunStatus.QUEUED.value else None,
         )
         for row in rows
     ]

@@ -4,14 +4,16 @@ database."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, insert, select
 
 from backend.db import Database
-from backend.dispatcher import Dispatcher
+from backend.dispatcher import FULL_PASS_ROWS, PASS_ROWS, Dispatcher
 from backend.models import RunStatus
 from backend.pool import RunnerPool, RunnerView
 from backend.steps import RUNNER_FEATURES
@@ -199,3 +201,62 @@ async def test_a_runner_too_old_for_the_plan_review_gets_no_run(
         "runs a recent enough iac-runner-server "
         "(old: without stdout_file, typed_outcome, verify_sha256)" in run.wait_reason
     )
+
+
+async def copies(db: Database, run_id: int, n: int) -> None:
+    """`n` more queued runs like `run_id` (its deployment and configuration), at once."""
+    async with db.session() as s:
+        row = (await s.execute(select(queue.RUNS).where(queue.R.id == run_id))).mappings().one()
+        await s.execute(insert(queue.RUNS), [{k: v for k, v in row.items() if k != "id"}] * n)
+
+
+async def full_passes_until(
+    harness: Harness, done: Callable[[], Awaitable[bool]], most: int
+) -> None:
+    for _ in range(most):
+        harness.dispatcher._last_full_pass = 0.0  # a full pass, whatever the clock says
+        await harness.dispatcher.dispatch_once()
+        if await done():
+            return
+    raise AssertionError(f"not done after {most} full passes")
+
+
+async def test_a_run_that_can_start_is_not_kept_waiting_by_a_deep_queue(
+    client: httpx.AsyncClient, harness: Harness, db: Database
+) -> None:
+    """More runs than a pass reads wait for a pool that is not there (in one deployment
+    and in another): the full passes look at each of them in turn; a new run for a runner
+    that is there starts on the next pass; a run that could not start before but can now
+    starts within the passes that read the whole queue once."""
+    deep = FULL_PASS_ROWS + PASS_ROWS + 1
+    for name in ("aws-a", "aws-b"):
+        await deploy(client, name, required_labels={"provider": "aws"})
+        await copies(db, await queued(client, name), deep // 2)
+    await deploy(client, "gcp", required_labels={"provider": "gcp"})
+    late = await queued(client, "gcp")  # behind the deep queue
+    rounds = deep // FULL_PASS_ROWS + 1
+
+    async def all_say_why() -> bool:
+        async with db.session() as s:
+            silent = select(func.count()).where(
+                queue.R.status == "queued", queue.R.wait_reason == ""
+            )
+            return await s.scalar(silent) == 0
+
+    await full_passes_until(harness, all_say_why, rounds)
+    assert (
+        "no registered runner has the labels provider=gcp" in (await harness.run(late)).wait_reason
+    )
+
+    runner(harness.pool, "any", 4)
+    await deploy(client, "plain")
+    probe = await queued(client, "plain")
+    assert await harness.dispatcher.dispatch_once() == 1
+    assert [c.run_id for c in harness.claims] == [probe]
+
+    runner(harness.pool, "gcp", 4, provider="gcp")
+
+    async def started() -> bool:
+        return any(c.run_id == late for c in harness.claims)
+
+    await full_passes_until(harness, started, rounds + 1)
