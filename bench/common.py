@@ -55,6 +55,8 @@ class Sizes:
     runs: int = 500  # figure 6: queued runs
     scaling_runners: tuple[int, ...] = (1, 2, 4)  # figure 7
     scaling_runs: tuple[int, ...] = (100, 500, 2000)  # figure 7 (the whole grid: --large)
+    queue_depths: tuple[int, int] = (100, 10_000)  # figure 9: baseline and project
+    queue_samples: int = 15  # figure 9: plans behind each queue
 
 
 SCALES: dict[str, Sizes] = {
@@ -70,6 +72,8 @@ SCALES: dict[str, Sizes] = {
         runs=2,
         scaling_runners=(1,),
         scaling_runs=(2,),
+        queue_depths=(20, 100),
+        queue_samples=2,
     ),
     "default": Sizes(),
 }

@@ -23,7 +23,17 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from bench import concurrency, dispatch, first_line, latency, memory, overhead, relay, scaling
+from bench import (
+    concurrency,
+    dispatch,
+    first_line,
+    latency,
+    memory,
+    overhead,
+    queue_depth,
+    relay,
+    scaling,
+)
 from bench.common import ROOT, SCALES, Context, Row, Sizes, clean_env, log, table_lines
 
 # name -> (figure, module); run in this order (scaling reuses dispatch's point).
@@ -36,6 +46,7 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "dispatch": ("6", dispatch),
     "scaling": ("7", scaling),
     "first_line": ("8", first_line),
+    "queue_depth": ("9", queue_depth),
 }
 DEFAULT_JSON = ROOT / "bench" / "results.json"
 

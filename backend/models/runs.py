@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -78,6 +79,23 @@ class Run(Base):
     plan_state_version: Mapped[int | None]
     # The schedule that queued the run (not a foreign key: the run outlives its schedule).
     schedule_id: Mapped[int | None] = mapped_column(index=True)
+
+
+# The queue in the order the dispatcher reads it (highest priority, then oldest), holding
+# only the runs that wait (so its size is the queue's, whatever the history): a pass reads
+# its first rows, or those after a given run, without sorting the queue. The second holds
+# the waiting runs nobody looked at yet. The queries spell these conditions with literal
+# values (`backend.store.queue`), or neither database could tell they match.
+WAITING_SQL = "status IN ('queued', 'applying') AND claimed_by IS NULL"
+NEW_SQL = WAITING_SQL + " AND wait_reason = ''"
+for _name, _where in (("ix_runs_waiting", WAITING_SQL), ("ix_runs_new", NEW_SQL)):
+    Index(
+        _name,
+        Run.priority.desc(),
+        Run.id,
+        sqlite_where=text(_where),
+        postgresql_where=text(_where),
+    )
 
 
 class RunEvent(Base):

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -58,20 +69,17 @@ class Candidate:
         return Phase.PLAN if self.status == RunStatus.QUEUED.value else Phase.APPLY
 
 
-async def candidates(
-    session: AsyncSession,
-    *,
-    limit: int,
-    new_only: bool = False,
-    after: tuple[int, int] | None = None,
-) -> list[Candidate]:
-    """Up to `limit` waiting runs in queue order: highest priority first, then oldest (by
-    id, the order they were queued in). With `new_only`, only those without a wait reason
-    yet; with `after` (a run's (priority, id)), only those behind that run."""
+def _in_queue_order(*, limit: int, new_only: bool) -> Select[Any]:
+    """Up to `limit` waiting runs in queue order, with what placing each needs. Its
+    conditions use literal values, as the partial indexes in queue order are written
+    (`backend.models.runs`): with bound parameters neither database could use them."""
     head = (
         select(func.min(_OLDER.id))
         .where(_OLDER.deployment_id == R.deployment_id, _OLDER.status == RunStatus.QUEUED.value)
         .scalar_subquery()
+    )
+    statuses: BindParameter[list[str]] = bindparam(
+        "statuses", list(WAITING), expanding=True, literal_execute=True
     )
     query = (
         select(
@@ -89,19 +97,56 @@ async def candidates(
             head,
         )
         .join(DEPLOYMENTS, D.id == R.deployment_id)
-        .where(R.claimed_by.is_(None), R.status.in_(WAITING), D.deleted_at.is_(None))
+        .where(R.status.in_(statuses), R.claimed_by.is_(None), D.deleted_at.is_(None))
         .order_by(R.priority.desc(), R.id)
         .limit(limit)
     )
     if new_only:
-        query = query.where(R.wait_reason == "")
-    if after is not None:
-        priority, run_id = after
-        query = query.where((R.priority < priority) | ((R.priority == priority) & (R.id > run_id)))
-    rows = (await session.execute(query)).all()
+        query = query.where(R.wait_reason == literal("", literal_execute=True))
+    return query
+
+
+def waiting(
+    *, limit: int, new_only: bool = False, after: tuple[int, int] | None = None
+) -> list[Select[Any]]:
+    """The queries of `candidates`, in the order they are run (the benchmarks show their
+    plans). Those after a run are two, each a seek in the index: behind it at its priority,
+    then at lower priorities."""
+    if after is None:
+        return [_in_queue_order(limit=limit, new_only=new_only)]
+    priority, run_id = after
+    query = _in_queue_order(limit=limit, new_only=new_only)
+    return [
+        query.where(R.priority == priority, R.id > run_id),
+        query.where(R.priority < priority),
+    ]
+
+
+async def candidates(
+    session: AsyncSession,
+    *,
+    limit: int,
+    new_only: bool = False,
+    after: tuple[int, int] | None = None,
+) -> list[Candidate]:
+    """Up to `limit` waiting runs in queue order: highest priority first, then oldest (by
+    id, the order they were queued in). With `new_only`, only those without a wait reason
+    yet; with `after` (a run's (priority, id)), only those behind that run."""
+    rows: list[Any] = []
+    for query in waiting(limit=limit, new_only=new_only, after=after):
+        rows += (await session.execute(query.limit(limit - len(rows)))).all()
+        if len(rows) >= limit:
+            break
     return [
         Candidate(
-            *row[:8],
+            id=row.id,
+            priority=row.priority,
+            status=row.status,
+            operation=row.operation,
+            config_version_id=row.config_version_id,
+            tool_version=row.tool_version,
+            wait_reason=row.wait_reason,
+            deployment_id=row.deployment_id,
             required_labels=row.required_labels or {},
             tool=row.tool,
             version_constraint=row.version_constraint,
@@ -125,11 +170,16 @@ async def config_archives(session: AsyncSession, ids: set[int]) -> list[tuple[in
 
 
 async def record_waits(session: AsyncSession, reasons: dict[int, str]) -> None:
-    """Why each run still waits (for runs nobody claimed meanwhile)."""
-    for run_id, reason in reasons.items():
-        await session.execute(
-            update(RUNS).where(R.id == run_id, R.claimed_by.is_(None)).values(wait_reason=reason)
-        )
+    """Why each run still waits (for runs nobody claimed meanwhile), in one statement."""
+    if not reasons:
+        return
+    await session.execute(
+        update(RUNS)
+        .where(R.id == bindparam("run_id"), R.claimed_by.is_(None))
+        .values(wait_reason=bindparam("reason"))
+        .execution_options(synchronize_session=False),
+        [{"run_id": i, "reason": r} for i, r in reasons.items()],
+    )
 
 
 @dataclass(frozen=True)
