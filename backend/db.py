@@ -220,9 +220,6 @@ def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# Rows per index SQLite's ANALYZE samples (`Database.refresh_statistics`).
-SQLITE_ANALYSIS_ROWS = 1000
-
 # SQLite's WAL is copied into the database file (two fsyncs) this often by a thread of its
 # own, instead of by whichever commit crosses 1000 pages, on the event loop (InlineConnection).
 WAL_CHECKPOINT_INTERVAL_S = 1.0
@@ -276,19 +273,6 @@ class Database:
             except BaseException:
                 await session.rollback()
                 raise
-
-    async def refresh_statistics(self) -> None:
-        """SQLite only: what its query planner knows of the runs table, from a sample (the
-        cost stays flat as the table grows). Without it SQLite sorts the whole queue at
-        every dispatch pass instead of reading it in order from the partial indexes of
-        `backend.models.runs`. Run on the engine's own connection: another connection's
-        ANALYZE would not reach this one's planner. (PostgreSQL: autovacuum does it.)"""
-        if not self._sqlite_file:
-            return
-        async with self.engine.connect() as conn:
-            await conn.exec_driver_sql(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_ROWS}")
-            await conn.exec_driver_sql("ANALYZE runs")
-            await conn.commit()
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""

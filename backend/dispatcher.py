@@ -119,7 +119,7 @@ class Dispatcher:
                 if full:
                     self._last_full_pass = now
                 return 0
-            held = await queue.holders(session)
+            held = await queue.holders(session, {r.deployment_id for r in rows})
             missing = {
                 r.config_version_id
                 for r in rows

@@ -7,8 +7,6 @@
 - Heartbeats: every `heartbeat_interval`, the runs this backend executes are marked alive.
 - Cancels: a cancel asked through any backend is recorded on the run; the backend that
   executes it sends it to the runner.
-- And, being the backend's periodic chore, the database's statistics (SQLite; see
-  `Database.refresh_statistics`): at start and every STATISTICS_INTERVAL seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from backend.store.executions import Orphan
 
 log = logging.getLogger("iac.backend.recovery")
 TICK = 0.5
-STATISTICS_INTERVAL = 300.0
 
 
 class Recovery:
@@ -82,15 +79,12 @@ class Recovery:
 
     async def run(self) -> None:
         """The maintenance loop, until cancelled."""
-        last_heartbeat = last_adopt = last_statistics = 0.0
+        last_heartbeat = last_adopt = 0.0
         while True:
             await asyncio.sleep(TICK)
             try:
                 now = time.monotonic()
                 await self.deliver_cancels()
-                if not last_statistics or now - last_statistics >= STATISTICS_INTERVAL:
-                    last_statistics = now
-                    await self.db.refresh_statistics()
                 if now - last_heartbeat >= self.heartbeat_interval:
                     last_heartbeat = now
                     await self.heartbeat()

@@ -56,7 +56,7 @@ class Sizes:
     scaling_runners: tuple[int, ...] = (1, 2, 4)  # figure 7
     scaling_runs: tuple[int, ...] = (100, 500, 2000)  # figure 7 (the whole grid: --large)
     queue_depths: tuple[int, int] = (100, 10_000)  # figure 9: baseline and project
-    queue_samples: int = 15  # figure 9: plans behind each queue
+    queue_samples: int = 20  # figure 9: plans behind each queue
 
 
 SCALES: dict[str, Sizes] = {

@@ -13,7 +13,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,7 +23,6 @@ from backend.models.vocab import ApprovePolicy, RunStatus
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        Index("ix_runs_queue", "status", "priority", "created_at"),
         Index("ix_runs_deployment_status", "deployment_id", "status"),
         Index("ix_runs_runner_run_id", "runner_run_id"),
         NEVER_REUSED,
@@ -81,21 +79,11 @@ class Run(Base):
     schedule_id: Mapped[int | None] = mapped_column(index=True)
 
 
-# The queue in the order the dispatcher reads it (highest priority, then oldest), holding
-# only the runs that wait (so its size is the queue's, whatever the history): a pass reads
-# its first rows, or those after a given run, without sorting the queue. The second holds
-# the waiting runs nobody looked at yet. The queries spell these conditions with literal
-# values (`backend.store.queue`), or neither database could tell they match.
-WAITING_SQL = "status IN ('queued', 'applying') AND claimed_by IS NULL"
-NEW_SQL = WAITING_SQL + " AND wait_reason = ''"
-for _name, _where in (("ix_runs_waiting", WAITING_SQL), ("ix_runs_new", NEW_SQL)):
-    Index(
-        _name,
-        Run.priority.desc(),
-        Run.id,
-        sqlite_where=text(_where),
-        postgresql_where=text(_where),
-    )
+# The queue in the order the dispatcher reads it (highest priority, then oldest) for each
+# status: a pass reads its first rows, or those after a given run, with no sort of the
+# queue (`backend.store.queue`); the second, the runs of a status nobody looked at yet.
+Index("ix_runs_queue", Run.status, Run.priority.desc(), Run.id)
+Index("ix_runs_new", Run.status, Run.wait_reason, Run.priority.desc(), Run.id)
 
 
 class RunEvent(Base):

@@ -16,14 +16,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    BindParameter,
     Select,
     Table,
     bindparam,
     delete,
     func,
     insert,
-    literal,
     select,
     update,
 )
@@ -69,17 +67,13 @@ class Candidate:
         return Phase.PLAN if self.status == RunStatus.QUEUED.value else Phase.APPLY
 
 
-def _in_queue_order(*, limit: int, new_only: bool) -> Select[Any]:
-    """Up to `limit` waiting runs in queue order, with what placing each needs. Its
-    conditions use literal values, as the partial indexes in queue order are written
-    (`backend.models.runs`): with bound parameters neither database could use them."""
+def _in_queue_order(status: str, *, new_only: bool) -> Select[Any]:
+    """The waiting runs in `status` in queue order, with what placing each needs: read in
+    the order of the index ix_runs_queue (ix_runs_new with `new_only`), never sorted."""
     head = (
         select(func.min(_OLDER.id))
         .where(_OLDER.deployment_id == R.deployment_id, _OLDER.status == RunStatus.QUEUED.value)
         .scalar_subquery()
-    )
-    statuses: BindParameter[list[str]] = bindparam(
-        "statuses", list(WAITING), expanding=True, literal_execute=True
     )
     query = (
         select(
@@ -97,25 +91,21 @@ def _in_queue_order(*, limit: int, new_only: bool) -> Select[Any]:
             head,
         )
         .join(DEPLOYMENTS, D.id == R.deployment_id)
-        .where(R.status.in_(statuses), R.claimed_by.is_(None), D.deleted_at.is_(None))
+        .where(R.status == status, R.claimed_by.is_(None), D.deleted_at.is_(None))
         .order_by(R.priority.desc(), R.id)
-        .limit(limit)
     )
-    if new_only:
-        query = query.where(R.wait_reason == literal("", literal_execute=True))
-    return query
+    return query.where(R.wait_reason == "") if new_only else query
 
 
 def waiting(
-    *, limit: int, new_only: bool = False, after: tuple[int, int] | None = None
+    status: str, *, limit: int, new_only: bool = False, after: tuple[int, int] | None = None
 ) -> list[Select[Any]]:
-    """The queries of `candidates`, in the order they are run (the benchmarks show their
-    plans). Those after a run are two, each a seek in the index: behind it at its priority,
-    then at lower priorities."""
+    """The queries `candidates` reads the runs in `status` with, in turn. Those after a
+    run (`after`) are two seeks: behind it at its priority, then at lower priorities."""
+    query = _in_queue_order(status, new_only=new_only).limit(limit)
     if after is None:
-        return [_in_queue_order(limit=limit, new_only=new_only)]
+        return [query]
     priority, run_id = after
-    query = _in_queue_order(limit=limit, new_only=new_only)
     return [
         query.where(R.priority == priority, R.id > run_id),
         query.where(R.priority < priority),
@@ -133,10 +123,14 @@ async def candidates(
     id, the order they were queued in). With `new_only`, only those without a wait reason
     yet; with `after` (a run's (priority, id)), only those behind that run."""
     rows: list[Any] = []
-    for query in waiting(limit=limit, new_only=new_only, after=after):
-        rows += (await session.execute(query.limit(limit - len(rows)))).all()
-        if len(rows) >= limit:
-            break
+    for status in WAITING:
+        found: list[Any] = []
+        for query in waiting(status, limit=limit, new_only=new_only, after=after):
+            found += (await session.execute(query.limit(limit - len(found)))).all()
+            if len(found) >= limit:
+                break
+        rows += found
+    rows = sorted(rows, key=lambda row: (-row.priority, row.id))[:limit]
     return [
         Candidate(
             id=row.id,
@@ -156,10 +150,13 @@ async def candidates(
     ]
 
 
-async def holders(session: AsyncSession) -> dict[int, tuple[int, str]]:
-    """The run holding each held deployment: deployment id -> (run id, its status)."""
+async def holders(session: AsyncSession, deployments: set[int]) -> dict[int, tuple[int, str]]:
+    """The run holding each of `deployments` that is held: deployment id -> (run id, its
+    status)."""
     rows = await session.execute(
-        select(R.deployment_id, R.id, R.status).where(R.status.in_(HOLDING))
+        select(R.deployment_id, R.id, R.status).where(
+            R.deployment_id.in_(deployments), R.status.in_(HOLDING)
+        )
     )
     return {row.deployment_id: (row.id, row.status) for row in rows}
 

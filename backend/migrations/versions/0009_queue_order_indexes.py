@@ -1,6 +1,8 @@
-"""The queue in dispatch order: partial indexes ``ix_runs_waiting`` and ``ix_runs_new`` on
-``runs (priority DESC, id)`` holding only the runs that wait, so a dispatch pass reads the
-first rows of the queue (or those after a run) without sorting it.
+"""The queue in dispatch order: ``ix_runs_queue`` becomes ``runs (status, priority DESC,
+id)`` (it was ``(status, priority, created_at)``, an order no query reads in), and
+``ix_runs_new`` is ``runs (status, wait_reason, priority DESC, id)``: a dispatch pass reads
+the first runs of a status in queue order, or those after a run, or those with no wait
+reason yet, without sorting the queue.
 
 Revision ID: 0009
 Revises: 0008
@@ -16,22 +18,16 @@ down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As in backend.models.runs (a migration does not import the models it outlives).
-WAITING_SQL = "status IN ('queued', 'applying') AND claimed_by IS NULL"
-INDEXES = {"ix_runs_waiting": WAITING_SQL, "ix_runs_new": WAITING_SQL + " AND wait_reason = ''"}
-
 
 def upgrade() -> None:
-    for name, where in INDEXES.items():
-        op.create_index(
-            name,
-            "runs",
-            [sa.text("priority DESC"), "id"],
-            sqlite_where=sa.text(where),
-            postgresql_where=sa.text(where),
-        )
+    op.drop_index("ix_runs_queue", table_name="runs")
+    op.create_index("ix_runs_queue", "runs", ["status", sa.text("priority DESC"), "id"])
+    op.create_index(
+        "ix_runs_new", "runs", ["status", "wait_reason", sa.text("priority DESC"), "id"]
+    )
 
 
 def downgrade() -> None:
-    for name in INDEXES:
-        op.drop_index(name, table_name="runs")
+    op.drop_index("ix_runs_new", table_name="runs")
+    op.drop_index("ix_runs_queue", table_name="runs")
+    op.create_index("ix_runs_queue", "runs", ["status", "priority", "created_at"])
