@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = {"1", "2a", "2b", "2c", "3a", "3b", "4", "5", "6", "7", "8"}
+FIGURES = {"1", "2a", "2b", "2c", "3a", "3b", "4", "5", "6", "7", "8", "9"}
 
 
 def postgres_reachable() -> bool:
@@ -33,7 +33,7 @@ def test_bench_small_run_produces_every_figure(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "--scale", "small", "--json", str(out)]
     if not postgres_reachable():
         argv.append("--no-postgres")
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
 
     results = json.loads(out.read_text())
@@ -45,7 +45,10 @@ def test_bench_small_run_produces_every_figure(tmp_path: Path) -> None:
         assert row["project"] > 0, row
         assert row["baseline"] is None or row["baseline"] > 0, row
         assert row["target"] == "-" or row["result"] in ("PASS", "MISS"), row
-    assert any(r["name"].endswith("PG x2") for r in rows) == postgres_reachable()
+    assert any("PG x2" in r["name"] for r in rows) == postgres_reachable()
+    assert any("PostgreSQL" in r["name"] for r in rows if r["figure"] == "9") == (
+        postgres_reachable()
+    )
     points = results["scaling"]["points"]
     assert points and all(p["backend_runs_per_s"] > 0 < p["direct_runs_per_s"] for p in points)
     assert results["machine"]["cores"] >= 1
