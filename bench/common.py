@@ -57,6 +57,8 @@ class Sizes:
     scaling_runs: tuple[int, ...] = (100, 500, 2000)  # figure 7 (the whole grid: --large)
     queue_depths: tuple[int, int] = (100, 10_000)  # figure 9: baseline and project
     queue_samples: int = 20  # figure 9: plans behind each queue
+    pool_runners: int = 50  # figure 10: idle runner servers registered
+    pool_window: float = 60.0  # figure 10: seconds the idle backend's CPU is measured
 
 
 SCALES: dict[str, Sizes] = {
@@ -74,6 +76,8 @@ SCALES: dict[str, Sizes] = {
         scaling_runs=(2,),
         queue_depths=(20, 100),
         queue_samples=2,
+        pool_runners=3,
+        pool_window=2.0,
     ),
     "default": Sizes(),
 }
@@ -273,6 +277,13 @@ def read_status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -384,6 +395,10 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "MB":
         return f"{value:.1f} MB"
+    if unit == "% core":
+        return f"{value:.1f}% core"
+    if unit == "s":
+        return f"{value:.1f} s"
     return f"{value:g} {unit}"
 
 

@@ -17,7 +17,6 @@ at most 1.2x. The details carry the plan each database makes of the dispatcher's
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from contextlib import ExitStack
 from datetime import datetime
@@ -33,6 +32,7 @@ from bench.common import (
     Backend,
     Context,
     Row,
+    cpu_seconds,
     log,
     percentile,
     postgres_database,
@@ -158,24 +158,18 @@ async def _plans(url: str) -> dict[str, str]:
         await db.dispose()
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measure(backend: Backend, samples: int) -> tuple[list[float], float]:
     """(ms from POST to claim of each plan, backend CPU seconds per plan)."""
     for _ in range(2):  # warm-up: terraform's plugin cache, the first connections
         wait_run(backend, backend.start("probe", "plan")["id"])
     waits = []
-    cpu0 = _cpu_seconds(backend.pid)
+    cpu0 = cpu_seconds(backend.pid)
     for _ in range(samples):
         run = wait_run(backend, backend.start("probe", "plan")["id"])
         if run["status"] != "succeeded":
             raise RuntimeError(f"probe run {run['id']} {run['status']}: {run['error_msg']}")
         waits.append(_elapsed_ms(run["created_at"], run["started_at"]))
-    return waits, (_cpu_seconds(backend.pid) - cpu0) / samples
+    return waits, (cpu_seconds(backend.pid) - cpu0) / samples
 
 
 def _elapsed_ms(start: str, end: str) -> float:

@@ -30,6 +30,7 @@ from bench import (
     latency,
     memory,
     overhead,
+    pool_size,
     queue_depth,
     relay,
     scaling,
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "scaling": ("7", scaling),
     "first_line": ("8", first_line),
     "queue_depth": ("9", queue_depth),
+    "pool_size": ("10", pool_size),
 }
 DEFAULT_JSON = ROOT / "bench" / "results.json"
 
