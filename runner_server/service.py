@@ -8,13 +8,12 @@ Each run spawns `iac-runner --stream` in its own process group and relays its ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from protos.iacrunner.v1 import runner_pb2 as pb
@@ -23,8 +22,9 @@ from runner_server.config import ServerConfig
 from runner_server.journal import Journal, Record
 from runner_server.requests import Prepared, RunnerError, check_channel, prepare
 from runner_server.runs import ProtocolError, RetentionError, Run
-from runner_server.state_relay import NoChannel, StateRelay
+from runner_server.state_relay import StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
+from runner_server.unsaved_state import UnsavedState
 from runner_stdio.protocol import (
     now_iso,
 )
@@ -50,21 +50,8 @@ def outcome_name(outcome: pb.Outcome) -> str:
     return pb.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()
 
 
-# terraform writes the state it could not save here, in its working directory.
-ERRORED_STATE = "errored.tfstate"
-# How often the state a killed server left is offered again to a backend not connected yet.
-LEFTOVER_RETRY = 30.0
 # Terraform's state travels in one gRPC message (of at most 128 MiB).
 MAX_STATE_BYTES = 100 * 1024 * 1024
-
-
-def join_messages(first: str, second: str) -> str:
-    return f"{first}; {second}" if first else second
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 class RunnerService:
@@ -81,6 +68,7 @@ class RunnerService:
         self._refill: asyncio.Task[None] | None = None
         self.state = StateRelay(config.state_hold, MAX_STATE_BYTES)
         self.journal = Journal(config.workspace_root)
+        self.unsaved = UnsavedState(config, self.journal, self.state, self._background)
 
     # -- Execute ---------------------------------------------------------------
     async def start(self, req: pb.ExecuteRequest) -> Run:
@@ -138,9 +126,7 @@ class RunnerService:
                 }
             )
         )
-        task = asyncio.create_task(self._supervise(run, prepared))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._supervise(run, prepared))
         return run
 
     # -- iac-runner processes -----------------------------------------------------------
@@ -256,7 +242,7 @@ class RunnerService:
                 result.error_msg = f"{result.error_msg}; {note}" if result.error_msg else note
         keep = False
         if prepared.request.state_channel:
-            keep = not await self._recover_state(run, result)
+            keep = not await self.unsaved.recover(run, result)
             self.state.close_run(run.run_id)
         await asyncio.to_thread(self._clean_up, run, prepared.request.cleanup and not keep)
         await run.finish(result)
@@ -289,76 +275,13 @@ class RunnerService:
 
     # -- what a killed server left -----------------------------------------------------
     def recover_leftovers(self) -> None:
-        """Runs a previous server was executing when it died: their unsaved state goes to
-        their backend (in the background, when it connects), their work dirs are removed
-        as they asked."""
-        for record in self.journal.leftovers():
-            if record.run_id in self.runs:
-                continue
-            errored = os.path.join(record.work_dir, ERRORED_STATE)
-            if record.state_channel and os.path.isfile(errored):
-                task = asyncio.create_task(self._hand_over(record, errored))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                continue
-            if record.cleanup and os.path.isdir(record.work_dir):
-                workspace.remove(self.config.workspace_root, record.work_dir)
-            self.journal.remove(record.run_id)
-            log.info(json.dumps({"event": "leftover_removed", "run_id": record.run_id}))
+        """Runs a previous server was executing when it died (see UnsavedState)."""
+        self.unsaved.recover_leftovers(self.runs)
 
-    async def _hand_over(self, record: Record, errored: str) -> None:
-        data = await asyncio.to_thread(_read_file, errored)
-        call = pb.StateCall(run_id=record.run_id, method="RECOVER", body=data)
-        while True:
-            try:
-                reply = await self.state.call(call, channel=record.state_channel)
-            except NoChannel:
-                await asyncio.sleep(LEFTOVER_RETRY)
-                continue
-            break
-        if reply.status == 200:
-            await asyncio.to_thread(os.unlink, errored)
-            if record.cleanup:
-                await asyncio.to_thread(
-                    workspace.remove, self.config.workspace_root, record.work_dir
-                )
-            event = {"event": "unsaved_state_recovered", "run_id": record.run_id}
-        else:
-            event = {"event": "unsaved_state_kept", "run_id": record.run_id, "path": errored}
-        self.journal.remove(record.run_id)
-        log.warning(json.dumps(event))
-
-    async def _recover_state(self, run: Run, result: pb.Result) -> bool:
-        """State terraform could not save (errored.tfstate) goes to the run's backend as a
-        state version. False when some is left in the work dir, which must then be kept."""
-        path = os.path.join(run.work_dir, ERRORED_STATE)
-        try:
-            data = await asyncio.to_thread(_read_file, path)
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            note = f"terraform could not save its state and {path} is unreadable: {exc}"
-            result.error_msg = join_messages(result.error_msg, note)
-            return False
-        call = pb.StateCall(run_id=run.run_id, method="RECOVER", body=data)
-        try:
-            reply = await self.state.call(call)
-        except NoChannel as exc:
-            reply = pb.StateResponse(status=503, body=str(exc).encode())
-        if reply.status == 200:
-            note = "terraform could not save its state: " + reply.body.decode("utf-8", "replace")
-            result.error_msg = join_messages(result.error_msg, note)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            return True
-        note = (
-            f"terraform could not save its state; it is kept in {path} on runner "
-            f"{self.config.runner_id} (the backend refused it: "
-            f"{reply.body.decode('utf-8', 'replace')})"
-        )
-        result.error_msg = join_messages(result.error_msg, note)
-        log.warning(json.dumps({"event": "unsaved_state_kept", "run_id": run.run_id, "path": path}))
-        return False
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _forget(self, run_id: str, run: Run) -> None:
         if self.runs.get(run_id) is run:
