@@ -49,7 +49,7 @@ test-all: lint
 	$(BIN)/python -m pytest -n $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 # The performance figures of issue 6, each against a baseline measured in the same run:
-# one line per figure, JSON in bench/results.json. About 8 minutes on 2 cores.
+# one line per figure, JSON in bench/results.json. About 10 minutes on 2 cores (more on slower ones).
 # Options: BENCH_ARGS="--only relay --lines 200000" (python -m bench --help).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
