@@ -177,15 +177,19 @@ class Dispatcher:
 
     async def _read(self, session: AsyncSession, full: bool, free: bool) -> list[Candidate]:
         """The runs this pass looks at, in queue order (see PASS_ROWS)."""
-        found = {r.id: r for r in await queue.candidates(session, limit=PASS_ROWS, new_only=True)}
-        if free or full:
-            found.update((r.id, r) for r in await queue.candidates(session, limit=PASS_ROWS))
+        found = await queue.candidates(session, limit=PASS_ROWS, new_only=True)
+        start = self._resume
         if full:
-            window = await queue.candidates(session, limit=FULL_PASS_ROWS, after=self._resume)
-            found.update((r.id, r) for r in window)
+            window = await queue.candidates(session, limit=FULL_PASS_ROWS, after=start)
+            found += window
             end = len(window) == FULL_PASS_ROWS
             self._resume = (window[-1].priority, window[-1].id) if end else None
-        return sorted(found.values(), key=lambda r: (-r.priority, r.id))
+        # The top of the queue, for a free slot (or the reasons of a full pass), unless the
+        # window began there.
+        if (free and not full) or (full and start is not None):
+            found += await queue.candidates(session, limit=PASS_ROWS)
+        unique = {r.id: r for r in found}
+        return sorted(unique.values(), key=lambda r: (-r.priority, r.id))
 
     @staticmethod
     def _blocked(row: Candidate, held: dict[int, tuple[int, str]]) -> str:

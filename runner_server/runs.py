@@ -28,6 +28,11 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 READ_SIZE = 64 * 1024
 
 
+def add_note(result: pb.Result, note: str) -> None:
+    """Append `note` to the result's error message."""
+    result.error_msg = f"{result.error_msg}; {note}" if result.error_msg else note
+
+
 class ProtocolError(Exception):
     """iac-runner wrote something that is not one of its NDJSON events."""
 

@@ -21,7 +21,7 @@ from runner_server import __version__, metrics, workspace
 from runner_server.config import ServerConfig
 from runner_server.journal import Journal, Record
 from runner_server.requests import Prepared, RunnerError, check_channel, prepare
-from runner_server.runs import ProtocolError, RetentionError, Run
+from runner_server.runs import ProtocolError, RetentionError, Run, add_note
 from runner_server.state_relay import StateRelay
 from runner_server.toolinfo import ToolInfo, tools_env
 from runner_server.unsaved_state import UnsavedState
@@ -239,7 +239,7 @@ class RunnerService:
             for path, content in artifacts:
                 result.artifacts.add(path=path, content=content)
             if note:
-                result.error_msg = f"{result.error_msg}; {note}" if result.error_msg else note
+                add_note(result, note)
         keep = False
         if prepared.request.state_channel:
             keep = not await self.unsaved.recover(run, result)

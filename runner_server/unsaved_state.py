@@ -18,7 +18,7 @@ from protos.iacrunner.v1 import runner_pb2 as pb
 from runner_server import workspace
 from runner_server.config import ServerConfig
 from runner_server.journal import Journal, Record
-from runner_server.runs import Run
+from runner_server.runs import Run, add_note
 from runner_server.state_relay import NoChannel, StateRelay
 
 log = logging.getLogger("iac_runner_server")
@@ -26,10 +26,6 @@ log = logging.getLogger("iac_runner_server")
 ERRORED_STATE = "errored.tfstate"
 # How often the state a killed server left is offered again to a backend not connected yet.
 LEFTOVER_RETRY = 30.0
-
-
-def join_messages(first: str, second: str) -> str:
-    return f"{first}; {second}" if first else second
 
 
 def _read_file(path: str) -> bytes:
@@ -60,7 +56,7 @@ class UnsavedState:
             return True
         except OSError as exc:
             note = f"terraform could not save its state and {path} is unreadable: {exc}"
-            result.error_msg = join_messages(result.error_msg, note)
+            add_note(result, note)
             return False
         call = pb.StateCall(run_id=run.run_id, method="RECOVER", body=data)
         try:
@@ -69,7 +65,7 @@ class UnsavedState:
             reply = pb.StateResponse(status=503, body=str(exc).encode())
         if reply.status == 200:
             note = "terraform could not save its state: " + reply.body.decode("utf-8", "replace")
-            result.error_msg = join_messages(result.error_msg, note)
+            add_note(result, note)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             return True
@@ -78,7 +74,7 @@ class UnsavedState:
             f"{self.config.runner_id} (the backend refused it: "
             f"{reply.body.decode('utf-8', 'replace')})"
         )
-        result.error_msg = join_messages(result.error_msg, note)
+        add_note(result, note)
         log.warning(json.dumps({"event": "unsaved_state_kept", "run_id": run.run_id, "path": path}))
         return False
 

@@ -74,6 +74,7 @@ def _in_queue_order(status: str, *, new_only: bool) -> Select[Any]:
         select(func.min(_OLDER.id))
         .where(_OLDER.deployment_id == R.deployment_id, _OLDER.status == RunStatus.QUEUED.value)
         .scalar_subquery()
+        .label("head")
     )
     query = (
         select(
@@ -144,7 +145,7 @@ async def candidates(
             required_labels=row.required_labels or {},
             tool=row.tool,
             version_constraint=row.version_constraint,
-            head=row[11] if row.status == RunStatus.QUEUED.value else None,
+            head=row.head if row.status == RunStatus.QUEUED.value else None,
         )
         for row in rows
     ]
