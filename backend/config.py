@@ -208,11 +208,12 @@ class Settings(BaseSettings):
         ),
     )
     orphan_after: float = Field(
-        default=30.0,
+        default=10.0,
         gt=0,
         description=(
             "IAC_ORPHAN_AFTER: seconds without a heartbeat after which another replica "
-            "adopts (re-attaches) a run."
+            "adopts (re-attaches) a run; a backend sends one, and looks for such runs, every "
+            "fifth of it."
         ),
     )
 

@@ -49,8 +49,7 @@ class EngineOptions:
     backend_id: str
     max_state_bytes: int
     timeouts: dict[str, int]
-    heartbeat_interval: float = 5.0
-    orphan_after: float = 30.0  # a run whose executor's heartbeat is older is adopted
+    orphan_after: float = 10.0  # a run whose executor's heartbeat is older is adopted
     runner_lost_timeout: float = 15.0  # how long to retry reaching a runner mid-run
     dispatch_interval: float = 1.0
     plan_ttl: float = 86400.0  # an older plan is not applied
@@ -92,7 +91,6 @@ class Engine:
             self.executions,
             self._adopted,
             self.executor.signal_cancel,
-            heartbeat_interval=options.heartbeat_interval,
             orphan_after=options.orphan_after,
         )
         self.state_service = StateService(

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
@@ -30,7 +31,14 @@ from backend.store import runners as runner_store
 from backend.store.runners import RunnerConnection
 from backend.tool_versions import Constraint, highest
 
+if TYPE_CHECKING:
+    from protos.iacrunner.v1 import runner_pb2 as pb
+
 log = logging.getLogger("iac.backend.pool")
+
+# An idle runner whose answers do not change is asked every this many poll intervals (8 s
+# by default); a busy, changing, unhealthy or disconnected one every interval.
+IDLE_EVERY = 4
 
 
 @dataclass
@@ -199,6 +207,11 @@ class RunnerPool:
         self.views: dict[str, RunnerView] = {}
         self._ours: dict[str, Occupancy] = {}
         self._clients: dict[str, tuple[RunnerConnection, RunnerClient]] = {}
+        # Per runner: its stored credentials and their decryption; its last answer (as
+        # received and as recorded); when an unchanged idle runner is next asked.
+        self._decrypted: dict[str, tuple[tuple[Any, ...], RunnerConnection]] = {}
+        self._answers: dict[str, tuple[pb.RunnerInfo, dict[str, Any]]] = {}
+        self._next_poll: dict[str, float] = {}
         self.changed = asyncio.Event()  # set when a poll finds capacity or a new runner
         # Told the runners' clients whenever they change (the state streams follow them).
         self.on_clients: Callable[[dict[str, RunnerClient]], None] | None = None
@@ -224,7 +237,7 @@ class RunnerPool:
             row = await runner_store.find_runner(session, name)
             if row is None:
                 return None
-            connection = runner_store.runner_connection(row, self.cipher)
+            connection = self._connection(row)
         return await self._connect(connection)
 
     async def _connect(self, connection: RunnerConnection) -> RunnerClient:
@@ -242,44 +255,81 @@ class RunnerPool:
         if self.on_clients is not None:
             self.on_clients(self.clients())
 
+    def _connection(self, row: Runner) -> RunnerConnection:
+        """The row's connection, decrypted once for as long as the row's fields are the same."""
+        key = (
+            row.address,
+            row.token_encrypted,
+            row.tls_ca_pem,
+            row.tls_cert_pem,
+            row.tls_key_encrypted,
+        )
+        cached = self._decrypted.get(row.id)
+        if cached is None or cached[0] != key:
+            cached = key, runner_store.runner_connection(row, self.cipher)
+            self._decrypted[row.id] = cached
+        return cached[1]
+
+    def _due(self, client: RunnerClient, now: float) -> bool:
+        """Whether to ask this runner this pass. An idle healthy runner that answered the same
+        twice is asked every `IDLE_EVERY`th pass, unless its connection dropped: a server that
+        went away is still seen within a pass, and a quiet pool costs little."""
+        view = self.views.get(client.name)
+        if view is None or view.status != RunnerStatus.HEALTHY.value:
+            return True
+        busy = view.reported > 0 or bool(view.ours.runs) or view.ours.full_at is not None
+        return busy or now >= self._next_poll.get(client.name, 0.0) or not client.connected()
+
     async def _poll_one(self, client: RunnerClient) -> tuple[RunnerStatus, dict[str, Any] | None]:
         try:
             info = await client.info(timeout=max(self.poll_interval, 2.0))
         except RunnerUnreachable as exc:
             log.debug("runner %s: %s", client.name, exc)
+            self._answers.pop(client.name, None)
             return RunnerStatus.UNHEALTHY, None
+        status = RunnerStatus.DRAINING if info.draining else RunnerStatus.HEALTHY
+        last = self._answers.get(client.name)
+        if last is not None and last[0] == info:
+            self._next_poll[client.name] = time.monotonic() + self.poll_interval * IDLE_EVERY
+            return status, last[1]
+        self._next_poll[client.name] = 0.0  # changed: ask again next pass
         data = MessageToDict(
             info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
-        return (RunnerStatus.DRAINING if info.draining else RunnerStatus.HEALTHY), data
+        self._answers[client.name] = info, data
+        return status, data
 
     async def refresh(self) -> None:
-        """Poll every registered runner once and record what each said."""
+        """One pass: poll the runners that are due (`_due`) and record what each said."""
         async with self.db.session() as session:
-            rows = await runner_store.list_runners(session)
-            connections = [runner_store.runner_connection(r, self.cipher) for r in rows]
-        gone = set(self._clients) - {c.name for c in connections}
+            rows = {r.id: r for r in await runner_store.list_runners(session)}
+            connections = [self._connection(r) for r in rows.values()]
+        gone = set(self._clients) - set(rows)
         for name in gone:
             await self._clients.pop(name)[1].close()
+            for cache in (self._decrypted, self._answers, self._next_poll):
+                cache.pop(name, None)
         if gone:
             self._clients_changed()
         clients = [await self._connect(c) for c in connections]
-        answers = await asyncio.gather(*(self._poll_one(c) for c in clients))
-        now = utcnow()
-        async with self.db.session() as session:
-            views = {}
-            for client, (status, info) in zip(clients, answers, strict=True):
-                row = await runner_store.record_runner_status(
-                    session, client.name, status, info, now
-                )
-                if row is None:
-                    continue  # removed meanwhile
-                ours = self._occupancy(row.id)
-                view = view_of(row, ours)
-                # Forget steps that ended (a later report cannot name them again), but
-                # not those in flight, which the next report may name.
-                ours.steps.intersection_update(view.reported_runs | set(ours.runs.values()))
-                views[row.id] = view
+        now = time.monotonic()
+        due = [c for c in clients if self._due(c, now)]
+        answers = await asyncio.gather(*(self._poll_one(c) for c in due))
+        if due:
+            async with self.db.session() as session:
+                polled = dict(zip((c.name for c in due), answers, strict=True))
+                fresh = await runner_store.record_polls(session, polled, utcnow())
+            for name in polled.keys() - {r.id for r in fresh}:
+                rows.pop(name, None)  # removed meanwhile
+            rows.update((r.id, r) for r in fresh)
+        views = {}
+        for row in rows.values():
+            ours = self._occupancy(row.id)
+            view = view_of(row, ours)
+            # Forget steps that ended (a later report cannot name them again), but not
+            # those in flight, which the next report may name.
+            ours.steps.intersection_update(view.reported_runs | set(ours.runs.values()))
+            views[row.id] = view
         before = {n: v.free for n, v in self.views.items() if v.status == "healthy"}
         self.views = views
         for name, view in views.items():

@@ -4,7 +4,10 @@
   backend stopped sending heartbeats for `orphan_after` seconds (it died, or hangs), are
   claimed again (a new epoch: the old execution, should it wake up, writes nothing more)
   and re-attached from their last stored line.
-- Heartbeats: every `heartbeat_interval`, the runs this backend executes are marked alive.
+- Heartbeats: every fifth of `orphan_after`, the runs this backend executes are marked
+  alive: four may be missed (a slow database, a pause) before another backend adopts.
+  Orphans are looked for as often, so a dead backend's runs are adopted between 4/5 and
+  6/5 of `orphan_after` after its death.
 - Cancels: a cancel asked through any backend is recorded on the run; the backend that
   executes it sends it to the runner.
 """
@@ -34,7 +37,6 @@ class Recovery:
         adopted: Callable[[Orphan, int], None],
         signal_cancel: Callable[[Execution, str], Awaitable[None]],
         *,
-        heartbeat_interval: float,
         orphan_after: float,
     ) -> None:
         self.db = db
@@ -42,7 +44,7 @@ class Recovery:
         self.running = running  # this backend's executions, by run id
         self.adopted = adopted  # begins the execution of an adopted run, in its new epoch
         self.signal_cancel = signal_cancel
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = orphan_after / 5
         self.orphan_after = orphan_after
 
     async def adopt_orphans(self) -> int:
@@ -88,7 +90,7 @@ class Recovery:
                 if now - last_heartbeat >= self.heartbeat_interval:
                     last_heartbeat = now
                     await self.heartbeat()
-                if now - last_adopt >= self.orphan_after / 3:
+                if now - last_adopt >= self.heartbeat_interval:
                     last_adopt = now
                     await self.adopt_orphans()
             except Exception:

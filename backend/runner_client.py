@@ -110,6 +110,12 @@ class RunnerClient:
         token = self.connection.token
         return [("authorization", f"Bearer {token}")] if token else []
 
+    def connected(self) -> bool:
+        """Whether the channel is connected now, asking nothing of the runner: a server that
+        went away (its connection closed) shows here at once, before any call."""
+        state = self.channel.get_state(try_to_connect=False)
+        return state is grpc.ChannelConnectivity.READY
+
     async def info(self, timeout: float = 5.0) -> pb.RunnerInfo:
         try:
             reply: pb.RunnerInfo = await self.stub.GetInfo(

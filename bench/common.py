@@ -59,6 +59,10 @@ class Sizes:
     queue_samples: int = 20  # figure 9: plans behind each queue
     pool_runners: int = 50  # figure 10: idle runner servers registered
     pool_window: float = 60.0  # figure 10: seconds the idle backend's CPU is measured
+    scale_out_runs: int = 2000  # figure 11 (--large): queued runs over 4 runners
+    scale_out_backends: int = 3  # figure 11: backends sharing one PostgreSQL
+    scale_out_per_runner: int = 50  # figure 11: runs per runner at 1, 2 and 4 runners
+    failover_lines: int = 60  # figure 11: lines of the apply whose backend is killed
 
 
 SCALES: dict[str, Sizes] = {
@@ -78,6 +82,9 @@ SCALES: dict[str, Sizes] = {
         queue_samples=2,
         pool_runners=3,
         pool_window=2.0,
+        scale_out_runs=8,
+        scale_out_per_runner=2,
+        failover_lines=30,
     ),
     "default": Sizes(),
 }
@@ -439,7 +446,7 @@ class Context:
     env: dict[str, str]
     sizes: Sizes
     postgres: bool = True
-    large: bool = False  # figure 7: the whole grid of runners x runs
+    large: bool = False  # figure 7 on the whole grid of runners x runs, and figure 11
     shared: dict[str, Any] = field(default_factory=dict)  # results one figure lends another
 
     @property

@@ -33,6 +33,7 @@ from bench import (
     pool_size,
     queue_depth,
     relay,
+    scale_out,
     scaling,
 )
 from bench.common import ROOT, SCALES, Context, Row, Sizes, clean_env, log, table_lines
@@ -49,7 +50,9 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "first_line": ("8", first_line),
     "queue_depth": ("9", queue_depth),
     "pool_size": ("10", pool_size),
+    "scale_out": ("11", scale_out),
 }
+LARGE_ONLY = {"scale_out"}  # run when named in --only, or with --large
 DEFAULT_JSON = ROOT / "bench" / "results.json"
 
 
@@ -80,8 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--large",
         action="store_true",
-        help="figure 7 on the whole grid (1, 2, 4 runners x 100, 500, 2000 runs): "
-        "much longer than the default run",
+        help="figure 7 on the whole grid (1, 2, 4 runners x 100, 500, 2000 runs) and "
+        "figure 11 (scale-out: 3 backends, 2000 runs, failover): much longer than the "
+        "default run",
     )
     p.add_argument(
         "--no-postgres", action="store_true", help="skip the PostgreSQL part of figure 6"
@@ -182,7 +186,7 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [n for n in BENCHMARKS if args.large or n not in LARGE_ONLY]
     tmp = Path(tempfile.mkdtemp(prefix="iac-bench-"))
     env = clean_env(tmp)
     ctx = Context(

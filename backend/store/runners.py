@@ -160,24 +160,25 @@ async def find_runner(session: AsyncSession, name: str) -> Runner | None:
     return await session.get(Runner, name)
 
 
-async def record_runner_status(
+async def record_polls(
     session: AsyncSession,
-    name: str,
-    status: RunnerStatus | str,
-    info: dict[str, Any] | None = None,
+    answers: Mapping[str, tuple[RunnerStatus | str, dict[str, Any] | None]],
     seen_at: datetime | None = None,
-) -> Runner | None:
-    """Store the outcome of a health / GetInfo poll (``info`` replaces the last answer);
-    None when the runner is no longer registered."""
-    row = await find_runner(session, name)
-    if row is None:
-        return None
-    row.status = RunnerStatus(status).value
-    if info is not None:
-        row.info = info
-    if row.status != RunnerStatus.UNHEALTHY.value:
-        row.last_seen = seen_at or utcnow()
-    return row
+) -> list[Runner]:
+    """Store the outcome of health / GetInfo polls, by runner name: its status and its info
+    (None: keep the last answer); `last_seen` moves unless the runner was unreachable. The
+    rows of runners still registered are returned (one read for them all)."""
+    if not answers:
+        return []
+    rows = list(await session.scalars(select(Runner).where(Runner.id.in_(list(answers)))))
+    for row in rows:
+        status, info = answers[row.id]
+        row.status = RunnerStatus(status).value
+        if info is not None and info != row.info:
+            row.info = info
+        if row.status != RunnerStatus.UNHEALTHY.value:
+            row.last_seen = seen_at or utcnow()
+    return rows
 
 
 def runner_connection(row: Runner, cipher: Cipher) -> RunnerConnection:

@@ -57,13 +57,24 @@ async def test_register_list_get_delete(client: httpx.AsyncClient, db: Database)
     assert (await client.get("/api/v1/runners")).json() == []
 
 
-async def test_record_runner_status(client: httpx.AsyncClient, db: Database) -> None:
-    await client.post("/api/v1/runners", json={"name": "r1", "address": "localhost:1"})
+async def test_record_polls(client: httpx.AsyncClient, db: Database) -> None:
+    for name in ("r1", "r2"):
+        await client.post("/api/v1/runners", json={"name": name, "address": "localhost:1"})
     async with db.session() as s:
-        await runners.record_runner_status(s, "r1", "healthy", {"max_concurrent": 4})
+        rows = await runners.record_polls(
+            s,
+            {
+                "r1": ("healthy", {"max_concurrent": 4}),
+                "r2": ("unhealthy", None),
+                "gone": ("healthy", {}),  # removed meanwhile: nothing to record
+            },
+        )
+        assert sorted(r.id for r in rows) == ["r1", "r2"]
     out = (await client.get("/api/v1/runners/r1")).json()
     assert out["status"] == "healthy" and out["info"] == {"max_concurrent": 4}
     assert out["last_seen"] is not None
+    out = (await client.get("/api/v1/runners/r2")).json()
+    assert out["status"] == "unhealthy" and out["last_seen"] is None
 
 
 @pytest.mark.parametrize(
