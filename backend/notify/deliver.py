@@ -17,8 +17,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from backend.config import Settings
 from backend.crypto import Cipher
@@ -27,6 +26,9 @@ from backend.errors import Invalid
 from backend.notify import guard, payloads
 from backend.store import deliveries
 from backend.store.deliveries import Due, Outcome
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("iac.notify")
 BATCH = 20  # deliveries claimed (and sent concurrently) at a time
@@ -98,6 +100,10 @@ async def send(
     certificate is checked (default: the system's CAs)."""
     if due.problem:
         return Outcome(None, 0, due.problem)
+    # Imported on the first delivery: with the CLI extras installed (rich, pygments) httpx
+    # costs an idle backend ~10 MB, and most backends send no notification.
+    import httpx
+
     started = time.monotonic()
     status: int | None = None
     hidden = [due.url]  # from any error text

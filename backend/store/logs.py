@@ -9,16 +9,23 @@ from backend.errors import NotFound
 from backend.logs.batch import LogBatch
 from backend.models import Deployment, LogChunk, Run
 
+# Chunks read per transaction, by a follower's replay and by a download alike: a chunk holds
+# up to 2000 lines or 256 KiB (the writer's flush size), so a page is 2 MiB at most whatever
+# the log's length, and five readers of a long log hold 10 MiB, not 50 each.
+PAGE_ROWS = 8
 
-async def chunks_after(
-    session: AsyncSession, run_id: int, after_seq: int, limit: int = 200
-) -> list[LogBatch]:
-    """The stored chunks holding lines after `after_seq`, in order, as stored."""
-    return await chunk_page(session, run_id, after_seq, None, limit)
+
+async def chunks_after(session: AsyncSession, run_id: int, after_seq: int) -> list[LogBatch]:
+    """The first page of stored chunks holding lines after `after_seq`, in order, as stored."""
+    return await chunk_page(session, run_id, after_seq, None)
 
 
 async def chunk_page(
-    session: AsyncSession, run_id: int, after_seq: int, upto_seq: int | None, rows: int
+    session: AsyncSession,
+    run_id: int,
+    after_seq: int,
+    upto_seq: int | None,
+    rows: int = PAGE_ROWS,
 ) -> list[LogBatch]:
     """At most `rows` chunks holding lines after `after_seq` (and up to `upto_seq`), in
     order: one page of the log, read in a transaction of its own."""

@@ -19,36 +19,59 @@ from iac_cli.logstream import End, Event, Lines, LogStream, Status, StreamDroppe
 from iac_cli.main import main
 
 
-def test_config_precedence(tmp_path: Path) -> None:
+def test_config_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("IAC_URL", "IAC_TOKEN", "IAC_CONFIG", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
     file = tmp_path / "config.toml"
     file.write_text('url = "http://from-file:1"\ntoken = "file-token"\n')
-    env = {"IAC_CONFIG": str(file)}
-    assert load_config(env=env) == Config("http://from-file:1", "file-token", file)
-    env |= {"IAC_URL": "http://from-env:2/", "IAC_TOKEN": "env-token"}
-    assert load_config(env=env) == Config("http://from-env:2", "env-token", file)
-    assert load_config("https://flag:3", "flag-token", env=env) == Config(
+    monkeypatch.setenv("IAC_CONFIG", str(file))
+    monkeypatch.setenv("IAC_DEBUG", "1")  # another IAC_ variable: not a setting of this model
+    assert load_config() == Config("http://from-file:1", "file-token", file)
+    monkeypatch.setenv("IAC_URL", "http://from-env:2/")
+    monkeypatch.setenv("IAC_TOKEN", "env-token")
+    assert load_config() == Config("http://from-env:2", "env-token", file)
+    assert load_config("https://flag:3", "flag-token") == Config(
         "https://flag:3", "flag-token", file
     )
-    xdg = {"XDG_CONFIG_HOME": str(tmp_path / "none")}
-    assert load_config(env=xdg) == Config(
-        DEFAULT_URL, None, tmp_path / "none" / "iac" / "config.toml"
-    )
+    monkeypatch.setenv("IAC_URL", "")  # empty: as if unset
+    assert load_config().url == "http://from-file:1"
+    for name in ("IAC_URL", "IAC_TOKEN", "IAC_CONFIG"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "none"))
+    assert load_config() == Config(DEFAULT_URL, None, tmp_path / "none" / "iac" / "config.toml")
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("url = 1\n", "url must be a string"),
+        ("token = true\n", "token must be a string"),
         ('colour = "red"\n', "unknown keys ['colour']"),
         ("url = [\n", "not valid TOML"),
         ('url = "localhost:8000"\n', "must start with http:// or https://"),
     ],
 )
-def test_bad_config_file(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
     file = tmp_path / "config.toml"
     file.write_text(text)
+    monkeypatch.setenv("IAC_CONFIG", str(file))
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        load_config(env={"IAC_CONFIG": str(file)})
+        load_config()
+
+
+def test_config_named_but_missing_and_bad_url_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IAC_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(UsageError, match="nope.toml \\(from IAC_CONFIG\\) does not exist"):
+        load_config()
+    monkeypatch.delenv("IAC_CONFIG")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("IAC_URL", "ftp://x")
+    with pytest.raises(UsageError, match="backend URL 'ftp://x' must start with http://"):
+        load_config()
 
 
 def test_archive_skips_terraform_dirs_and_state(tmp_path: Path) -> None:

@@ -212,11 +212,6 @@ def _resume_from(last_event_id: str | None, after: int) -> int:
     return int(last_event_id)
 
 
-# Chunks read per transaction of a plain download: a chunk holds up to ~2000 lines or
-# 256 KiB (the engine's flush size), so a page is a few MiB at most, whatever the log's size.
-LOG_PAGE_ROWS = 8
-
-
 def plain_log(database: Database, run_id: int, after: int, upto: int) -> AsyncIterator[str]:
     """Lines `after`+1 .. `upto` as text, a page of chunks at a time, each page read in a
     short transaction of its own (on SQLite the one connection is never held while the
@@ -226,7 +221,7 @@ def plain_log(database: Database, run_id: int, after: int, upto: int) -> AsyncIt
         position = after
         while position < upto:
             async with database.session() as session:
-                chunks = await log_store.chunk_page(session, run_id, position, upto, LOG_PAGE_ROWS)
+                chunks = await log_store.chunk_page(session, run_id, position, upto)
             if not chunks:
                 return
             for chunk in chunks:

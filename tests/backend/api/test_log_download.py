@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.api.routes.runs import LOG_PAGE_ROWS
 from backend.db import Database
 from backend.logs.batch import LogBatch
 from backend.models import RunStatus
 from backend.store import executions
+from backend.store.logs import PAGE_ROWS
 from tests.backend.conftest import API_TOKEN
 from tests.backend.helpers import new_deployment, start_run, upload
 from tests.backend.platform import TOKEN, start_backend
@@ -59,7 +59,7 @@ async def test_a_log_of_many_chunks_downloads_whole_and_identical(
     client: httpx.AsyncClient, db: Database, run_id: int
 ) -> None:
     rng = random.Random(7)
-    sizes = [rng.choice([1, 2, 3, 50, 400, 2000]) for _ in range(LOG_PAGE_ROWS * 12 + 5)]
+    sizes = [rng.choice([1, 2, 3, 50, 400, 2000]) for _ in range(PAGE_ROWS * 12 + 5)]
     stored = await store_lines(db, run_id, sizes)
     response = await client.get(f"/api/v1/runs/{run_id}/logs")
     assert response.status_code == 200
@@ -82,7 +82,7 @@ async def test_a_download_is_the_log_as_stored_when_it_was_asked_for(
 ) -> None:
     """Lines stored while a download is under way are not in it: the body matches its
     X-Last-Seq (a client resumes with ?after= or follows with SSE)."""
-    stored = await store_lines(db, run_id, [2000] * (LOG_PAGE_ROWS * 4))
+    stored = await store_lines(db, run_id, [2000] * (PAGE_ROWS * 4))
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
     async with (
         httpx.AsyncClient(base_url=live_url, headers=headers) as http,
