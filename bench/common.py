@@ -61,7 +61,8 @@ class Sizes:
     pool_window: float = 60.0  # figure 10: seconds the idle backend's CPU is measured
     scale_out_runs: int = 2000  # figure 11 (--large): queued runs over 4 runners
     scale_out_backends: int = 3  # figure 11: backends sharing one PostgreSQL
-    scale_out_per_runner: int = 50  # figure 11: runs per runner at 1, 2 and 4 runners
+    scale_out_per_runner: int = 50  # figure 11: no-op plans per runner at 1, 2 and 4 runners
+    scale_out_waiting_per_runner: int = 12  # figure 11: waiting applies per runner, likewise
     failover_lines: int = 60  # figure 11: lines of the apply whose backend is killed
 
 
@@ -84,6 +85,7 @@ SCALES: dict[str, Sizes] = {
         pool_window=2.0,
         scale_out_runs=8,
         scale_out_per_runner=2,
+        scale_out_waiting_per_runner=1,
         failover_lines=30,
     ),
     "default": Sizes(),

@@ -172,7 +172,8 @@ def _order(backend: Backend) -> dict[str, int]:
     }
 
 
-async def _create_deployments(backend: Backend, runs: int) -> None:
+async def _create_deployments(backend: Backend, runs: int, archive: bytes = ARCHIVE) -> None:
+    """Deployments d0 .. d<runs - 1>, each with `archive` as its configuration."""
     async with _client(backend) as http:
 
         def make(i: int) -> Any:
@@ -181,7 +182,7 @@ async def _create_deployments(backend: Backend, runs: int) -> None:
                 await _check(await http.post("/deployments", json={"name": name}), 201)
                 response = await http.post(
                     f"/deployments/{name}/config",
-                    content=ARCHIVE,
+                    content=archive,
                     headers={"Content-Type": "application/gzip"},
                 )
                 await _check(response, 201)
@@ -191,7 +192,7 @@ async def _create_deployments(backend: Backend, runs: int) -> None:
         await _each([make(i) for i in range(runs)])
 
 
-async def _submit(backends: list[Backend], runs: int, deployments: int) -> float:
+async def _submit(backends: list[Backend], runs: int, deployments: int, **fields: Any) -> float:
     """POST every run (alternating backends; run i is of deployment i % deployments);
     returns the time.time() of the first POST."""
     clients = [_client(b) for b in backends]
@@ -200,7 +201,7 @@ async def _submit(backends: list[Backend], runs: int, deployments: int) -> float
 
         def make(i: int, http: httpx.AsyncClient) -> Any:
             async def call() -> None:
-                body = {"deployment": f"d{i % deployments}", "operation": "plan"}
+                body = {"deployment": f"d{i % deployments}", "operation": "plan", **fields}
                 await _check(await http.post("/runs", json=body), 201)
 
             return call
@@ -253,31 +254,43 @@ def backend_rate(
 ) -> tuple[float, list[str], dict[str, int]]:
     """(runs/s, runs that did not succeed, order counts) of `runs` queued plans on
     `replicas` backends, `per_deployment` runs of each deployment."""
-    backends: list[Backend] = []
-    try:
-        for i in range(replicas):
-            backends.append(start_backend(ctx.tmp, ctx.env, db_url, f"{tag}-b{i}"))
-        register(backends[0], servers)
-        for b in backends[1:]:
-            b.wait_runners_healthy(*(s.name for s in servers))
+    with serving(ctx, servers, db_url, replicas, tag) as backends:
         deployments = max(1, runs // per_deployment)
         asyncio.run(_create_deployments(backends[0], deployments))
         start = asyncio.run(_submit(backends, runs, deployments))
         end, failures = _wait_all(backends[0], runs, timeout=60 + runs * 2)
         return runs / (end - start), failures, _order(backends[0])
+
+
+@contextmanager
+def serving(
+    ctx: Context, servers: list[RunnerServer], db_url: str, count: int, tag: str
+) -> Iterator[list[Backend]]:
+    """`count` backends (`<tag>-b<i>`) on one database, the runner servers registered
+    through the first and healthy in each; all stopped at the end."""
+    backends: list[Backend] = []
+    try:
+        for i in range(count):
+            backends.append(start_backend(ctx.tmp, ctx.env, db_url, f"{tag}-b{i}"))
+        register(backends[0], servers)
+        for b in backends[1:]:
+            b.wait_runners_healthy(*(s.name for s in servers))
+        yield backends
     finally:
         for b in backends:
             b.stop()
 
 
 @contextmanager
-def pool(ctx: Context, count: int, tag: str) -> Iterator[list[RunnerServer]]:
-    """`count` fresh runner servers with real terraform. Fresh for every backend: a runner
-    keeps finished runs (for Attach) for 10 minutes, and a new backend database numbers
-    its runs from 1 again, so a reused runner would refuse them as ALREADY_EXISTS."""
+def pool(ctx: Context, count: int, tag: str, *args: str) -> Iterator[list[RunnerServer]]:
+    """`count` fresh runner servers with real terraform (`args`: more of their flags). Fresh
+    for every backend: a runner keeps finished runs (for Attach) for 10 minutes, and a new
+    backend database numbers its runs from 1 again, so a reused runner would refuse them
+    as ALREADY_EXISTS."""
     with ThreadPoolExecutor(count) as threads:
         starting = [
-            threads.submit(start_runner, ctx.tmp, ctx.env, f"{tag}-r{i}") for i in range(count)
+            threads.submit(start_runner, ctx.tmp, ctx.env, f"{tag}-r{i}", *args)
+            for i in range(count)
         ]
     servers = [f.result() for f in starting if f.exception() is None]
     try:
