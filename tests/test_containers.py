@@ -48,6 +48,7 @@ from backend.cli import MALLOC_ENV
 from backend.config import Settings
 from backend.crypto import parse_key
 from backend.store.runners import read_runners_file
+from iac_cli.config import CliSettings
 from protos.iacrunner.v1 import runner_pb2 as pb
 from protos.iacrunner.v1 import runner_pb2_grpc as pb_grpc
 from runner_server import cli as runner_cli
@@ -965,6 +966,7 @@ def known_env_names() -> set[str]:
         settings_env_names()
         | runner_env_names()
         | HEALTHCHECK_ENV
+        | env_names(CliSettings)
         | set(re.findall(r'"(IAC_[A-Z0-9_]+)"', cli))
     )
 
