@@ -42,6 +42,16 @@ IDLE_EVERY = 4
 
 
 @dataclass
+class Answer:
+    """A runner's last `GetInfo` answer, as received and as recorded, and when to ask again
+    if it stays the same (0: at the next pass)."""
+
+    info: pb.RunnerInfo
+    recorded: dict[str, Any]
+    next_poll: float = 0.0
+
+
+@dataclass
 class Occupancy:
     """What this backend knows of its own use of one runner, kept across polls."""
 
@@ -207,11 +217,9 @@ class RunnerPool:
         self.views: dict[str, RunnerView] = {}
         self._ours: dict[str, Occupancy] = {}
         self._clients: dict[str, tuple[RunnerConnection, RunnerClient]] = {}
-        # Per runner: its stored credentials and their decryption; its last answer (as
-        # received and as recorded); when an unchanged idle runner is next asked.
+        # Per runner: its stored credentials and their decryption; its last answer.
         self._decrypted: dict[str, tuple[tuple[Any, ...], RunnerConnection]] = {}
-        self._answers: dict[str, tuple[pb.RunnerInfo, dict[str, Any]]] = {}
-        self._next_poll: dict[str, float] = {}
+        self._answers: dict[str, Answer] = {}
         self.changed = asyncio.Event()  # set when a poll finds capacity or a new runner
         # Told the runners' clients whenever they change (the state streams follow them).
         self.on_clients: Callable[[dict[str, RunnerClient]], None] | None = None
@@ -278,7 +286,9 @@ class RunnerPool:
         if view is None or view.status != RunnerStatus.HEALTHY.value:
             return True
         busy = view.reported > 0 or bool(view.ours.runs) or view.ours.full_at is not None
-        return busy or now >= self._next_poll.get(client.name, 0.0) or not client.connected()
+        answer = self._answers.get(client.name)
+        waited = answer is None or now >= answer.next_poll
+        return busy or waited or not client.connected()
 
     async def _poll_one(self, client: RunnerClient) -> tuple[RunnerStatus, dict[str, Any] | None]:
         try:
@@ -289,14 +299,13 @@ class RunnerPool:
             return RunnerStatus.UNHEALTHY, None
         status = RunnerStatus.DRAINING if info.draining else RunnerStatus.HEALTHY
         last = self._answers.get(client.name)
-        if last is not None and last[0] == info:
-            self._next_poll[client.name] = time.monotonic() + self.poll_interval * IDLE_EVERY
-            return status, last[1]
-        self._next_poll[client.name] = 0.0  # changed: ask again next pass
+        if last is not None and last.info == info:
+            last.next_poll = time.monotonic() + self.poll_interval * IDLE_EVERY
+            return status, last.recorded
         data = MessageToDict(
             info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
-        self._answers[client.name] = info, data
+        self._answers[client.name] = Answer(info, data)  # changed: ask again next pass
         return status, data
 
     async def refresh(self) -> None:
@@ -307,8 +316,8 @@ class RunnerPool:
         gone = set(self._clients) - set(rows)
         for name in gone:
             await self._clients.pop(name)[1].close()
-            for cache in (self._decrypted, self._answers, self._next_poll):
-                cache.pop(name, None)
+            self._decrypted.pop(name, None)
+            self._answers.pop(name, None)
         if gone:
             self._clients_changed()
         clients = [await self._connect(c) for c in connections]

@@ -44,7 +44,7 @@ class Recovery:
         self.running = running  # this backend's executions, by run id
         self.adopted = adopted  # begins the execution of an adopted run, in its new epoch
         self.signal_cancel = signal_cancel
-        self.heartbeat_interval = orphan_after / 5
+        self.beat = orphan_after / 5  # between two heartbeats, and two looks for orphans
         self.orphan_after = orphan_after
 
     async def adopt_orphans(self) -> int:
@@ -81,17 +81,15 @@ class Recovery:
 
     async def run(self) -> None:
         """The maintenance loop, until cancelled."""
-        last_heartbeat = last_adopt = 0.0
+        last_beat = 0.0
         while True:
             await asyncio.sleep(TICK)
             try:
                 now = time.monotonic()
                 await self.deliver_cancels()
-                if now - last_heartbeat >= self.heartbeat_interval:
-                    last_heartbeat = now
+                if now - last_beat >= self.beat:
+                    last_beat = now
                     await self.heartbeat()
-                if now - last_adopt >= self.heartbeat_interval:
-                    last_adopt = now
                     await self.adopt_orphans()
             except Exception:
                 log.exception("maintenance pass failed")

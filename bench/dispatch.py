@@ -62,6 +62,7 @@ TARGET_REPLICAS = 0.85  # two backends on PostgreSQL
 PLAN_ARGS = ["-out=tfplan", "-detailed-exitcode"]
 ARCHIVE = tar_gz({"main.tf": EMPTY_CONFIG})
 FAILED = ("failed", "canceled", "timed_out")
+UNFINISHED = ("queued", "running", "awaiting_approval", "applying")  # an apply's four
 PER_DEPLOYMENT = 10  # runs of one deployment in the two-backend row
 
 
@@ -146,10 +147,9 @@ async def _check(response: httpx.Response, status: int) -> None:
         raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
 
 
-def _order(backend: Backend) -> dict[str, int]:
-    """Runs that started before an older run of their deployment; dispatch entries beyond
-    one per phase in the histories (a refused dispatch that left a trace)."""
-    runs = backend.call("GET", "/runs", params={"limit": 1000})
+def _order(backend: Backend, runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Of `runs`: those that started before an older run of their deployment; dispatch
+    entries beyond one per phase in the histories (a refused dispatch that left a trace)."""
     by_deployment: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_deployment.setdefault(run["deployment"], []).append(run)
@@ -215,32 +215,36 @@ async def _submit(backends: list[Backend], runs: int, deployments: int, **fields
             await http.aclose()
 
 
-def _wait_all(backend: Backend, runs: int, timeout: float) -> tuple[float, list[str]]:
-    """Wait until no run is queued or running; (latest ended_at, runs that did not succeed)."""
+def _wait_all(
+    backend: Backend, runs: int, deployments: int, timeout: float
+) -> tuple[float, list[str], list[dict[str, Any]]]:
+    """Wait until no run waits or executes; (the latest ended_at, the runs that did not
+    succeed, every run of deployments d0 .. d<deployments - 1>)."""
     deadline = time.monotonic() + timeout
     # The rate ends at the last run's ended_at (the backend's clock), so polling seldom
     # costs nothing in the figure, while each poll is work for the backend measured.
     while any(
         backend.call("GET", "/runs", params={"status": s, "limit": 1})
-        for s in ("queued", "running")  # (`any` stops at the first busy one)
+        for s in UNFINISHED  # (`any` stops at the first busy one)
     ):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"runs still queued or running after {timeout} s")
+            raise RuntimeError(f"runs still unfinished after {timeout:.0f} s")
         time.sleep(1.0)
+    # Deployment by deployment: a list answer holds 1,000 runs at most.
+    every = [
+        run
+        for i in range(deployments)
+        for run in backend.call("GET", "/runs", params={"deployment": f"d{i}", "limit": 1000})
+    ]
     failures = [
-        f"run {r['id']} {r['status']}: {r['error_msg']}"
-        for s in FAILED
-        for r in backend.call("GET", "/runs", params={"status": s, "limit": 1000})
+        f"run {r['id']} {r['status']}: {r['error_msg']}" for r in every if r["status"] in FAILED
     ]
     if failures:
         log("dispatch: runs that did not succeed: " + "; ".join(failures[:3]))
-    ended = [
-        datetime.fromisoformat(r["ended_at"]).timestamp()
-        for r in backend.call("GET", "/runs", params={"status": "succeeded", "limit": 1000})
-    ]
-    if len(ended) < min(runs - len(failures), 1000):
-        raise RuntimeError(f"only {len(ended)} of {runs} runs succeeded")
-    return max(ended), failures
+    ended = [datetime.fromisoformat(r["ended_at"]).timestamp() for r in every if r["ended_at"]]
+    if len(every) != runs or not ended:
+        raise RuntimeError(f"{len(every)} of {runs} runs found, {len(ended)} ended")
+    return max(ended), failures, every
 
 
 def backend_rate(
@@ -258,8 +262,8 @@ def backend_rate(
         deployments = max(1, runs // per_deployment)
         asyncio.run(_create_deployments(backends[0], deployments))
         start = asyncio.run(_submit(backends, runs, deployments))
-        end, failures = _wait_all(backends[0], runs, timeout=60 + runs * 2)
-        return runs / (end - start), failures, _order(backends[0])
+        end, failures, every = _wait_all(backends[0], runs, deployments, timeout=60 + runs * 2)
+        return runs / (end - start), failures, _order(backends[0], every)
 
 
 @contextmanager

@@ -27,18 +27,17 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from backend.runner_ids import StepId
-from bench.common import Backend, Context, Row, log, postgres_database, tar_gz
+from bench.common import Context, Row, log, postgres_database, tar_gz
 from bench.dispatch import (
     ARCHIVE,
-    FAILED,
     PER_DEPLOYMENT,
     RUNNERS,
     _create_deployments,
     _submit,
+    _wait_all,
     direct_rate,
     pool,
     serving,
@@ -80,25 +79,6 @@ RATE_TARGET = 0.8  # of one backend's runs/s
 ADOPT_TARGET = 15.0  # seconds from SIGKILL to adoption
 LINEAR_TARGET = 0.8  # of linear
 KILL_AT_LINE = 8
-UNFINISHED = ("queued", "running", "awaiting_approval", "applying")
-
-
-def _runs_of(backend: Backend, deployments: int) -> list[dict[str, Any]]:
-    """Every run, read deployment by deployment (a list answer holds 1,000 at most)."""
-    return [
-        run
-        for i in range(deployments)
-        for run in backend.call("GET", "/runs", params={"deployment": f"d{i}", "limit": 1000})
-    ]
-
-
-def _wait_idle(backend: Backend, timeout: float) -> None:
-    """Until no run waits or executes (an apply passes through four such statuses)."""
-    deadline = time.monotonic() + timeout
-    while any(backend.call("GET", "/runs", params={"status": s, "limit": 1}) for s in UNFINISHED):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"runs still unfinished after {timeout:.0f} s")
-        time.sleep(1.0)  # each look is work for the backends measured: seldom
 
 
 def _started_twice(logs: list[list[dict[str, object]]]) -> tuple[int, int]:
@@ -131,17 +111,10 @@ def replicas_rate(
         with serving(ctx, servers, url, backends, tag) as started:
             asyncio.run(_create_deployments(started[0], deployments, work.archive))
             start = asyncio.run(_submit(started, runs, deployments, **work.fields))
-            _wait_idle(started[0], timeout=120 + runs * 2)
-            every = _runs_of(started[0], deployments)
+            end, failures, _ = _wait_all(started[0], runs, deployments, 120 + runs * 2)
         doubled, runs_started = _started_twice([s.log_events() for s in servers])
-    failures = [
-        f"run {r['id']} {r['status']}: {r['error_msg']}" for r in every if r["status"] in FAILED
-    ]
-    ended = [datetime.fromisoformat(r["ended_at"]).timestamp() for r in every if r["ended_at"]]
-    if len(every) != runs or not ended:
-        raise RuntimeError(f"{len(every)} of {runs} runs found, {len(ended)} ended")
     return {
-        "rate": runs / (max(ended) - start),
+        "rate": runs / (end - start),
         "failures": failures,
         "doubled": doubled,
         "runs_started": runs_started,

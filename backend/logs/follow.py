@@ -65,7 +65,7 @@ async def follow(
             # Replay what is stored.
             while True:
                 async with db.session() as session:
-                    chunks = await log_store.chunks_after(session, run_id, sent)
+                    chunks = await log_store.chunk_page(session, run_id, sent, None)
                 if not chunks:
                     break
                 for chunk in chunks:

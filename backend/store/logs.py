@@ -15,11 +15,6 @@ from backend.models import Deployment, LogChunk, Run
 PAGE_ROWS = 8
 
 
-async def chunks_after(session: AsyncSession, run_id: int, after_seq: int) -> list[LogBatch]:
-    """The first page of stored chunks holding lines after `after_seq`, in order, as stored."""
-    return await chunk_page(session, run_id, after_seq, None)
-
-
 async def chunk_page(
     session: AsyncSession,
     run_id: int,
